@@ -1,0 +1,170 @@
+"""Turning an existing network into its Bayesian twin, and the model-wide VCL step."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from monai_continual.bayes.base import BayesianModule
+from monai_continual.bayes.bayes_conv import (
+    BayesConv1d,
+    BayesConv2d,
+    BayesConv3d,
+    BayesConvTranspose1d,
+    BayesConvTranspose2d,
+    BayesConvTranspose3d,
+)
+from monai_continual.bayes.bayes_linear import BayesLinear
+
+__all__ = ["bayesianize", "bayesian_layers", "posterior_to_prior", "LAYER_GROUPS"]
+
+#: Layer groups ``bayesianize`` can convert, by name.
+LAYER_GROUPS: dict[str, dict[type[nn.Module], type[BayesianModule]]] = {
+    "conv": {nn.Conv1d: BayesConv1d, nn.Conv2d: BayesConv2d, nn.Conv3d: BayesConv3d},
+    "conv_transpose": {
+        nn.ConvTranspose1d: BayesConvTranspose1d,
+        nn.ConvTranspose2d: BayesConvTranspose2d,
+        nn.ConvTranspose3d: BayesConvTranspose3d,
+    },
+    "linear": {nn.Linear: BayesLinear},
+}
+_ALL_SUPPORTED = {k: v for group in LAYER_GROUPS.values() for k, v in group.items()}
+
+
+def bayesian_layers(model: nn.Module) -> Iterator[tuple[str, BayesianModule]]:
+    """Yield ``(qualified_name, layer)`` for every Bayesian layer of ``model``, in ``named_modules`` order."""
+    for name, module in model.named_modules():
+        if isinstance(module, BayesianModule):
+            yield name, module
+
+
+def _resolve_layers(layers: Sequence[str | type[nn.Module]]) -> dict[type[nn.Module], type[BayesianModule]]:
+    mapping: dict[type[nn.Module], type[BayesianModule]] = {}
+    for item in layers:
+        if isinstance(item, str):
+            if item not in LAYER_GROUPS:
+                raise ValueError(f"bayesianize: unknown layer group {item!r}; known groups: {sorted(LAYER_GROUPS)}.")
+            mapping.update(LAYER_GROUPS[item])
+        elif isinstance(item, type) and item in _ALL_SUPPORTED:
+            mapping[item] = _ALL_SUPPORTED[item]
+        else:
+            supported = ", ".join(sorted(t.__name__ for t in _ALL_SUPPORTED))
+            raise TypeError(f"bayesianize: cannot convert layer type {item!r}; supported types: {supported}.")
+    return mapping
+
+
+def bayesianize(
+    model: nn.Module,
+    std_init: float = 1e-3,
+    prior_mean: float | str = 0.0,
+    prior_std: float = 1.0,
+    layers: Sequence[str | type[nn.Module]] = ("conv", "conv_transpose"),
+    exclude: Sequence[str] = (),
+    weight_norm: bool = False,
+    bound_std: bool = False,
+    sample_mode: str = "local",
+    inplace: bool = False,
+) -> nn.Module:
+    """Replace the convolutions (and optionally linear layers) of ``model`` by their FFG Bayesian twins.
+
+    The means of every new layer are the weights of the layer it replaces, so the converted model gives the original
+    output in ``eval()`` mode. Works on any ``nn.Module`` built from torch layers: MONAI's UNet, BasicUNet, DynUNet,
+    SegResNet, nnU-Net's PlainConvUNet and MeshNet.
+
+    Args:
+        model: the network to convert.
+        std_init: initial posterior std of every weight (McClure et al.: 1e-3).
+        prior_mean: a number (McClure et al.: 0 for the first network), or ``"weights"`` to centre the prior on the
+            existing weights (a MAP network used as the prior).
+        prior_std: prior std of every weight (McClure et al.: 1).
+        layers: what to convert: group names from :data:`LAYER_GROUPS` (``"conv"``, ``"conv_transpose"``,
+            ``"linear"``) or torch layer classes.
+        exclude: qualified module names (as in ``model.named_modules()``) to leave deterministic, and everything
+            below them.
+        weight_norm: weight-normalize the means (the paper's recipe).
+        bound_std: parameterize std so that ``std <= prior_std`` by construction (needed by DWC).
+        sample_mode: ``"local"`` (local reparameterization) or ``"weights"`` (one weight draw per forward).
+        inplace: convert ``model`` itself instead of a deep copy.
+
+    Returns:
+        The converted model.
+
+    Raises:
+        TypeError: a requested layer type cannot be converted.
+        ValueError: a non-positive ``std_init``/``prior_std``, an unknown group, an ``exclude`` name that is not in
+            the model; messages name the layer at fault.
+
+    Example::
+
+        >>> from monai.networks.nets import UNet
+        >>> net = UNet(3, 1, 2, channels=(8, 16), strides=(2,))
+        >>> bnet = bayesianize(net, std_init=1e-3, prior_std=1.0)
+        >>> kl_divergence(bnet)  # closed-form KL to N(0, 1)
+    """
+    mapping = _resolve_layers(layers)
+    if not inplace:
+        model = copy.deepcopy(model)
+    names = {name for name, _ in model.named_modules()}
+    missing = [name for name in exclude if name not in names]
+    if missing:
+        raise ValueError(f"bayesianize: exclude names {missing} are not modules of {type(model).__name__}.")
+    if isinstance(prior_mean, str) and prior_mean != "weights":
+        raise ValueError(f"bayesianize: prior_mean must be a number or 'weights', got {prior_mean!r}.")
+
+    def excluded(name: str) -> bool:
+        return any(name == ex or name.startswith(ex + ".") for ex in exclude)
+
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and type(module) in mapping and not excluded(name)
+    ]
+    if type(model) in mapping and "" not in exclude:
+        targets.insert(0, ("", model))
+    converted: dict[int, nn.Module] = {}
+    for name, module in targets:
+        if id(module) in converted:  # a layer shared between two places stays shared
+            continue
+        kwargs: dict[str, Any] = {
+            "std_init": std_init,
+            "prior_std": prior_std,
+            "weight_norm": weight_norm,
+            "bound_std": bound_std,
+            "sample_mode": sample_mode,
+            "prior_mean": prior_mean,
+        }
+        if prior_mean == "weights":
+            kwargs["prior_mean"] = 0.0
+        try:
+            layer = mapping[type(module)].from_module(module, **kwargs)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"bayesianize: layer {name or '<root>'!r} ({type(module).__name__}): {err}") from err
+        if prior_mean == "weights":
+            layer.prior_mean.copy_(module.weight.detach())
+            if layer.bias_shape is not None:
+                layer.bias_prior_mean.copy_(module.bias.detach())
+        converted[id(module)] = layer
+    if ("", model) in targets:
+        return converted[id(model)]
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if id(child) in converted:
+                setattr(parent, child_name, converted[id(child)])
+    return model
+
+
+@torch.no_grad()
+def posterior_to_prior(model: nn.Module) -> nn.Module:
+    """Copy every Bayesian layer's current posterior into its prior: one step of variational continual learning.
+
+    Example::
+
+        >>> train(bnet, site_1); posterior_to_prior(bnet); train(bnet, site_2)  # site 1's posterior is site 2's prior
+    """
+    for _, layer in bayesian_layers(model):
+        layer.posterior_to_prior()
+    return model

@@ -1,0 +1,70 @@
+"""The evidence lower bound (negated) as a training loss for Bayesian networks."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.modules.loss import _Loss
+
+from monai_continual.bayes.kl import kl_divergence
+
+__all__ = ["ELBOLoss"]
+
+
+class ELBOLoss(_Loss):
+    """``loss = data_loss(input, target) + kl_weight * KL(q || prior) / num_examples``.
+
+    This is the negative ELBO of McClure et al. Eq. 6-7 divided by the number of training examples N:
+    ``-ELBO / N = -(1/M) sum_m log p(y_m | x_m, w_m) + KL / N`` for a mini-batch of M examples. So:
+
+    - the data term is the usual **mean over the mini-batch** (what MONAI losses return with ``reduction="mean"``);
+      do not multiply it by N;
+    - the KL is **divided by N, the number of training examples at this site** (volumes, or patches when patches
+      are the examples), not by the batch size and not by the number of batches. Dividing by the number of batches,
+      as some libraries do, weighs the prior N / (N / M) = M times more, i.e. by the batch size.
+    - to give the data the weight of a single example (the paper's DWC fine-tuning step), use ``num_examples=1``.
+    - ``kl_weight`` scales the KL further (1 is the true ELBO; < 1 is a "cold posterior"/KL annealing).
+
+    Args:
+        data_loss: the per-example data loss with mean reduction, e.g. ``monai.losses.DiceCELoss(softmax=True)``.
+        model: the Bayesian network whose layers' KL is added (held by reference, not registered as a submodule).
+        num_examples: N, the number of training examples at the site (> 0).
+        kl_weight: extra multiplier of the KL term (>= 0).
+
+    Example::
+
+        >>> net = MeshNet(3, 1, 4, channels=16, bayesian=True)
+        >>> loss_fn = ELBOLoss(torch.nn.CrossEntropyLoss(), net, num_examples=len(train_ds))
+        >>> loss = loss_fn(net(images), labels)
+    """
+
+    def __init__(
+        self,
+        data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        model: nn.Module,
+        num_examples: int | float,
+        kl_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not num_examples or float(num_examples) <= 0:
+            raise ValueError(f"ELBOLoss: num_examples must be > 0 (the training examples at the site), got {num_examples}.")
+        if float(kl_weight) < 0:
+            raise ValueError(f"ELBOLoss: kl_weight must be >= 0, got {kl_weight}.")
+        self.data_loss = data_loss
+        object.__setattr__(self, "_model", model)  # not a submodule: the network's parameters stay its own
+        self.num_examples = float(num_examples)
+        self.kl_weight = float(kl_weight)
+        self.last_data_loss: torch.Tensor | None = None
+        self.last_kl: torch.Tensor | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        data = self.data_loss(input, target)
+        kl = kl_divergence(self._model)
+        self.last_data_loss, self.last_kl = data.detach(), kl.detach()
+        return data + self.kl_weight * kl / self.num_examples
