@@ -28,7 +28,7 @@ def _entropy(p: torch.Tensor, activation: str) -> torch.Tensor:
 class MCInferer(Inferer):
     """Run ``num_samples`` stochastic passes of a Bayesian network and average the probabilities.
 
-    Statistics are accumulated pass by pass (running sums of p, p^2 and per-pass entropy), so memory does not grow
+    Statistics are accumulated pass by pass (Welford's running mean and variance, and the running mean entropy), so memory does not grow
     with ``num_samples``. Compose with any MONAI inferer, e.g. ``SlidingWindowInferer`` for whole volumes: each pass
     is one full sliding-window sweep.
 
@@ -87,23 +87,25 @@ class MCInferer(Inferer):
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         model = network if isinstance(network, nn.Module) else None
         kind = self.activation if isinstance(self.activation, str) else "softmax"
-        sum_p = sum_p2 = sum_h = None
+        # Welford's running mean and sum of squared deviations: stable in float32, memory flat in num_samples.
+        mean = m2 = sum_h = None
         with torch.no_grad(), _maybe_sampling(model, self.mode):
-            for _ in range(self.num_samples):
+            for t in range(1, self.num_samples + 1):
                 p = self._probs(self.inferer(inputs, network, *args, **kwargs))
-                if sum_p is None:
-                    sum_p, sum_p2 = p.clone(), p * p
-                    sum_h = _entropy(p, kind) if self.return_uncertainty else None
-                else:
-                    sum_p += p
+                if mean is None:
+                    mean = p.clone()
                     if self.return_uncertainty:
-                        sum_p2.addcmul_(p, p)
-                        sum_h += _entropy(p, kind)
-                del p
-        mean = sum_p / self.num_samples
+                        m2, sum_h = torch.zeros_like(p), _entropy(p, kind)
+                    continue
+                delta = p - mean
+                mean += delta / t
+                if self.return_uncertainty:
+                    m2.addcmul_(delta, p - mean)
+                    sum_h += _entropy(p, kind)
+                del p, delta
         if not self.return_uncertainty:
             return mean
-        variance = (sum_p2 / self.num_samples - mean * mean).clamp_min(0).sum(dim=1, keepdim=True)
+        variance = (m2 / self.num_samples).clamp_min(0).sum(dim=1, keepdim=True)
         entropy = _entropy(mean, kind)
         mutual_information = (entropy - sum_h / self.num_samples).clamp_min(0)
         return {"probs": mean, "variance": variance, "entropy": entropy, "mutual_information": mutual_information}
