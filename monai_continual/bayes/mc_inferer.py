@@ -97,14 +97,16 @@ class MCInferer(Inferer):
                     if self.return_uncertainty:
                         m2, sum_h = torch.zeros_like(p), _entropy(p, kind)
                     continue
+                if not self.return_uncertainty:
+                    mean += p  # a plain sum; divided once at the end
+                    continue
                 delta = p - mean
                 mean += delta / t
-                if self.return_uncertainty:
-                    m2.addcmul_(delta, p - mean)
-                    sum_h += _entropy(p, kind)
+                m2.addcmul_(delta, p - mean)
+                sum_h += _entropy(p, kind)
                 del p, delta
         if not self.return_uncertainty:
-            return mean
+            return mean / self.num_samples
         variance = (m2 / self.num_samples).clamp_min(0).sum(dim=1, keepdim=True)
         entropy = _entropy(mean, kind)
         mutual_information = (entropy - sum_h / self.num_samples).clamp_min(0)
