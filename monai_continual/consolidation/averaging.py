@@ -1,0 +1,54 @@
+"""Weighted averaging of plain state dicts (FedAvg), the baseline for non-Bayesian models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from monai_continual.utils.weights import normalized_weights
+
+__all__ = ["weighted_average"]
+
+
+def weighted_average(
+    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """``sum_s w_s * state_s / sum_s w_s`` per entry (FedAvg with ``w_s`` = number of training examples at site s).
+
+    Floating-point entries are averaged in float64 and cast back; integer entries (e.g. ``num_batches_tracked``)
+    are taken from the first state. Every state must have the same keys and shapes.
+
+    Args:
+        states: ``state_dict()`` of each site's model.
+        weights: one non-negative weight per state; ``None`` for equal weights.
+
+    Example::
+
+        >>> merged = weighted_average([net_a.state_dict(), net_b.state_dict()], weights=[120, 40])
+        >>> net.load_state_dict(merged)
+    """
+    if not states:
+        raise ValueError("weighted_average: no states given.")
+    w = normalized_weights(weights, len(states), "weighted_average weights")
+    reference = states[0]
+    for index, state in enumerate(states[1:], start=1):
+        missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
+        if missing or extra:
+            raise ValueError(f"weighted_average: state {index} has missing keys {missing} and extra keys {extra}.")
+        for key, value in reference.items():
+            if state[key].shape != value.shape:
+                raise ValueError(
+                    f"weighted_average: state {index}, entry {key!r} has shape {tuple(state[key].shape)}, "
+                    f"state 0 has {tuple(value.shape)}."
+                )
+    out = {}
+    for key, value in reference.items():
+        if not value.is_floating_point():
+            out[key] = value.clone()
+            continue
+        acc = torch.zeros(value.shape, dtype=torch.float64, device=value.device)
+        for weight, state in zip(w, states):
+            acc += weight * state[key].to(torch.float64)
+        out[key] = acc.to(value.dtype)
+    return out

@@ -1,0 +1,21 @@
+"""Continual-learning and segmentation metrics: the R matrix, BWT/FWT/forgetting, Dice, volumes, paired tests."""
+
+from __future__ import annotations
+
+from monai_continual.metrics.continual_matrix import ContinualMatrix
+from monai_continual.metrics.paired_tests import PairedTestResult, paired_tests
+from monai_continual.metrics.segmentation import mean_dice, segmentation_volume, volume_correlation, weighted_average
+from monai_continual.metrics.transfer import backward_transfer, forgetting, forward_transfer
+
+__all__ = [
+    "ContinualMatrix",
+    "PairedTestResult",
+    "backward_transfer",
+    "forgetting",
+    "forward_transfer",
+    "mean_dice",
+    "paired_tests",
+    "segmentation_volume",
+    "volume_correlation",
+    "weighted_average",
+]
