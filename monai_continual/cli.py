@@ -1,4 +1,4 @@
-"""The ``monai-continual`` command line: consolidate posterior files, report on an R matrix."""
+"""The ``monai-continual`` command line: make the embedded sites, consolidate posterior files, report an R matrix."""
 
 from __future__ import annotations
 
@@ -58,6 +58,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_sites(args: argparse.Namespace) -> int:
+    from monai_continual.data import load_multisite_datalist, make_sites
+
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else (40, 48, 40)
+    path = make_sites(args.outdir, sites=args.sites, seed=args.seed, shape=shape, lesions=args.lesions)
+    data = load_multisite_datalist(path)
+    for name, site in data.sites.items():
+        role = "held out" if site.held_out else "training"
+        print(
+            f"{name:>12} ({role}): {len(site.training):>2} train / {len(site.validation):>2} val / "
+            f"{len(site.test):>2} test  {site.modality or ''}"
+        )
+    print(f"datalist: {path}\nfigure:   {path.parent / 'sites.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monai-continual", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     cons.add_argument("--fallback", choices=("raise", "prior"), default="raise", help="where precision <= 0")
     cons.add_argument("sites", nargs="+", help="site posterior files")
     cons.set_defaults(func=_consolidate)
+
+    mk = sub.add_parser("make-sites", help="write the embedded multi-site brain dataset (NIfTI + datalist.json)")
+    mk.add_argument("outdir", help="output directory (reused when it already holds the same generation)")
+    mk.add_argument("--sites", nargs="+", help="names of the default sites to generate (default: all)")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--shape", help="voxel grid, e.g. 40,48,40 (default)")
+    mk.add_argument("--lesions", action="store_true", help="add small hyperintense white-matter lesions (label 4)")
+    mk.set_defaults(func=_make_sites)
 
     rep = sub.add_parser("report", help="print BWT/FWT/forgetting of an R matrix and write its heatmap")
     rep.add_argument("matrix", help="R matrix file (.json or .csv)")

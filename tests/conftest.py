@@ -12,3 +12,11 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def small_sites(tmp_path_factory):
+    """The default embedded multi-site dataset on a small grid, generated once per test session."""
+    from monai_continual.data import make_sites
+
+    return make_sites(tmp_path_factory.mktemp("sites"), seed=0, shape=(24, 28, 24), progress=False)

@@ -1,0 +1,24 @@
+"""Multi-site data: datalists, the embedded multi-site brain dataset, the replay buffer and its dataset."""
+
+from __future__ import annotations
+
+from monai_continual.data.datalist import SPLITS, DatalistError, MultiSiteDatalist, SiteData, load_multisite_datalist
+from monai_continual.data.replay_buffer import REPLAY_POLICIES, ReplayBuffer
+from monai_continual.data.replay_dataset import ReplayDataset
+from monai_continual.data.synthetic_sites import BRAIN_LABELS, DEFAULT_SITES, SiteProfile, make_sites, plot_sites
+
+__all__ = [
+    "BRAIN_LABELS",
+    "DEFAULT_SITES",
+    "REPLAY_POLICIES",
+    "SPLITS",
+    "DatalistError",
+    "MultiSiteDatalist",
+    "ReplayBuffer",
+    "ReplayDataset",
+    "SiteData",
+    "SiteProfile",
+    "load_multisite_datalist",
+    "make_sites",
+    "plot_sites",
+]

@@ -1,0 +1,333 @@
+"""An embedded multi-site brain dataset generated from the real MNI152 anatomy that nilearn ships offline.
+
+Every subject is a smooth random deformation of the MNI152 template with labels background / CSF / GM / WM (and,
+optionally, small hyperintense white-matter lesions). Every site has its own acquisition: contrast (T1-like, or
+T2-like with inverted tissue contrast), multiplicative bias field, Rician noise, resolution (a site acquired at half
+resolution, like Chang et al.'s low-resolution institution), intensity scale, and number of subjects; one site is
+held out for testing generalization (like ABIDE in McClure et al.). Output is NIfTI plus a multi-site datalist
+JSON; generation is deterministic from the seed, and a directory that already holds the same generation is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from monai_continual.utils.atomic import atomic_write, atomic_write_text
+
+__all__ = ["SiteProfile", "DEFAULT_SITES", "BRAIN_LABELS", "make_sites", "plot_sites", "GENERATOR_VERSION"]
+
+GENERATOR_VERSION = 1
+BRAIN_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
+LESION_LABEL = 4
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """How one site acquires its images.
+
+    Args:
+        name: site name (used in paths and the datalist).
+        num_subjects: subjects at the site.
+        contrast: ``"t1"`` (the template's T1 contrast) or ``"t2"`` (inverted: CSF bright, WM dark).
+        noise: Rician noise std, relative to the brain's intensity range (0..1).
+        bias: strength of the smooth multiplicative bias field (log-amplitude).
+        resolution: 1 for full resolution; 2 for a site acquired at half resolution (blurred onto the same grid).
+        scale: intensity scale of the scanner's output.
+        held_out: test-only site, never trained on.
+        modality: free-text modality recorded in the datalist.
+    """
+
+    name: str
+    num_subjects: int
+    contrast: str = "t1"
+    noise: float = 0.03
+    bias: float = 0.1
+    resolution: float = 1.0
+    scale: float = 1.0
+    held_out: bool = False
+    modality: str = "T1w"
+
+    def __post_init__(self) -> None:
+        if self.contrast not in ("t1", "t2"):
+            raise ValueError(f"site {self.name!r}: contrast must be 't1' or 't2', got {self.contrast!r}.")
+        if self.num_subjects < (2 if self.held_out else 4):
+            raise ValueError(f"site {self.name!r}: needs at least {2 if self.held_out else 4} subjects, got {self.num_subjects}.")
+        if self.noise < 0 or self.bias < 0 or self.resolution < 1 or self.scale <= 0:
+            raise ValueError(f"site {self.name!r}: noise and bias must be >= 0, resolution >= 1 and scale > 0.")
+
+
+#: Four training sites of unequal size and acquisition, and one held-out site.
+DEFAULT_SITES: tuple[SiteProfile, ...] = (
+    SiteProfile("site_a", 14, "t1", noise=0.02, bias=0.05, scale=1.0, modality="T1w, 3T"),
+    SiteProfile("site_b", 10, "t1", noise=0.06, bias=0.30, scale=100.0, modality="T1w, 1.5T, strong bias field"),
+    SiteProfile("site_c", 8, "t2", noise=0.03, bias=0.10, scale=500.0, modality="T2w"),
+    SiteProfile("site_d", 6, "t1", noise=0.03, bias=0.10, resolution=2.0, scale=1.0, modality="T1w, half resolution"),
+    SiteProfile("heldout_e", 6, "t1", noise=0.04, bias=0.20, scale=50.0, held_out=True, modality="T1w, other scanner"),
+)
+
+
+def _load_templates(shape: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """MNI152 T1 and tissue probabilities cropped to the brain and resampled to ``shape``: (5, *shape), affine."""
+    from nilearn import datasets
+
+    t1 = datasets.load_mni152_template(resolution=1)
+    gm = datasets.load_mni152_gm_template(resolution=1).get_fdata()
+    wm = datasets.load_mni152_wm_template(resolution=1).get_fdata()
+    mask = datasets.load_mni152_brain_mask(resolution=1).get_fdata()
+    t1_data = t1.get_fdata()
+    coords = np.argwhere(mask > 0)
+    lo = np.maximum(coords.min(0) - 4, 0)
+    hi = np.minimum(coords.max(0) + 5, mask.shape)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    gm, wm, mask, t1_data = gm[crop], wm[crop], mask[crop], t1_data[crop]
+    brain = np.clip(mask, 0, 1)
+    gm = np.minimum(gm, brain)
+    wm = np.minimum(wm, brain - gm)
+    csf = np.clip(brain - gm - wm, 0, 1)
+    t1_norm = t1_data / np.percentile(t1_data[mask > 0], 99)
+    stack = torch.from_numpy(np.stack([np.clip(t1_norm, 0, 1.5), 1 - brain, csf, gm, wm]).astype(np.float32))
+    resampled = F.interpolate(stack[None], size=tuple(shape), mode="area")[0]
+    spacing = (hi - lo) / np.asarray(shape, dtype=float)
+    affine = t1.affine.copy()
+    affine[:3, :3] = np.diag(spacing)
+    affine[:3, 3] = t1.affine[:3, :3] @ lo + t1.affine[:3, 3]
+    return resampled.contiguous(), affine
+
+
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
+    coarse = torch.from_numpy(rng.standard_normal((1, channels, *grid)).astype(np.float32))
+    return F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)[0]
+
+
+def _subject(
+    templates: torch.Tensor, profile: SiteProfile, rng: np.random.Generator, deformation: float, lesions: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    shape = templates.shape[1:]
+    # smooth random deformation: a random per-axis scaling and shift plus a low-frequency displacement field
+    axes = [torch.linspace(-1, 1, n) for n in shape]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)  # (D, H, W, 3) in (x, y, z) order
+    scaling = torch.from_numpy(1 + 0.06 * rng.standard_normal(3).astype(np.float32))
+    shift = torch.from_numpy(0.03 * rng.standard_normal(3).astype(np.float32))
+    displacement = deformation * _smooth_field(rng, shape, (5, 6, 5), 3).permute(1, 2, 3, 0)
+    grid = grid * scaling + shift + displacement
+    warped = F.grid_sample(templates[None], grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+    intensity, probs = warped[0], warped[1:]
+    label = probs.argmax(0).to(torch.uint8)
+    brain = 1 - probs[0]
+    image = intensity * brain if profile.contrast == "t1" else (1.2 - intensity).clamp_min(0) * brain
+    if lesions:
+        wm_voxels = torch.nonzero(label == 3)
+        for _ in range(int(rng.integers(1, 4))):
+            centre = wm_voxels[int(rng.integers(len(wm_voxels)))].float()
+            radius = float(rng.uniform(1.0, 2.2))
+            zz, yy, xx = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
+            blob = ((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) <= radius**2
+            blob &= label == 3
+            label[blob] = LESION_LABEL
+            image[blob] = 1.3
+    if profile.resolution > 1:
+        factor = float(profile.resolution)
+        low = F.interpolate(image[None, None], scale_factor=1 / factor, mode="area")
+        image = F.interpolate(low, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0]
+    image = image * torch.exp(profile.bias * _smooth_field(rng, shape, (3, 3, 3), 1)[0])
+    if profile.noise > 0:  # Rician: magnitude of a complex signal with Gaussian noise in both channels
+        n1 = torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32))
+        n2 = torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32))
+        image = torch.sqrt((image + profile.noise * n1) ** 2 + (profile.noise * n2) ** 2)
+    return (image * profile.scale).numpy().astype(np.float32), label.numpy()
+
+
+def _splits(profile: SiteProfile) -> dict[str, int]:
+    if profile.held_out:
+        return {"training": 0, "validation": 0, "test": profile.num_subjects}
+    test = max(2, round(0.25 * profile.num_subjects))
+    validation = max(1, round(0.15 * profile.num_subjects))
+    return {"training": profile.num_subjects - test - validation, "validation": validation, "test": test}
+
+
+def _config(sites: Sequence[SiteProfile], seed: int, shape: Sequence[int], deformation: float, lesions: bool) -> dict[str, Any]:
+    return {
+        "version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "shape": [int(s) for s in shape],
+        "deformation": float(deformation),
+        "lesions": bool(lesions),
+        "sites": [asdict(s) for s in sites],
+    }
+
+
+def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm")
+    with atomic_write(path) as tmp:
+        nib.save(image, str(tmp.with_suffix("")) + ".nii.gz")
+        os.replace(str(tmp.with_suffix("")) + ".nii.gz", tmp)
+
+
+def make_sites(
+    out_dir: str | os.PathLike,
+    sites: Sequence[SiteProfile | str] | None = None,
+    seed: int = 0,
+    shape: Sequence[int] = (40, 48, 40),
+    deformation: float = 0.04,
+    lesions: bool = False,
+    figure: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Generate (or reuse) the embedded multi-site brain dataset and return the path of its datalist JSON.
+
+    Args:
+        out_dir: directory to write ``datalist.json``, one folder of NIfTI files per site and ``sites.png``.
+        sites: site profiles, or names of :data:`DEFAULT_SITES` to keep; all default sites when ``None``.
+        seed: generation seed; the same seed, sites and settings give byte-identical files.
+        shape: voxel grid of every volume (the MNI brain, cropped, resampled to it; default ~3.5 mm voxels).
+        deformation: amplitude of the random smooth deformation (fraction of the field of view).
+        lesions: add 1-3 small hyperintense white-matter lesions per subject, labelled 4.
+        figure: write ``sites.png`` with one slice per site.
+        progress: show a progress bar.
+
+    Example::
+
+        >>> datalist = make_sites("data/sites", seed=0)          # a few seconds on a CPU, then cached
+        >>> data = load_multisite_datalist(datalist)
+    """
+    profiles = _select_sites(sites)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"make_sites: output {str(out)!r} exists and is not a directory.")
+    config = _config(profiles, seed, shape, deformation, lesions)
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    datalist_path = out / "datalist.json"
+    if _cached(datalist_path, config_hash):
+        if figure and not (out / "sites.png").exists():
+            plot_sites(datalist_path, out / "sites.png")
+        return datalist_path
+
+    templates, affine = _load_templates(shape)
+    labels = {**BRAIN_LABELS, **({LESION_LABEL: "lesion"} if lesions else {})}
+    document: dict[str, Any] = {
+        "name": "monai-continual embedded multi-site brain (MNI152 anatomy)",
+        "labels": {str(k): v for k, v in labels.items()},
+        "generator": dict(config, sha256=config_hash),
+        "sites": {},
+    }
+    total = sum(p.num_subjects for p in profiles)
+    bar = tqdm(total=total, desc="generating sites", disable=not progress)
+    for site_index, profile in enumerate(profiles):
+        counts = _splits(profile)
+        entry: dict[str, Any] = {
+            "modality": profile.modality,
+            "held_out": profile.held_out,
+            "acquisition": {k: v for k, v in asdict(profile).items() if k not in ("name", "held_out", "modality")},
+            "training": [],
+            "validation": [],
+            "test": [],
+        }
+        order = [s for s, n in counts.items() for _ in range(n)]
+        for subject, split in enumerate(order):
+            rng = np.random.default_rng([int(seed), site_index, subject])
+            image, label = _subject(templates, profile, rng, deformation, lesions)
+            rel_img = f"{profile.name}/sub{subject:03d}_img.nii.gz"
+            rel_seg = f"{profile.name}/sub{subject:03d}_seg.nii.gz"
+            _write_nifti(out / rel_img, image, affine)
+            _write_nifti(out / rel_seg, label, affine)
+            entry[split].append({"image": rel_img, "label": rel_seg})
+            bar.update(1)
+        document["sites"][profile.name] = entry
+    bar.close()
+    atomic_write_text(datalist_path, json.dumps(document, indent=2) + "\n")
+    if figure:
+        plot_sites(datalist_path, out / "sites.png")
+    return datalist_path
+
+
+def _select_sites(sites: Sequence[SiteProfile | str] | None) -> list[SiteProfile]:
+    if sites is None:
+        return list(DEFAULT_SITES)
+    by_name = {s.name: s for s in DEFAULT_SITES}
+    profiles = []
+    for item in sites:
+        if isinstance(item, SiteProfile):
+            profiles.append(item)
+        elif item in by_name:
+            profiles.append(by_name[item])
+        else:
+            raise ValueError(f"make_sites: unknown site {item!r}; default sites are {list(by_name)}.")
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names) or not profiles:
+        raise ValueError(f"make_sites: site names must be unique and at least one site given, got {names}.")
+    return profiles
+
+
+def _cached(datalist_path: Path, config_hash: str) -> bool:
+    if not datalist_path.is_file():
+        return False
+    try:
+        document = json.loads(datalist_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    if document.get("generator", {}).get("sha256") != config_hash:
+        return False
+    base = datalist_path.parent
+    return all(
+        (base / item[key]).is_file()
+        for site in document["sites"].values()
+        for split in ("training", "validation", "test")
+        for item in site[split]
+        for key in ("image", "label")
+    )
+
+
+def plot_sites(datalist: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """One axial slice of the first subject of every site, with the label outlines, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    document = json.loads(Path(datalist).read_text(encoding="utf-8"))
+    base = Path(datalist).parent
+    names = list(document["sites"])
+    fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.4), squeeze=False)
+    for column, name in enumerate(names):
+        site = document["sites"][name]
+        item = (site["training"] or site["test"])[0]
+        image = np.asanyarray(nib.load(base / item["image"]).dataobj)
+        label = np.asanyarray(nib.load(base / item["label"]).dataobj)
+        z = image.shape[2] // 2
+        axes[0, column].imshow(np.rot90(image[:, :, z]), cmap="gray")
+        axes[0, column].set_title(f"{name}\n{site.get('modality', '')}", fontsize=8)
+        axes[1, column].imshow(np.rot90(image[:, :, z]), cmap="gray")
+        axes[1, column].imshow(np.rot90(np.ma.masked_equal(label[:, :, z], 0)), cmap="tab10", alpha=0.45, vmin=0, vmax=9)
+        n = sum(len(site[s]) for s in ("training", "validation", "test"))
+        axes[1, column].set_title(f"{n} subjects{' (held out)' if site.get('held_out') else ''}", fontsize=8)
+        for row in (0, 1):
+            axes[row, column].axis("off")
+    fig.suptitle("Embedded multi-site brain data: one slice per site (bottom: CSF / GM / WM labels)", fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def site_profiles_with(overrides: dict[str, dict[str, Any]]) -> list[SiteProfile]:
+    """The default sites with some fields replaced, e.g. ``{"site_a": {"num_subjects": 30}}``."""
+    unknown = set(overrides) - {s.name for s in DEFAULT_SITES}
+    if unknown:
+        raise ValueError(f"site_profiles_with: unknown sites {sorted(unknown)}.")
+    return [replace(s, **overrides.get(s.name, {})) for s in DEFAULT_SITES]
