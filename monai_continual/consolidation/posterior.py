@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -10,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from monai_continual.bayes.base import BayesianModule
 from monai_continual.bayes.convert import bayesian_layers
-from monai_continual.utils.atomic import atomic_write
+from monai_continual.utils.tensor_files import TensorFileError, read_tensor_file, tensors_sha256, write_tensor_file
 
 __all__ = ["Posterior", "PosteriorFileError", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -25,20 +22,12 @@ FORMAT_VERSION = 1
 _GROUPS = ("mean", "std", "deterministic")
 
 
-class PosteriorFileError(ValueError):
+class PosteriorFileError(TensorFileError):
     """A posterior file is unreadable, corrupt, or does not match what it is used with."""
 
 
-def _hash(groups: Mapping[str, Mapping[str, torch.Tensor]], metadata: Mapping[str, Any]) -> str:
-    """SHA-256 over every tensor (name, dtype, shape, bytes) in a fixed order, and the metadata."""
-    digest = hashlib.sha256()
-    for group in _GROUPS:
-        for name in sorted(groups[group]):
-            tensor = groups[group][name].detach().cpu().contiguous()
-            digest.update(f"{group}/{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    digest.update(json.dumps(metadata, sort_keys=True).encode())
-    return digest.hexdigest()
+def _flatten(groups: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {f"{group}/{name}": value for group in _GROUPS for name, value in groups[group].items()}
 
 
 def _layer_param_names(name: str, layer: BayesianModule) -> list[str]:
@@ -266,64 +255,33 @@ class Posterior:
     # ----------------------------------------------------------------------------------------------------------------
     # files
 
+    def _groups(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"mean": self.mean, "std": self.std, "deterministic": self.deterministic}
+
     def sha256(self) -> str:
         """SHA-256 of the tensors and metadata, as stored in (and checked against) the file."""
-        return _hash({"mean": self.mean, "std": self.std, "deterministic": self.deterministic}, self.metadata)
+        return tensors_sha256(_flatten(self._groups()), self.metadata)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the posterior as a safetensors file, atomically (temporary file + rename)."""
-        tensors = {}
-        for group, values in (("mean", self.mean), ("std", self.std), ("deterministic", self.deterministic)):
-            for name, value in values.items():
-                tensors[f"{group}/{name}"] = value.detach().cpu().contiguous()
-        header = {
-            "format": FORMAT_NAME,
-            "format_version": str(FORMAT_VERSION),
-            "metadata": json.dumps(self.metadata, sort_keys=True),
-            "shapes": json.dumps({name: list(t.shape) for name, t in tensors.items()}, sort_keys=True),
-            "sha256": self.sha256(),
-        }
-        with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+        write_tensor_file(path, _flatten(self._groups()), self.metadata, FORMAT_NAME, FORMAT_VERSION)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Posterior:
         """Read and check a posterior file; errors name the file and the parameter at fault."""
-        path = Path(path)
-        if not path.is_file():
-            raise PosteriorFileError(f"posterior file {str(path)!r} does not exist.")
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise PosteriorFileError(f"posterior file {str(path)!r} is unreadable (truncated or not safetensors): {err}") from err
-        if header.get("format") != FORMAT_NAME:
-            raise PosteriorFileError(f"posterior file {str(path)!r} is not a {FORMAT_NAME} file (format {header.get('format')!r}).")
-        if header.get("format_version") != str(FORMAT_VERSION):
-            raise PosteriorFileError(
-                f"posterior file {str(path)!r} has format version {header.get('format_version')!r}; this version reads {FORMAT_VERSION}."
-            )
-        try:
-            metadata = json.loads(header["metadata"])
-            shapes = json.loads(header["shapes"])
-        except (KeyError, json.JSONDecodeError) as err:
-            raise PosteriorFileError(f"posterior file {str(path)!r} has a damaged header: {err}") from err
-        if set(shapes) != set(tensors):
-            raise PosteriorFileError(
-                f"posterior file {str(path)!r}: tensors {sorted(set(shapes) ^ set(tensors))} disagree with its header."
-            )
+            tensors, metadata, _ = read_tensor_file(path, FORMAT_NAME, FORMAT_VERSION)
+        except PosteriorFileError:
+            raise
+        except TensorFileError as err:
+            raise PosteriorFileError(str(err).replace(f"{FORMAT_NAME} file", "posterior file", 1)) from err
         groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in _GROUPS}
         for key, tensor in tensors.items():
             group, _, name = key.partition("/")
             if group not in groups or not name:
                 raise PosteriorFileError(f"posterior file {str(path)!r}: unexpected tensor {key!r}.")
-            if list(tensor.shape) != shapes[key]:
-                raise PosteriorFileError(f"posterior file {str(path)!r}: tensor {key!r} has shape {list(tensor.shape)}, header says {shapes[key]}.")
             groups[group][name] = tensor
-        if _hash(groups, metadata) != header.get("sha256"):
-            raise PosteriorFileError(f"posterior file {str(path)!r}: SHA-256 mismatch, the file was altered or damaged.")
         return cls(groups["mean"], groups["std"], groups["deterministic"], metadata, source=str(path))
 
     def __repr__(self) -> str:
