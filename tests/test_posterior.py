@@ -193,7 +193,7 @@ def test_parameter_mismatches_with_a_model_or_another_posterior(tmp_path):
 
 def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     path = Posterior.from_model(_net(), site="old").save(tmp_path / "p.safetensors")
-    import monai_continual.consolidation.posterior as module
+    import monai_continual.utils.tensor_files as module
 
     def explode(*args, **kwargs):
         raise OSError("disk full")
