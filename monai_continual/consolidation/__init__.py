@@ -1,4 +1,4 @@
-"""Combining what sites learned: posteriors and their files, DWC, FedAvg and ensembles (plain PyTorch)."""
+"""Combining what sites learned: posteriors and weight files, DWC, FedAvg and ensembles (plain PyTorch)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ from monai_continual.consolidation.averaging import weighted_average
 from monai_continual.consolidation.dwc import FALLBACKS, consolidate_dwc
 from monai_continual.consolidation.ensemble import EnsembleModel
 from monai_continual.consolidation.posterior import FORMAT_NAME, FORMAT_VERSION, Posterior, PosteriorFileError
+from monai_continual.consolidation.weight_store import WEIGHTS_FORMAT, DirectoryWeightStore, WeightEntry, WeightStore
 
 __all__ = [
     "FALLBACKS",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "WEIGHTS_FORMAT",
+    "DirectoryWeightStore",
     "EnsembleModel",
     "Posterior",
     "PosteriorFileError",
+    "WeightEntry",
+    "WeightStore",
     "consolidate_dwc",
     "weighted_average",
 ]

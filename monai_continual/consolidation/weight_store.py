@@ -1,0 +1,119 @@
+"""Where weights travel between sites: a store with a manifest of who published what, when, and its hash."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.tensor_files import TensorFileError, read_tensor_file, write_tensor_file
+
+__all__ = ["WeightEntry", "WeightStore", "DirectoryWeightStore", "WEIGHTS_FORMAT"]
+
+WEIGHTS_FORMAT = "monai-continual-weights"
+_VERSION = 1
+_MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """One published set of weights: ``file`` (relative to the store), publishing ``site``, ``stage``, hash, time."""
+
+    file: str
+    site: str
+    stage: int
+    sha256: str
+    time: float
+    metadata: dict[str, Any]
+
+
+class WeightStore:
+    """Interface of a weight store (a shared directory by default; object stores or a server can implement it)."""
+
+    def publish(self, state: Mapping[str, torch.Tensor], site: str, stage: int, **metadata: Any) -> WeightEntry:
+        raise NotImplementedError
+
+    def entries(self) -> list[WeightEntry]:
+        raise NotImplementedError
+
+    def load(self, entry: WeightEntry) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def latest(self) -> WeightEntry | None:
+        """The most recently published entry (highest stage, then time), or ``None`` for an empty store."""
+        entries = self.entries()
+        return max(entries, key=lambda e: (e.stage, e.time)) if entries else None
+
+
+class DirectoryWeightStore(WeightStore):
+    """A directory shared by the sites (Remedios et al.'s deployment): safetensors files plus ``manifest.json``.
+
+    Every file is written atomically and carries a SHA-256 that the manifest repeats; :meth:`load` checks both, so
+    a half-copied or altered file is refused with an error naming it. Publishing takes a lock on the directory,
+    so sites training in parallel can publish to the same store.
+
+    Args:
+        root: the shared directory (created when missing).
+
+    Example::
+
+        >>> store = DirectoryWeightStore("/shared/weights")
+        >>> entry = store.publish(net.state_dict(), site="hospital_a", stage=3)
+        >>> net.load_state_dict(store.load(store.latest()))
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"DirectoryWeightStore: {str(self.root)!r} exists and is not a directory.")
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_manifest(self) -> list[dict[str, Any]]:
+        path = self.root / _MANIFEST
+        if not path.exists():
+            return []
+        try:
+            return list(json.loads(path.read_text(encoding="utf-8"))["entries"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise TensorFileError(f"weight store manifest {str(path)!r} is damaged: {err}") from err
+
+    def publish(self, state: Mapping[str, torch.Tensor], site: str, stage: int, **metadata: Any) -> WeightEntry:
+        safe_site = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(site))
+        name = f"stage{int(stage):04d}_{safe_site}.safetensors"
+        meta = dict(metadata, site=str(site), stage=int(stage))
+        sha = write_tensor_file(self.root / name, state, meta, WEIGHTS_FORMAT, _VERSION)
+        entry = WeightEntry(name, str(site), int(stage), sha, time.time(), dict(metadata))
+        with self._locked():
+            entries = [e for e in self._read_manifest() if e["file"] != name] + [asdict(entry)]
+            atomic_write_text(self.root / _MANIFEST, json.dumps({"version": _VERSION, "entries": entries}, indent=2) + "\n")
+        return entry
+
+    def entries(self) -> list[WeightEntry]:
+        return [WeightEntry(**e) for e in self._read_manifest()]
+
+    def load(self, entry: WeightEntry) -> dict[str, torch.Tensor]:
+        tensors, _, sha = read_tensor_file(self.root / entry.file, WEIGHTS_FORMAT, _VERSION)
+        if sha != entry.sha256:
+            raise TensorFileError(
+                f"weight file {str(self.root / entry.file)!r} does not match the manifest's SHA-256 (published by "
+                f"site {entry.site!r} at stage {entry.stage}); it was replaced or altered."
+            )
+        return tensors

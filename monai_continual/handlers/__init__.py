@@ -1,0 +1,21 @@
+"""Ignite handlers that bring continual and distributed learning into any MONAI training loop.
+
+Each handler is a plain class with ``attach(engine)`` and ``__call__(engine)``; the trainer they are attached to
+needs to know nothing of sites.
+"""
+
+from __future__ import annotations
+
+from monai_continual.handlers.consolidation_handler import ConsolidationHandler
+from monai_continual.handlers.continual_evaluation import ContinualEvaluationHandler
+from monai_continual.handlers.prior_handler import PriorHandler
+from monai_continual.handlers.replay_handler import ReplayBufferHandler
+from monai_continual.handlers.weight_transfer import WeightTransferHandler
+
+__all__ = [
+    "ConsolidationHandler",
+    "ContinualEvaluationHandler",
+    "PriorHandler",
+    "ReplayBufferHandler",
+    "WeightTransferHandler",
+]

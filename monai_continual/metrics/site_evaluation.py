@@ -1,0 +1,70 @@
+"""Scoring a network on every site's test set: per-volume Dice, the raw material of R matrices and paired tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import apply_transform
+from torch import nn
+from tqdm.auto import tqdm
+
+from monai_continual.metrics.segmentation import mean_dice
+
+__all__ = ["evaluate_sites"]
+
+
+def evaluate_sites(
+    network: nn.Module,
+    site_items: Mapping[str, Sequence[dict[str, Any]]],
+    transform: Callable,
+    num_classes: int,
+    inferer: Inferer | None = None,
+    device: str | torch.device = "cpu",
+    include_background: bool = False,
+    progress: bool = False,
+) -> dict[str, list[float]]:
+    """Per-volume class-averaged Dice of ``network`` on each site's items.
+
+    Args:
+        network: the model; put in eval mode for the evaluation and restored after.
+        site_items: site -> datalist items with ``"image"`` and ``"label"``.
+        transform: MONAI transform turning an item into ``{"image": (C, *spatial), "label": (1, *spatial)}``.
+        num_classes: classes, background included.
+        inferer: how to predict (e.g. ``SlidingWindowInferer``, or ``MCInferer`` for Bayesian networks);
+            ``SimpleInferer`` by default. Its output's channel argmax is the prediction.
+        device: where to run.
+        include_background: count the background class in the Dice average.
+        progress: show a progress bar over volumes.
+
+    Returns:
+        site -> list of per-volume Dice, in item order.
+
+    Example::
+
+        >>> scores = evaluate_sites(net, {s: data.items(s, "test") for s in data.site_names}, eval_transform, 4)
+    """
+    inferer = inferer or SimpleInferer()
+    was_training = network.training
+    network.eval()
+    total = sum(len(v) for v in site_items.values())
+    bar = tqdm(total=total, desc="evaluating", disable=not progress, leave=False)
+    scores: dict[str, list[float]] = {}
+    try:
+        with torch.no_grad():
+            for site, items in site_items.items():
+                scores[site] = []
+                for item in items:
+                    data = apply_transform(transform, dict(item))
+                    image = torch.as_tensor(data["image"])[None].to(device)
+                    label = torch.as_tensor(data["label"])[None].to(device)
+                    output = inferer(image, network)
+                    pred = output.argmax(dim=1, keepdim=True)
+                    scores[site].append(float(mean_dice(pred, label.long(), num_classes, include_background)[0]))
+                    bar.update(1)
+    finally:
+        bar.close()
+        network.train(was_training)
+    return scores
