@@ -251,6 +251,8 @@ class ContinualRunner:
 
     def _run_schedule(self, name: str, run_dir: Path, stages: list[Stage], replay: dict | None = None) -> StrategyResult:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.rglob(".*.tmp"):  # temporary files of a killed process: never complete, never read
+            stale.unlink(missing_ok=True)
         config = self._config(name, stages, replay)
         state = self._load_state(run_dir, config, name)
         store = DirectoryWeightStore(run_dir / "store")
@@ -358,7 +360,14 @@ class ContinualRunner:
             plateau = PlateauStopper(score, network, stage.patience)
         checkpoint = EpochCheckpoint(site_dir / f"checkpoint_stage{store_stage:03d}.pt", network, optimizer, {"plateau": plateau} if plateau else {})
         resumed = checkpoint.load()
-        transfer: dict[str, Any] = {"stage": store_stage, "site": site_label, "loaded": None, "published": None}
+        transfer: dict[str, Any] = {
+            "stage": store_stage,
+            "site": site_label,
+            "loaded": None,
+            "published": None,
+            "dataset_size": len(dataset),
+            "replay_items": len(dataset) - len(items),
+        }
         if resumed is None:
             transfer["loaded"] = self._initialize(network, stage, store, run_dir)
             self._restore_optimizer(optimizer, run_dir, site_dir)
@@ -403,8 +412,10 @@ class ContinualRunner:
 
     def _initialize(self, network: nn.Module, stage: Stage, store: DirectoryWeightStore, run_dir: Path) -> str | None:
         """Set a stage's starting weights; return the SHA-256 of the store entry used (if any)."""
-        if stage.init == "fresh":
-            return None
+        if stage.init == "fresh":  # the shared initial weights, as published when the run began (stable on resume)
+            entry = min(store.entries(), key=lambda e: e.stage)
+            self._load_state_dict(network, store.load(entry), entry)
+            return entry.sha256
         if stage.init == "prior":
             posterior = Posterior.load(run_dir / "store" / stage.extra["prior"])
             posterior.to_prior(network, init_posterior=True)

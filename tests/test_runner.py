@@ -1,0 +1,163 @@
+"""The site-aware runner: weights really move, schedules are kept, DWC is Eq. 17, bad input is caught early."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc
+from monai_continual.data import DatalistError, load_multisite_datalist
+from monai_continual.engines import STRATEGIES
+from monai_continual.utils.tensor_files import TensorFileError
+from runner_utils import tiny_runner, tiny_sites
+
+TRAIN_SITES = ["alpha", "beta", "gamma"]
+ALL_SITES = TRAIN_SITES + ["omega"]
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    return tiny_sites(tmp_path_factory.mktemp("tiny"))
+
+
+def _chain_is_unbroken(transfers):
+    """Stage i started from exactly the weights stage i-1 published (stage 0 is the shared initial weights)."""
+    published = [t["published"] for t in transfers]
+    for previous, current in zip(published, transfers[1:]):
+        assert current["loaded"] == previous
+
+
+def test_weight_transfer_strategies_move_weights(sites, tmp_path):
+    runner = tiny_runner(sites, tmp_path)
+    for strategy in ("single_weight_transfer", "fine_tuning"):
+        result = runner.run(strategy)
+        store = DirectoryWeightStore(result.directory / "store")
+        entries = sorted(store.entries(), key=lambda e: e.stage)
+        assert [e.site for e in entries] == ["init"] + TRAIN_SITES
+        assert result.transfers[0]["loaded"] == entries[0].sha256  # the first site starts from the shared init
+        _chain_is_unbroken(result.transfers)
+        assert [t["published"] for t in result.transfers] == [e.sha256 for e in entries[1:]]
+        assert result.matrix.num_stages == 3 and result.matrix.sites == ALL_SITES
+        assert set(result.scores) == set(ALL_SITES) and all(len(v) == 2 for v in result.scores.values())
+
+
+def test_cyclic_transfer_schedule_skip_and_order(sites, tmp_path):
+    runner = tiny_runner(sites, tmp_path)
+    result = runner.run("cyclic_weight_transfer", cycles=3, epochs_per_visit=1, order=["gamma", "alpha", "beta"], skip=["beta"])
+    assert [t["site"] for t in result.transfers] == ["gamma", "alpha"] * 3  # beta skipped, order kept
+    assert len(DirectoryWeightStore(result.directory / "store").entries()) == 1 + 6
+    _chain_is_unbroken(result.transfers)
+    assert "beta" not in result.matrix.trained_sites()
+    assert not (result.directory / "sites" / "beta").exists()
+    by_iterations = tiny_runner(sites, tmp_path / "iterations").run("cyclic_weight_transfer", cycles=2, iterations_per_visit=1)
+    assert len(by_iterations.transfers) == 6
+
+
+def test_replay_stages_see_the_buffer(sites, tmp_path):
+    result = tiny_runner(sites, tmp_path).run("replay", capacity_per_site=2)
+    data = load_multisite_datalist(sites)
+    sizes = [len(data.site(s).training) for s in TRAIN_SITES]
+    kept = [min(2, n) for n in sizes]  # K = 2 of every earlier site, all of a smaller site
+    assert kept[1] == 1  # beta has a single training case
+    assert [t["replay_items"] for t in result.transfers] == [0, kept[0], kept[0] + kept[1]]
+    assert [t["dataset_size"] for t in result.transfers] == [sizes[0], sizes[1] + kept[0], sizes[2] + kept[0] + kept[1]]
+    manifest = json.loads((result.directory / "replay" / "replay_manifest.json").read_text())
+    assert {k: len(v) for k, v in manifest["kept"].items()} == dict(zip(TRAIN_SITES, kept))
+
+
+def test_vcl_stages_carry_the_previous_posterior_as_prior(sites, tmp_path):
+    result = tiny_runner(sites, tmp_path).run("vcl")
+    store = DirectoryWeightStore(result.directory / "store")
+    entries = sorted(store.entries(), key=lambda e: e.stage)
+    states = [store.load(e) for e in entries]
+    key = "layers.0"
+    # stage 1 trains with the N(0, 1) prior; every later stage's prior is the previous stage's posterior
+    assert torch.all(states[1][f"{key}.prior_std"] == 1.0)
+    for previous, current in zip(states[1:], states[2:]):
+        torch.testing.assert_close(current[f"{key}.prior_mean"], previous[f"{key}.weight_mu"])
+        torch.testing.assert_close(current[f"{key}.prior_std"], F.softplus(previous[f"{key}.weight_rho"]), rtol=1e-5, atol=1e-8)
+    assert result.bayesian
+
+
+def test_dwc_output_is_eq_17_of_the_site_posteriors(sites, tmp_path):
+    result = tiny_runner(sites, tmp_path).run("dwc")
+    shared = result.directory / "store"
+    prior = Posterior.load(shared / "prior_round1.safetensors")
+    site_files = [shared / f"round1_{s}.safetensors" for s in ("beta", "gamma")]
+    expected = consolidate_dwc(prior, site_files)
+    produced = Posterior.load(shared / "prior_round2.safetensors")
+    for name in expected.mean:
+        assert torch.equal(produced.mean[name], expected.mean[name]) and torch.equal(produced.std[name], expected.std[name])
+    for path in site_files:  # sites trained from q0 with std bounded by q0's
+        site = Posterior.load(path)
+        assert site.num_examples == len(load_multisite_datalist(sites).site(site.site).training)
+        assert all(torch.all(site.std[n] <= prior.std[n] * (1 + 1e-6)) for n in site.std)
+    assert set(result.extra) == {"dwc", "dwc_finetuned"} and result.extra["dwc_finetuned"] == result.scores
+    labels = result.matrix.labels
+    assert labels[0].startswith("map:alpha") and labels[-2] == "dwc r1" and labels[-1].startswith("dwc+ft")
+
+
+def test_baselines(sites, tmp_path):
+    runner = tiny_runner(sites, tmp_path)
+    single = runner.run("single_site")
+    assert single.matrix.trained_sites() == TRAIN_SITES and set(single.scores) == set(TRAIN_SITES)
+    assert set(single.extra) == {f"single_site[{s}]" for s in TRAIN_SITES}
+    ensemble = runner.run("ensemble")
+    assert set(ensemble.scores) == set(ALL_SITES)
+    pooled = runner.run("centrally_hosted")
+    data = load_multisite_datalist(sites)
+    assert pooled.transfers[0]["dataset_size"] == sum(len(data.site(s).training) for s in TRAIN_SITES)
+    assert set(STRATEGIES) >= {"single_site", "ensemble", "centrally_hosted"}
+
+
+def test_bad_input_is_caught_and_earlier_results_stay(sites, tmp_path):
+    document = json.loads(sites.read_text())
+    document["sites"]["beta"]["training"] = []
+    document["sites"]["beta"]["held_out"] = False
+    broken = sites.parent / "no_training.json"
+    broken.write_text(json.dumps(document))
+    with pytest.raises(DatalistError, match="site 'beta'.*no training cases"):
+        tiny_runner(broken, tmp_path)
+    document = json.loads(sites.read_text())
+    document["sites"]["gamma"]["test"] = []
+    (sites.parent / "no_test.json").write_text(json.dumps(document))
+    with pytest.raises(DatalistError, match=r"\['gamma'\].*no test cases"):
+        tiny_runner(sites.parent / "no_test.json", tmp_path)
+
+    runner = tiny_runner(sites, tmp_path)
+    first = runner.run("fine_tuning", order=["alpha", "beta", "gamma"])
+    before = (first.directory / "R.json").read_text()
+    store = DirectoryWeightStore(first.directory / "store")
+    # a corrupt weight file in the store: the next stage refuses it by name, the finished results stay
+    latest = max(store.entries(), key=lambda e: e.stage)
+    path = first.directory / "store" / latest.file
+    path.write_bytes(path.read_bytes()[:-8] + b"\x00" * 8)
+    extended = tiny_runner(sites, tmp_path / "other")
+    with pytest.raises(TensorFileError, match=latest.file):
+        extended._initialize(extended._new_network("map"), extended_stage(), store, first.directory)
+    assert (first.directory / "R.json").read_text() == before
+    # a network of another architecture cannot take the published weights
+    wider = tiny_runner(sites, tmp_path / "wider")
+    wider.template = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1))
+    wider.init_state = wider.template.state_dict()
+    good_store = DirectoryWeightStore(tmp_path / "good")
+    good_store.publish(runner._new_network("map").state_dict(), "alpha", 1)
+    with pytest.raises(ValueError, match="published by site 'alpha' \\(stage 1\\) do not fit the network"):
+        wider._initialize(wider._new_network("map"), extended_stage(), good_store, tmp_path)
+    # settings changed under an existing run directory: refused, not mixed
+    changed = tiny_runner(sites, tmp_path, batch_size=1)
+    with pytest.raises(ValueError, match="other settings"):
+        changed.run("fine_tuning", order=["alpha", "beta", "gamma"])
+    with pytest.raises(ValueError, match="unknown strategy"):
+        runner.run("federated_magic")
+    with pytest.raises(TypeError, match="unexpected options"):
+        runner.run("fine_tuning", cycles=3)
+
+
+def extended_stage():
+    from monai_continual.engines import Stage
+
+    return Stage(["alpha"], epochs=1)
