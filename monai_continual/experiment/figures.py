@@ -1,0 +1,55 @@
+"""A figure of one test subject per site: image, reference, prediction and uncertainty of a Bayesian model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import apply_transform
+
+from monai_continual.bayes import MCInferer, bayesianize
+from monai_continual.utils.atomic import atomic_write
+from monai_continual.utils.tensor_files import read_tensor_file
+
+__all__ = ["plot_predictions"]
+
+
+def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> Path:
+    """Load ``result``'s final Bayesian model and plot, per site, the middle axial slice of the first test subject."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    state, _, _ = read_tensor_file(result.directory / "final_model.safetensors", "monai-continual-weights", 1)
+    network = bayesianize(runner._new_network("map"), **runner.bayes_kwargs)
+    network.load_state_dict(state)
+    network.eval()
+    inferer = MCInferer(runner.mc_samples, runner.inferer, return_uncertainty=True)
+    sites = data.site_names
+    fig, axes = plt.subplots(4, len(sites), figsize=(2.4 * len(sites), 9.6), squeeze=False)
+    torch.manual_seed(0)
+    for column, site in enumerate(sites):
+        item = apply_transform(runner.eval_transform, dict(data.items(site, "test")[0]))
+        image = torch.as_tensor(item["image"])[None]
+        out = inferer(image, network)
+        z = image.shape[-1] // 2
+        panels = [
+            (image[0, 0, :, :, z], "gray", "image"),
+            (torch.as_tensor(item["label"])[0, :, :, z], "tab10", "reference"),
+            (out["probs"].argmax(1)[0, :, :, z], "tab10", "prediction"),
+            (out["mutual_information"][0, 0, :, :, z], "magma", "uncertainty (MI)"),
+        ]
+        for row, (panel, cmap, title) in enumerate(panels):
+            kwargs = {"vmin": 0, "vmax": 9} if cmap == "tab10" else {}
+            axes[row, column].imshow(np.rot90(panel.numpy()), cmap=cmap, **kwargs)
+            axes[row, column].set_title(f"{site}: {title}" if row == 0 else title, fontsize=8)
+            axes[row, column].axis("off")
+    fig.suptitle(f"{result.name}: one test subject per site", fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return Path(path)
