@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --progress-bar off -c requirements/constraints.txt
 STAMP := $(VENV)/.installed
+BUNDLE := bundles/multisite_segmentation
 
 .PHONY: demo test env clean-env
 
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/nnunet.txt re
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m monai_continual.demo
+	$(PY) -m monai.bundle run --config_file $(BUNDLE)/configs/experiment.json --bundle_root $(BUNDLE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monai_continual.experiment.comparisons import PAPER_COMPARISONS, run_comparisons
+from monai_continual.experiment.inference import load_weights, mc_segment_files
 from monai_continual.experiment.multisite_experiment import ROW_ORDER, SEQUENTIAL_STRATEGIES, MultiSiteExperiment
 
-__all__ = ["PAPER_COMPARISONS", "ROW_ORDER", "SEQUENTIAL_STRATEGIES", "MultiSiteExperiment", "run_comparisons"]
+__all__ = ["PAPER_COMPARISONS", "ROW_ORDER", "SEQUENTIAL_STRATEGIES", "MultiSiteExperiment", "load_weights", "mc_segment_files", "run_comparisons"]
