@@ -93,6 +93,8 @@ class ContinualRunner:
         num_classes: classes, background included.
         loss: data loss; ``DiceCELoss(to_onehot_y=True, softmax=True)`` by default.
         optimizer: ``params -> Optimizer``; Adam with lr 1e-3 by default (McClure et al.).
+        bayes_optimizer: optimizer of Bayesian stages (default: ``optimizer``). A posterior used as prior is tight
+            (std ~1e-3), so a step much larger than its std makes the KL term explode: keep its lr near 1e-3.
         epochs: epochs per site stage (and for centrally hosted training).
         batch_size: mini-batch size.
         inferer: prediction inferer (e.g. ``SlidingWindowInferer``); Bayesian models wrap it in ``MCInferer``.
@@ -122,6 +124,7 @@ class ContinualRunner:
         num_classes: int,
         loss: Callable | None = None,
         optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
+        bayes_optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
         epochs: int = 2,
         batch_size: int = 2,
         inferer: Inferer | None = None,
@@ -160,6 +163,7 @@ class ContinualRunner:
         self.num_classes = int(num_classes)
         self.loss = loss if loss is not None else DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizer_fn = optimizer if optimizer is not None else (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.bayes_optimizer_fn = bayes_optimizer if bayes_optimizer is not None else self.optimizer_fn
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.inferer = inferer or SimpleInferer()
@@ -345,7 +349,7 @@ class ContinualRunner:
         loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
         num_examples = stage.num_examples if stage.num_examples is not None else len(dataset)
         loss = ELBOLoss(self.loss, network, num_examples) if stage.kind == "bayes" else self.loss
-        optimizer = self.optimizer_fn(network.parameters())
+        optimizer = (self.bayes_optimizer_fn if stage.kind == "bayes" else self.optimizer_fn)(network.parameters())
         site_dir = self._site_dir(run_dir, stage)
         plateau = None
         if stage.patience:
