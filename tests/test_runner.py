@@ -83,7 +83,9 @@ def test_vcl_stages_carry_the_previous_posterior_as_prior(sites, tmp_path):
 
 
 def test_dwc_output_is_eq_17_of_the_site_posteriors(sites, tmp_path):
-    result = tiny_runner(sites, tmp_path).run("dwc")
+    # each site keeps its optimizers across visits: alpha trains a MAP and then a Bayesian network with its own
+    result = tiny_runner(sites, tmp_path, optimizer_state="site").run("dwc")
+    assert {p.name for p in (result.directory / "sites" / "alpha").glob("optimizer_*.pt")} == {"optimizer_map.pt", "optimizer_bayes.pt"}
     shared = result.directory / "store"
     prior = Posterior.load(shared / "prior_round1.safetensors")
     site_files = [shared / f"round1_{s}.safetensors" for s in ("beta", "gamma")]

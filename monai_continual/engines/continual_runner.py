@@ -29,7 +29,7 @@ from monai_continual.engines.stage_handlers import EpochCheckpoint, EpochSeeder,
 from monai_continual.handlers import ReplayBufferHandler, WeightTransferHandler
 from monai_continual.losses import ELBOLoss
 from monai_continual.metrics import ContinualMatrix, evaluate_sites
-from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.atomic import atomic_write, atomic_write_text
 from monai_continual.utils.tensor_files import read_tensor_file, write_tensor_file
 
 __all__ = ["ContinualRunner", "StrategyResult", "OPTIMIZER_STATE_POLICIES"]
@@ -374,7 +374,7 @@ class ContinualRunner:
         }
         if resumed is None:
             transfer["loaded"] = self._initialize(network, stage, store, run_dir)
-            self._restore_optimizer(optimizer, run_dir, site_dir)
+            self._restore_optimizer(optimizer, run_dir, site_dir, stage.kind)
         else:
             transfer["loaded"] = "checkpoint"
         transfer_handler = WeightTransferHandler(store, site_label, network, stage=store_stage, load=False, publish=stage.publish)
@@ -410,7 +410,7 @@ class ContinualRunner:
             transfer["published"] = transfer_handler.published.sha256
         if stage.export_posterior:
             Posterior.from_model(network, site=site_label, num_examples=num_examples).save(run_dir / "store" / stage.export_posterior)
-        self._keep_optimizer(optimizer, run_dir, site_dir)
+        self._keep_optimizer(optimizer, run_dir, site_dir, stage.kind)
         checkpoint.path.unlink(missing_ok=True)
         return network, transfer
 
@@ -448,22 +448,21 @@ class ContinualRunner:
                 f"network: {err}"
             ) from err
 
-    def _optimizer_file(self, run_dir: Path, site_dir: Path) -> Path | None:
+    def _optimizer_file(self, run_dir: Path, site_dir: Path, kind: str) -> Path | None:
+        # one file per network kind: a site that trains a MAP and then a Bayesian network keeps both optimizers
         if self.optimizer_state == "site":
-            return site_dir / "optimizer.pt"
+            return site_dir / f"optimizer_{kind}.pt"
         if self.optimizer_state == "transfer":
-            return run_dir / "store" / "optimizer.pt"
+            return run_dir / "store" / f"optimizer_{kind}.pt"
         return None
 
-    def _restore_optimizer(self, optimizer: torch.optim.Optimizer, run_dir: Path, site_dir: Path) -> None:
-        path = self._optimizer_file(run_dir, site_dir)
+    def _restore_optimizer(self, optimizer: torch.optim.Optimizer, run_dir: Path, site_dir: Path, kind: str) -> None:
+        path = self._optimizer_file(run_dir, site_dir, kind)
         if path is not None and path.exists():
             optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
-    def _keep_optimizer(self, optimizer: torch.optim.Optimizer, run_dir: Path, site_dir: Path) -> None:
-        from monai_continual.utils.atomic import atomic_write
-
-        path = self._optimizer_file(run_dir, site_dir)
+    def _keep_optimizer(self, optimizer: torch.optim.Optimizer, run_dir: Path, site_dir: Path, kind: str) -> None:
+        path = self._optimizer_file(run_dir, site_dir, kind)
         if path is not None:
             with atomic_write(path) as tmp:
                 torch.save(optimizer.state_dict(), tmp)
