@@ -21,7 +21,7 @@ def bundle(command: str, configs, root: Path, *overrides: str, check: bool = Tru
     config_arg = str(CONFIGS / configs) if isinstance(configs, str) else json.dumps([str(CONFIGS / c) for c in configs])
     args = [sys.executable, "-m", "monai.bundle", command, "--config_file", config_arg, "--bundle_root", str(root), *overrides]
     if command == "verify_net_in_out":
-        args += ["--meta_file", str(CONFIGS / "metadata.json")]
+        args += ["--meta_file", str(CONFIGS / "metadata.json"), "--net_id", "network_def"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
