@@ -29,7 +29,7 @@ class ReplayDataset(Dataset):
         buffer: a :class:`ReplayBuffer` (or a list of items) of earlier sites.
         transform: MONAI transforms applied to every item.
         replay_fraction: ``None`` or a fraction in [0, 1).
-        site: the current site's name, for the ``"site"`` tag.
+        site: the current site's name, for the ``"site"`` tag (``"current"`` when not given).
         cache_replay: cache the transformed replay items (deterministic transforms only: MONAI's ``CacheDataset``
             caches up to the first random transform).
         seed: seed of the replay draws.
@@ -52,7 +52,7 @@ class ReplayDataset(Dataset):
     ) -> None:
         if replay_fraction is not None and not 0.0 <= replay_fraction < 1.0:
             raise ValueError(f"ReplayDataset: replay_fraction must be in [0, 1) or None, got {replay_fraction}.")
-        self.current = [dict(item, site=item.get("site", site), replay=False) for item in current]
+        self.current = [dict(item, site=item.get("site", site or "current"), replay=False) for item in current]
         replay_items = buffer.items() if isinstance(buffer, ReplayBuffer) else [dict(i) for i in buffer]
         self.replay = [dict(item, replay=True) for item in replay_items]
         if not self.current:
