@@ -6,7 +6,14 @@ from monai_continual.consolidation.averaging import weighted_average
 from monai_continual.consolidation.dwc import FALLBACKS, consolidate_dwc
 from monai_continual.consolidation.ensemble import EnsembleModel
 from monai_continual.consolidation.posterior import FORMAT_NAME, FORMAT_VERSION, Posterior, PosteriorFileError
-from monai_continual.consolidation.weight_store import WEIGHTS_FORMAT, DirectoryWeightStore, WeightEntry, WeightStore
+from monai_continual.consolidation.weight_store import (
+    WEIGHTS_FORMAT,
+    DirectoryWeightStore,
+    WeightEntry,
+    WeightStore,
+    load_weights,
+    save_weights,
+)
 
 __all__ = [
     "FALLBACKS",
@@ -20,5 +27,7 @@ __all__ = [
     "WeightEntry",
     "WeightStore",
     "consolidate_dwc",
+    "load_weights",
+    "save_weights",
     "weighted_average",
 ]

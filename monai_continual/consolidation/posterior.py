@@ -272,8 +272,6 @@ class Posterior:
         """Read and check a posterior file; errors name the file and the parameter at fault."""
         try:
             tensors, metadata, _ = read_tensor_file(path, FORMAT_NAME, FORMAT_VERSION)
-        except PosteriorFileError:
-            raise
         except TensorFileError as err:
             raise PosteriorFileError(str(err).replace(f"{FORMAT_NAME} file", "posterior file", 1)) from err
         groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in _GROUPS}

@@ -20,7 +20,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from monai_continual.bayes import MCInferer, bayesian_layers, bayesianize, posterior_to_prior
-from monai_continual.consolidation import DirectoryWeightStore, EnsembleModel, Posterior, consolidate_dwc
+from monai_continual.consolidation import DirectoryWeightStore, EnsembleModel, Posterior, consolidate_dwc, load_weights, save_weights
 from monai_continual.data import MultiSiteDatalist, ReplayBuffer, ReplayDataset, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.epoch_sampler import EpochSampler
@@ -30,12 +30,10 @@ from monai_continual.handlers import ReplayBufferHandler, WeightTransferHandler
 from monai_continual.losses import ELBOLoss
 from monai_continual.metrics import ContinualMatrix, evaluate_sites
 from monai_continual.utils.atomic import atomic_write, atomic_write_text
-from monai_continual.utils.tensor_files import read_tensor_file, write_tensor_file
 
 __all__ = ["ContinualRunner", "StrategyResult", "OPTIMIZER_STATE_POLICIES"]
 
 OPTIMIZER_STATE_POLICIES = ("fresh", "site", "transfer")
-_MODEL_FORMAT = "monai-continual-weights"
 
 
 @dataclass
@@ -293,7 +291,7 @@ class ContinualRunner:
             self._save_state(run_dir, state)
         final_path = run_dir / "final_model.safetensors"
         if network is not None:
-            write_tensor_file(final_path, network.state_dict(), {"strategy": name}, _MODEL_FORMAT, 1)
+            save_weights(final_path, network, strategy=name)
         matrix.save_csv(run_dir / "R.csv")
         matrix.plot(run_dir / "R.png", title=f"{name}: R matrix (mean Dice)")
         scores = self._stage_scores(run_dir, len(stages), stages)
@@ -487,6 +485,10 @@ class ContinualRunner:
         items = {s: self.data.items(s, "test") for s in self.eval_sites}
         return evaluate_sites(network, items, self.eval_transform, self.num_classes, self._inferer(bayesian), self.device)
 
+    def _single_site_run(self, site: str, epochs: int) -> StrategyResult:
+        root = self.output_dir / "single_site"
+        return self._run_schedule(f"single_site[{site}]", root / site, [Stage([site], epochs=epochs, init="store", label=site)])
+
     def _single_site(self, order: list[str], epochs: int) -> StrategyResult:
         root = self.output_dir / "single_site"
         matrix = ContinualMatrix(self.eval_sites)
@@ -494,7 +496,7 @@ class ContinualRunner:
         extra: dict[str, dict[str, list[float]]] = {}
         transfers = []
         for site in order:
-            result = self._run_schedule(f"single_site[{site}]", root / site, [Stage([site], epochs=epochs, init="store", label=site)])
+            result = self._single_site_run(site, epochs)
             matrix.add_stage(site, {s: float(np.mean(v)) for s, v in result.scores.items()}, label=site)
             scores[site] = result.scores[site]
             extra[f"single_site[{site}]"] = result.scores
@@ -507,12 +509,9 @@ class ContinualRunner:
         members = []
         for site in order:
             path = self.output_dir / "single_site" / site / "final_model.safetensors"
-            if not path.exists():
-                self._single_site([site], epochs)
-            state, _, _ = read_tensor_file(path, _MODEL_FORMAT, 1)
-            member = self._new_network("map")
-            member.load_state_dict(state)
-            members.append(member)
+            if not path.exists():  # runs (or resumes) that site's model alone, leaving single_site's summary alone
+                self._single_site_run(site, epochs)
+            members.append(load_weights(self._new_network("map"), path))
         ensemble = EnsembleModel(members, output="log").to(self.device)
         root = self.output_dir / "ensemble"
         root.mkdir(parents=True, exist_ok=True)

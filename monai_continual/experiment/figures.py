@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from monai.transforms import apply_transform
 
-from monai_continual.bayes import MCInferer, bayesianize
+from monai_continual.bayes import MCInferer
+from monai_continual.consolidation.weight_store import load_weights
 from monai_continual.utils.atomic import atomic_write
-from monai_continual.utils.tensor_files import read_tensor_file
 
 __all__ = ["plot_predictions"]
 
@@ -23,10 +23,7 @@ def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    state, _, _ = read_tensor_file(result.directory / "final_model.safetensors", "monai-continual-weights", 1)
-    network = bayesianize(runner._new_network("map"), **runner.bayes_kwargs)
-    network.load_state_dict(state)
-    network.eval()
+    network = load_weights(runner._new_network("bayes"), result.directory / "final_model.safetensors").eval()
     inferer = MCInferer(runner.mc_samples, runner.inferer, return_uncertainty=True)
     sites = data.site_names
     fig, axes = plt.subplots(4, len(sites), figsize=(2.4 * len(sites), 9.6), squeeze=False)

@@ -16,20 +16,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from monai_continual.bayes import MCInferer
+from monai_continual.consolidation.weight_store import load_weights
 from monai_continual.utils.atomic import atomic_write
-from monai_continual.utils.tensor_files import read_tensor_file
 
 __all__ = ["load_weights", "mc_segment_files"]
-
-
-def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a model file written by the runner (safetensors with hash) into ``network``; errors name the file."""
-    state, _, _ = read_tensor_file(path, "monai-continual-weights", 1)
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"model file {str(path)!r} does not fit {type(network).__name__}: {err}") from err
-    return network
 
 
 def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
