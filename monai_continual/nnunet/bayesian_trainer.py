@@ -1,0 +1,124 @@
+"""nnU-Net trainers whose planned network is Bayesian: ``nnUNetTrainerBayesian`` and ``nnUNetTrainerVCL``.
+
+The network nnU-Net plans is built as usual and its convolutions are replaced by their Bayesian twins
+(:func:`monai_continual.bayes.bayesianize`); the loss is nnU-Net's own (Dice + CE with deep supervision) plus the KL
+divergence divided by N, the number of training cases (:class:`monai_continual.losses.ELBOLoss`). Priors are buffers
+of the network, so nnU-Net's checkpoints hold them. When training ends the posterior is also written as
+``posterior.safetensors`` next to the checkpoints: the file that may cross a site boundary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from monai_continual.bayes import bayesianize
+from monai_continual.consolidation.posterior import Posterior
+from monai_continual.losses import ELBOLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+__all__ = ["nnUNetTrainerBayesian", "nnUNetTrainerVCL", "POSTERIOR_FILE", "PRIOR_ENV"]
+
+#: the posterior a Bayesian training leaves in its fold folder
+POSTERIOR_FILE = "posterior.safetensors"
+#: environment variable naming the prior posterior file of nnUNetTrainerVCL (for nnU-Net's own CLI)
+PRIOR_ENV = "MONAI_CONTINUAL_PRIOR"
+
+
+class nnUNetTrainerBayesian(nnUNetTrainer):
+    """nnUNetTrainer with a Bayesian network (FFG posterior, local reparameterization) and the ELBO loss.
+
+    Settings (class attributes, so that variants are one-line subclasses): ``std_init`` (1e-3), ``prior_std`` (1.0),
+    ``bound_std`` (False), ``kl_weight`` (1.0), ``mc_samples`` (10, used by our ``predict``).
+
+    Example::
+
+        python -m monai_continual.nnunet train 501 3d_fullres all -tr nnUNetTrainerBayesian -device cpu
+        nnUNetv2_train 501 3d_fullres all -tr nnUNetTrainerBayesian   # with nnUNet_extTrainer set
+    """
+
+    std_init: float = 1e-3
+    prior_std: float = 1.0
+    bound_std: bool = False
+    kl_weight: float = 1.0
+    mc_samples: int = 10
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_training_cases: int | None = None
+
+    @classmethod
+    def build_network_architecture(
+        cls,
+        plans_manager: PlansManager,
+        configuration_manager: ConfigurationManager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> nn.Module:
+        network = nnUNetTrainer.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision
+        )
+        return bayesianize(network, std_init=cls.std_init, prior_std=cls.prior_std, bound_std=cls.bound_std, inplace=True)
+
+    def _build_loss(self) -> nn.Module:
+        train_keys, _ = self.do_split()
+        self.num_training_cases = len(train_keys)
+        return ELBOLoss(super()._build_loss(), self.network, num_examples=self.num_training_cases, kl_weight=self.kl_weight)
+
+    def train_step(self, batch: dict) -> dict:
+        result = super().train_step(batch)
+        result["kl"] = self.loss.last_kl.cpu().numpy()
+        return result
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        kl = float(sum(float(o["kl"]) for o in train_outputs) / max(1, len(train_outputs)))
+        self.print_to_log_file(f"KL divergence to the prior: {kl:.4g} (divided by N = {self.num_training_cases} in the loss)")
+
+    def posterior(self) -> Posterior:
+        """The network's current posterior, labelled with this dataset and its number of training cases."""
+        network = getattr(self.network, "_orig_mod", self.network)
+        return Posterior.from_model(network, site=self.plans_manager.dataset_name, num_examples=self.num_training_cases,
+                                    trainer=type(self).__name__)
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self.local_rank == 0 and not self.disable_checkpointing:
+            self.posterior().save(Path(self.output_folder) / POSTERIOR_FILE)
+
+
+class nnUNetTrainerVCL(nnUNetTrainerBayesian):
+    """Variational continual learning in nnU-Net: the prior is the previous site's posterior file.
+
+    The prior comes from ``trainer.prior_file`` (set by ``python -m monai_continual.nnunet train --prior FILE``) or
+    the environment variable ``MONAI_CONTINUAL_PRIOR`` (for ``nnUNetv2_train``); without either, the first site
+    trains from N(0, ``prior_std``). The posterior starts at the prior and its std is bounded by the prior's
+    (``bound_std``), as distributed weight consolidation requires.
+
+    Example::
+
+        MONAI_CONTINUAL_PRIOR=site_a/posterior.safetensors nnUNetv2_train 502 3d_fullres all -tr nnUNetTrainerVCL
+    """
+
+    bound_std = True
+    init_posterior_from_prior: bool = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.prior_file: str | None = os.environ.get(PRIOR_ENV) or None
+
+    def initialize(self) -> None:
+        super().initialize()
+        if not self.prior_file:
+            self.print_to_log_file(f"VCL: no prior file; training from N(0, {self.prior_std}).")
+            return
+        prior = Posterior.load(self.prior_file)  # checks format, shapes and hash; names the file on error
+        prior.to_prior(getattr(self.network, "_orig_mod", self.network), init_posterior=self.init_posterior_from_prior)
+        self.print_to_log_file(f"VCL: prior loaded from {self.prior_file} (site {prior.site}, N = {prior.num_examples}).")
