@@ -60,7 +60,7 @@ def export_nnunet_datasets(
         datalist: the multi-site datalist (or its JSON file).
         raw_root: ``nnUNet_raw``.
         first_id: dataset id of the first site; the others follow in datalist order.
-        sites: sites to export (default: all, held-out sites included: they have test cases only).
+        sites: sites to export (default: the training sites; nnU-Net cannot plan a dataset without training cases).
         channel_name: the single input channel's name (``"CT"`` would switch nnU-Net to CT normalization).
 
     Returns:
@@ -72,7 +72,7 @@ def export_nnunet_datasets(
         >>> names["site_a"]  # 'Dataset501_site_a'
     """
     data = datalist if isinstance(datalist, MultiSiteDatalist) else load_multisite_datalist(datalist)
-    chosen = list(sites) if sites is not None else data.site_names
+    chosen = list(sites) if sites is not None else data.training_sites()
     if not (1 <= first_id and first_id + len(chosen) - 1 <= 999):
         raise ValueError(f"export_nnunet_datasets: dataset ids {first_id}..{first_id + len(chosen) - 1} must lie in 1..999.")
     names: dict[str, str] = {}

@@ -43,7 +43,14 @@ def write_tensor_file(
 
         >>> sha = write_tensor_file("w.safetensors", net.state_dict(), {"site": "A"}, kind="weights", version=1)
     """
-    plain = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    plain, storages = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        # safetensors refuses tensors sharing memory (nnU-Net's decoder holds its encoder: the same weights under two
+        # names); each name gets its own copy, so the file loads back into either module
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        plain[name] = t.clone() if key is not None and key in storages else t
+        storages.add(key)
     sha = tensors_sha256(plain, metadata)
     header = {"format": kind, "format_version": str(version), "metadata": json.dumps(metadata, sort_keys=True), "sha256": sha}
     with atomic_write(path) as tmp:

@@ -1,0 +1,308 @@
+"""Continual strategies across sites' nnU-Net datasets: weight transfer, fine-tuning, replay, VCL and DWC.
+
+Every site is its own nnU-Net dataset, planned once and preprocessed with the shared plans
+(:func:`~monai_continual.nnunet.planning.plan_and_preprocess_sites`). A stage trains one site with nnU-Net's own
+trainer, data loading and augmentation; what crosses to the next stage is a safetensors file only (weights in a
+:class:`~monai_continual.consolidation.DirectoryWeightStore`, or a posterior file), with its SHA-256 recorded.
+After every stage the published model is loaded into a freshly built network and evaluated on every site's test
+cases (``imagesTs``/``labelsTs``) into a :class:`~monai_continual.metrics.ContinualMatrix`.
+
+The whole state is kept in the run directory (``state.json``, the store, posteriors, ``R.json``); running the same
+command again after the process was killed skips finished stages and redoes the interrupted one from its start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_continual.consolidation.dwc import consolidate_dwc
+from monai_continual.consolidation.posterior import Posterior
+from monai_continual.consolidation.weight_store import DirectoryWeightStore
+from monai_continual.metrics.continual_matrix import ContinualMatrix
+from monai_continual.metrics.segmentation import mean_dice
+from monai_continual.nnunet.bayesian_trainer import POSTERIOR_FILE
+from monai_continual.nnunet.datasets import check_datasets_compatible, raw_dataset_folder
+from monai_continual.nnunet.environment import nnunet_paths, results_folder
+from monai_continual.nnunet.launcher import build_trainer, default_device
+from monai_continual.nnunet.planning import plans_file
+from monai_continual.nnunet.replay_trainer import replay_sources_for
+from monai_continual.utils.atomic import atomic_write_text
+
+__all__ = ["SITE_STRATEGIES", "SiteStage", "SitesResult", "run_sites"]
+
+#: strategy -> the trainer its stages use
+SITE_STRATEGIES = {
+    "single_weight_transfer": "nnUNetTrainer",
+    "cyclic_weight_transfer": "nnUNetTrainer",
+    "fine_tuning": "nnUNetTrainer",
+    "replay": "nnUNetTrainerReplay",
+    "vcl": "nnUNetTrainerVCL",
+    "dwc": "nnUNetTrainerVCL",
+}
+
+
+@dataclass
+class SiteStage:
+    """One stage: train ``dataset`` (or consolidate, ``kind="consolidate"``) and publish the result."""
+
+    index: int
+    dataset: str
+    kind: str = "train"
+    label: str = ""
+    prior: str | None = None  # "previous" (VCL), "first" (DWC's shared prior) or None
+    replay: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SitesResult:
+    """What :func:`run_sites` produced: the R matrix, the stage records (hashes moved), the run directory."""
+
+    strategy: str
+    matrix: ContinualMatrix
+    stages: list[dict[str, Any]]
+    directory: Path
+
+
+def _schedule(strategy: str, datasets: list[str], rounds: int) -> list[SiteStage]:
+    if strategy in ("single_weight_transfer", "fine_tuning", "vcl"):
+        order = datasets
+    elif strategy == "cyclic_weight_transfer":
+        order = datasets * rounds
+    elif strategy == "replay":
+        return [SiteStage(i, d, label=f"{i}:{d}", replay=datasets[:i]) for i, d in enumerate(datasets)]
+    elif strategy == "dwc":
+        stages = [SiteStage(0, datasets[0], label=f"0:q0 {datasets[0]}")]
+        stages += [SiteStage(i, d, label=f"{i}:{d} from q0", prior="first") for i, d in enumerate(datasets[1:], 1)]
+        return stages + [SiteStage(len(datasets), datasets[0], kind="consolidate", label=f"{len(datasets)}:dwc")]
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; strategies are {sorted(SITE_STRATEGIES)}.")
+    prior = "previous" if strategy == "vcl" else None
+    return [SiteStage(i, d, label=f"{i}:{d}", prior=prior if i else None) for i, d in enumerate(order)]
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Evaluator:
+    """Predicts every site's test images with a published model and scores them against ``labelsTs``."""
+
+    def __init__(self, datasets: list[str], configuration: str, plans: str, device: torch.device, mirroring: bool,
+                 mc_samples: int, progress: bool) -> None:
+        self.datasets, self.configuration, self.plans = datasets, configuration, plans
+        self.device, self.mirroring, self.mc_samples, self.progress = device, mirroring, mc_samples, progress
+        raw = nnunet_paths(("raw",))["raw"]
+        self.folders = {d: raw_dataset_folder(raw, d) for d in datasets}
+        for dataset, folder in self.folders.items():
+            if not any((folder / "imagesTs").glob("*_0000*")) or not (folder / "labelsTs").is_dir():
+                raise FileNotFoundError(f"dataset {dataset}: needs test cases in imagesTs/ and labelsTs/ to be evaluated.")
+
+    def network(self, trainer: str, dataset: str) -> torch.nn.Module:
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from monai_continual.nnunet.trainers import find_trainer
+
+        plans_manager = PlansManager(str(plans_file(dataset, self.plans)))
+        config = plans_manager.get_configuration(self.configuration)
+        dataset_json = json.loads((plans_file(dataset, self.plans).parent / "dataset.json").read_text())
+        heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        channels = determine_num_input_channels(plans_manager, config, dataset_json)
+        return find_trainer(trainer).build_network_architecture(plans_manager, config, channels, heads, False)
+
+    def __call__(self, network: torch.nn.Module, trainer: str, output: Path) -> dict[str, float]:
+        import nibabel as nib
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from monai_continual.nnunet.mc_predictor import MCnnUNetPredictor
+
+        scores = {}
+        for dataset, folder in self.folders.items():
+            plans_manager = PlansManager(str(plans_file(dataset, self.plans)))
+            dataset_json = json.loads((plans_file(dataset, self.plans).parent / "dataset.json").read_text())
+            predictor = MCnnUNetPredictor(mc_samples=self.mc_samples, use_mirroring=self.mirroring, device=self.device)
+            config = plans_manager.get_configuration(self.configuration)
+            axes = tuple(range(len(config.patch_size)))
+            predictor.manual_initialization(network.to(self.device).eval(), plans_manager, config, [network.state_dict()],
+                                            dataset_json, trainer, axes)
+            written = predictor.predict_files(folder / "imagesTs", output / dataset, uncertainty=False, progress=False)
+            num_classes = max(int(v) for v in dataset_json["labels"].values()) + 1
+            dice = []
+            for path in written:
+                reference = folder / "labelsTs" / path.name
+                pred = torch.as_tensor(np.asarray(nib.load(path).dataobj))[None, None]
+                label = torch.as_tensor(np.asarray(nib.load(reference).dataobj))[None, None]
+                dice.append(float(mean_dice(pred, label, num_classes)[0]))
+            scores[dataset] = float(np.mean(dice))
+        return scores
+
+
+def run_sites(
+    datasets: Sequence[str],
+    strategy: str,
+    output_dir: str | os.PathLike,
+    configuration: str = "3d_fullres",
+    fold: int | str = "all",
+    plans: str = "nnUNetPlans",
+    epochs: int = 1,
+    iterations_per_epoch: int | None = None,
+    val_iterations_per_epoch: int | None = None,
+    rounds: int = 2,
+    replay_capacity: int = 5,
+    trainer: str | None = None,
+    device: str | None = None,
+    mirroring: bool = True,
+    mc_samples: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> SitesResult:
+    """Run one strategy over the sites' nnU-Net datasets (already planned and preprocessed with shared plans).
+
+    Args:
+        datasets: the sites' datasets, in training order (names or ids).
+        strategy: one of :data:`SITE_STRATEGIES`: ``single_weight_transfer`` / ``fine_tuning`` (each site once, the
+            weights passed on), ``cyclic_weight_transfer`` (``rounds`` passes over the sites), ``replay`` (each
+            site once, plus up to ``replay_capacity`` cases of every earlier site), ``vcl`` (Bayesian; the posterior
+            of each site is the prior of the next), ``dwc`` (q0 trained on the first site; every other site trains
+            from q0 independently; the site posteriors are consolidated by Eq. 17).
+        output_dir: the run directory (all state; rerun the same call to resume).
+        configuration, fold, plans: nnU-Net's; ``fold="all"`` trains on every training case of a site (the test
+            cases are held apart in ``imagesTs``).
+        epochs: epochs per stage (per visit for cyclic transfer).
+        iterations_per_epoch, val_iterations_per_epoch: nnU-Net's iterations (default: the trainer's own).
+        rounds: passes over the sites for cyclic transfer.
+        replay_capacity: K, replayed cases per earlier site.
+        trainer: override the trainer of the strategy (e.g. a variant of it).
+        device: ``"cuda"``, ``"cpu"``... (default: CUDA when available).
+        mirroring: nnU-Net's mirroring at evaluation.
+        mc_samples: Monte Carlo passes when evaluating Bayesian stages (1: the posterior mean).
+        seed: seeds torch before every stage and the choice of replayed cases.
+        progress: print a line per stage.
+
+    Returns:
+        :class:`SitesResult`; ``R.json``, ``R.csv``, ``R.png`` and ``state.json`` are in ``output_dir``.
+
+    Example::
+
+        >>> result = run_sites(["Dataset501_site_a", "Dataset502_site_b"], "cyclic_weight_transfer", "runs/cwt",
+        ...                    rounds=3, epochs=5, device="cpu")
+        >>> result.matrix.as_array()
+    """
+    if strategy not in SITE_STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; strategies are {sorted(SITE_STRATEGIES)}.")
+    if epochs < 1 or rounds < 1 or replay_capacity < 1:
+        raise ValueError(f"epochs, rounds and replay_capacity must be >= 1, got {epochs}, {rounds}, {replay_capacity}.")
+    paths = nnunet_paths()
+    names = list(check_datasets_compatible(paths["raw"], datasets))  # labels and channels agree, before any work
+    if len(set(names)) != len(names):
+        raise ValueError(f"a site's dataset is listed twice: {names}.")
+    missing = [n for n in names if not plans_file(n, plans).is_file()]
+    if missing:
+        raise FileNotFoundError(f"datasets {missing} have no {plans}.json; run plan_and_preprocess_sites first.")
+    shared = {json.dumps({k: v for k, v in json.loads(plans_file(n, plans).read_text()).items()
+                          if k not in ("dataset_name", "image_reader_writer")}, sort_keys=True) for n in names}
+    if len(shared) != 1:
+        raise ValueError(f"datasets {names} were preprocessed with different plans; plan once and move the plans "
+                         "(plan_and_preprocess_sites) so that weights fit every site.")
+    trainer_name = trainer or SITE_STRATEGIES[strategy]
+    device_ = torch.device(device or default_device())
+    run_dir = Path(output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"strategy": strategy, "datasets": names, "configuration": configuration, "fold": str(fold), "plans": plans,
+              "epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_iterations": val_iterations_per_epoch,
+              "rounds": rounds if strategy == "cyclic_weight_transfer" else None,
+              "replay_capacity": replay_capacity if strategy == "replay" else None, "trainer": trainer_name, "seed": seed}
+    state_path = run_dir / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"config": config, "stages": []}
+    if state["config"] != config:
+        raise ValueError(f"run directory {run_dir} holds a run with other settings ({state['config']}); use another directory.")
+    stages = _schedule(strategy, names, rounds)
+    matrix = ContinualMatrix(names)
+    for record in state["stages"]:
+        matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
+    evaluate = _Evaluator(names, configuration, plans, device_, mirroring, mc_samples, progress)
+    store = DirectoryWeightStore(run_dir / "store")
+    posteriors = run_dir / "posteriors"
+    posteriors.mkdir(exist_ok=True)
+    bayesian = trainer_name in ("nnUNetTrainerVCL", "nnUNetTrainerBayesian") or "VCL" in trainer_name or "Bayesian" in trainer_name
+
+    for stage in stages[len(state["stages"]):]:
+        started = time.time()
+        stage_dir = run_dir / "stages" / f"{stage.index:03d}_{stage.dataset}"
+        if stage_dir.exists():  # an interrupted stage starts again from its beginning
+            shutil.rmtree(stage_dir)
+        record: dict[str, Any] = {"index": stage.index, "label": stage.label, "dataset": stage.dataset}
+        torch.manual_seed(seed + stage.index)
+        if stage.kind == "consolidate":
+            prior_path = posteriors / f"stage{0:03d}.safetensors"
+            site_paths = [posteriors / f"stage{s.index:03d}.safetensors" for s in stages[1:-1]]
+            merged = consolidate_dwc(prior_path, site_paths)
+            out = posteriors / f"stage{stage.index:03d}.safetensors"
+            merged.save(out)
+            network = merged.to_model(evaluate.network(trainer_name, stage.dataset))
+            record.update(trained_on=[], loaded=[_sha256_file(p) for p in [prior_path, *site_paths]],
+                          published=_sha256_file(out))
+        else:
+            with results_folder(stage_dir):
+                instance = build_trainer(stage.dataset, configuration, fold, trainer_name, plans, device_, epochs,
+                                         iterations_per_epoch, val_iterations_per_epoch)
+                loaded = None
+                if stage.prior is not None:
+                    source = posteriors / f"stage{(0 if stage.prior == 'first' else stage.index - 1):03d}.safetensors"
+                    instance.prior_file, loaded = str(source), _sha256_file(source)
+                if stage.replay:
+                    folders = [plans_file(d, plans).parent / instance.configuration_manager.data_identifier for d in stage.replay]
+                    instance.replay_sources = replay_sources_for(folders, replay_capacity, seed=seed)
+                instance.initialize()
+                network = getattr(instance.network, "_orig_mod", instance.network)
+                latest = max(store.entries(), key=lambda e: e.stage, default=None)
+                if not bayesian and latest is not None:
+                    network.load_state_dict(store.load(latest))
+                    loaded = latest.sha256
+                instance.run_training()
+                network = getattr(instance.network, "_orig_mod", instance.network)
+                if bayesian:
+                    out = posteriors / f"stage{stage.index:03d}.safetensors"
+                    shutil.copyfile(Path(instance.output_folder) / POSTERIOR_FILE, out)
+                    published = _sha256_file(out)
+                else:
+                    published = store.publish(network.state_dict(), stage.dataset, stage.index + 1).sha256
+                record.update(trained_on=[stage.dataset], loaded=loaded, published=published,
+                              replay_items=int(getattr(instance, "num_replayed", 0)))
+            # evaluate what was published, loaded into a fresh network: exactly what the next site receives
+            fresh = evaluate.network(trainer_name, stage.dataset)
+            if bayesian:
+                network = Posterior.load(out).to_model(fresh)
+            else:
+                network = fresh
+                network.load_state_dict(store.load(max(store.entries(), key=lambda e: e.stage)))
+        record["scores"] = evaluate(network, trainer_name, run_dir / "predictions" / f"{stage.index:03d}")
+        record["seconds"] = round(time.time() - started, 1)
+        matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
+        state["stages"].append(record)
+        atomic_write_text(state_path, json.dumps(state, indent=2))
+        matrix.save_json(run_dir / "R.json")
+        matrix.save_csv(run_dir / "R.csv")
+        if progress:
+            print(f"[{strategy}] stage {stage.label}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["scores"].items())
+                  + f" ({record['seconds']} s)", flush=True)
+    try:
+        matrix.plot(run_dir / "R.png", title=f"{strategy}: Dice on every site's test cases after each stage")
+    except Exception as e:  # a missing plotting backend must not lose the results
+        print(f"R matrix plot skipped: {e}")
+    return SitesResult(strategy, matrix, state["stages"], run_dir)
