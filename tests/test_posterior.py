@@ -54,6 +54,33 @@ def test_deterministic_state_travels_with_a_converted_unet():
     torch.testing.assert_close(fresh.eval()(x), net.eval()(x), rtol=1e-5, atol=1e-6)
 
 
+class _Aliased(nn.Module):
+    """A conv reachable by two paths, as in nnU-Net's ConvDropoutNormReLU (``conv`` and ``all_modules.0``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 3)
+        self.all_modules = nn.Sequential(self.conv, nn.InstanceNorm3d(2, affine=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.all_modules(x)
+
+
+def test_a_layer_with_two_names_is_bayesian_under_both():
+    torch.manual_seed(0)
+    trained = bayesianize(_Aliased(), bound_std=True)
+    with torch.no_grad():
+        trained.conv.weight_mu.add_(0.5)
+    posterior = Posterior.from_model(trained, site="a")
+    assert not any(k.startswith(("all_modules.0.", "conv.")) for k in posterior.deterministic)
+    assert set(posterior.deterministic) == {"all_modules.1.weight", "all_modules.1.bias"}
+    fresh = bayesianize(_Aliased(), bound_std=True)
+    posterior.to_prior(fresh, init_posterior=True)  # the alias must not overwrite the prior just set
+    for alias in ("conv", "all_modules.0"):
+        torch.testing.assert_close(fresh.state_dict()[f"{alias}.prior_mean"], posterior.mean["conv.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(fresh.state_dict()[f"{alias}.prior_std"], posterior.std["conv.weight"], rtol=0, atol=0)
+
+
 def test_file_round_trip_is_lossless(tmp_path):
     post = Posterior.from_model(_perturbed(_net()), site="hospital A", num_examples=40, round=2)
     path = post.save(tmp_path / "a.safetensors")

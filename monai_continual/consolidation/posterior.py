@@ -36,11 +36,16 @@ def _layer_param_names(name: str, layer: BayesianModule) -> list[str]:
 
 
 def _bayesian_state_keys(model: nn.Module) -> set[str]:
-    """state_dict keys that belong to Bayesian layers (their parameterization and prior buffers)."""
+    """state_dict keys that belong to Bayesian layers (their parameterization and prior buffers), under every name.
+
+    A layer reachable by two paths (nnU-Net's ``conv`` and ``all_modules.0``) appears twice in ``state_dict``; both
+    names are Bayesian state, or the alias would be saved as "deterministic" and overwrite a newly set prior on load.
+    """
     keys = set()
-    for name, layer in bayesian_layers(model):
-        prefix = f"{name}." if name else ""
-        keys.update(prefix + key for key in layer.state_dict())
+    for name, layer in model.named_modules(remove_duplicate=False):
+        if isinstance(layer, BayesianModule):
+            prefix = f"{name}." if name else ""
+            keys.update(prefix + key for key in layer.state_dict())
     return keys
 
 

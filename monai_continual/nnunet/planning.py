@@ -8,8 +8,10 @@ its own cases. Only the plans (no images) cross a site boundary.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from monai_continual.nnunet.datasets import check_datasets_compatible, raw_dataset_folder
@@ -71,7 +73,8 @@ def plan_and_preprocess_sites(
         if not (paths["preprocessed"] / name / "dataset_fingerprint.json").is_file():
             extract_fingerprints([dataset_id(name)], num_processes=num_processes, verbose=verbose, show_progress_bar=False)
     if not source_plans.is_file():
-        plan_experiments([source_id], overwrite_plans_name=plans if plans != "nnUNetPlans" else None)
+        with _planning_threads():
+            plan_experiments([source_id], overwrite_plans_name=plans if plans != "nnUNetPlans" else None)
     shared = _comparable(json.loads(source_plans.read_text()))
     result = {}
     for name in names:
@@ -87,6 +90,20 @@ def plan_and_preprocess_sites(
             atomic_write_text(done, json.dumps(wanted))
         result[name] = target
     return result
+
+
+@contextlib.contextmanager
+def _planning_threads() -> Iterator[None]:
+    # nnU-Net's planner sets torch's thread count to nnUNet_n_proc_DA, which fails for 0 (single-threaded data
+    # augmentation, a valid training setting)
+    value = os.environ.get("nnUNet_n_proc_DA")
+    if value == "0":
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        yield
+    finally:
+        if value == "0":
+            os.environ["nnUNet_n_proc_DA"] = value
 
 
 def _comparable(plans: dict) -> dict:
