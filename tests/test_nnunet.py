@@ -1,0 +1,254 @@
+"""nnU-Net v2 integration on tiny nnU-Net datasets made from the embedded multi-site data: real planning,
+preprocessing, nnU-Net's training loop and data loading, prediction to NIfTI, and the strategies across sites."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+pytest.importorskip("nnunetv2")
+
+from monai_continual.consolidation import Posterior, consolidate_dwc  # noqa: E402
+from monai_continual.nnunet import (  # noqa: E402
+    NnUNetDatasetError,
+    check_datasets_compatible,
+    export_nnunet_datasets,
+    ext_trainer_folder,
+    plan_and_preprocess_sites,
+)
+from monai_continual.nnunet.sites import run_sites  # noqa: E402
+from runner_utils import tiny_sites  # noqa: E402
+
+ENV = {"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "2"}
+SHORT = ["--num-epochs", "1", "--iterations-per-epoch", "2", "--val-iterations-per-epoch", "1", "-device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def nnunet(tmp_path_factory):
+    """Three sites as nnU-Net datasets, planned once on the first and preprocessed with the shared plans."""
+    root = tmp_path_factory.mktemp("nnunet")
+    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", *ENV)}
+    paths = {"nnUNet_raw": root / "raw", "nnUNet_preprocessed": root / "preprocessed", "nnUNet_results": root / "results"}
+    os.environ.update({k: str(v) for k, v in paths.items()}, **ENV)
+    names = export_nnunet_datasets(tiny_sites(root / "data"), paths["nnUNet_raw"], first_id=901)
+    plans = plan_and_preprocess_sites(list(names.values()))
+    yield {"root": root, "names": names, "plans": plans, **paths}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _cli(nnunet, *args, check=True):
+    env = dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-m", "monai_continual.nnunet", *args], env=env, capture_output=True, text=True, timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def _checkpoint(folder: Path) -> dict:
+    # a checkpoint this test just wrote with nnU-Net (pickled by nnU-Net; not a file from elsewhere)
+    return torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+
+
+def test_plans_are_shared_and_every_site_is_preprocessed(nnunet):
+    documents = [json.loads(p.read_text()) for p in nnunet["plans"].values()]
+    assert [d["dataset_name"] for d in documents] == list(nnunet["names"].values())
+    strip = [{k: v for k, v in d.items() if k not in ("dataset_name", "image_reader_writer")} for d in documents]
+    assert strip[0] == strip[1] == strip[2]
+    for name in nnunet["names"].values():
+        folder = nnunet["nnUNet_preprocessed"] / name / "nnUNetPlans_3d_fullres"
+        raw = nnunet["nnUNet_raw"] / name
+        assert len(list(folder.glob("*.b2nd"))) == 2 * len(list((raw / "imagesTr").glob("*.nii.gz")))  # image + seg
+        assert json.loads((raw / "dataset.json").read_text())["labels"] == {"background": 0, "CSF": 1, "GM": 2, "WM": 3}
+
+
+def test_bayesian_trainer_trains_predicts_and_keeps_priors(nnunet):
+    name = nnunet["names"]["alpha"]
+    _cli(nnunet, "train", name, "3d_fullres", "all", "-tr", "nnUNetTrainerBayesian", *SHORT, "--skip-validation")
+    model = nnunet["nnUNet_results"] / name / "nnUNetTrainerBayesian__nnUNetPlans__3d_fullres"
+    weights = _checkpoint(model / "fold_all")["network_weights"]
+    prior_std = {k: v for k, v in weights.items() if k.endswith(".prior_std")}
+    assert len(prior_std) > 10 and all(torch.all(v == 1.0) for v in prior_std.values())  # N(0, 1) prior, in the checkpoint
+    assert all(torch.all(weights[k.replace("prior_std", "prior_mean")] == 0) for k in prior_std)
+    posterior = Posterior.load(model / "fold_all" / "posterior.safetensors")
+    assert posterior.num_examples == len(list((nnunet["nnUNet_raw"] / name / "imagesTr").glob("*.nii.gz")))
+    assert posterior.site == name
+
+    images = nnunet["nnUNet_raw"] / name / "imagesTs"
+    out = nnunet["root"] / "predictions_bayes"
+    _cli(nnunet, "predict", "-i", str(images), "-o", str(out), "-m", str(model), "--mc-samples", "3", "-device", "cpu")
+    for image in sorted(images.glob("*_0000.nii.gz")):
+        case = image.name[: -len("_0000.nii.gz")]
+        reference = nib.load(image)
+        seg = nib.load(out / f"{case}.nii.gz")
+        assert seg.shape == reference.shape and np.allclose(seg.affine, reference.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+        maps = {m: np.asarray(nib.load(out / f"{case}_{m}.nii.gz").dataobj) for m in ("variance", "entropy", "mutual_information")}
+        assert all(m.shape == reference.shape for m in maps.values())
+        assert np.all(maps["mutual_information"] <= maps["entropy"] + 1e-4) and np.all(maps["variance"] >= 0)
+        assert maps["entropy"].max() > 0 and maps["entropy"].max() <= np.log(4) + 1e-4  # 4 classes
+
+
+def test_vcl_prior_is_the_previous_posterior_file(nnunet):
+    alpha, beta = nnunet["names"]["alpha"], nnunet["names"]["beta"]
+    first = nnunet["nnUNet_results"] / alpha / "nnUNetTrainerVCL_short__nnUNetPlans__3d_fullres" / "fold_all"
+    _cli(nnunet, "train", alpha, "3d_fullres", "all", "-tr", "nnUNetTrainerVCL_short", *SHORT, "--skip-validation")
+    prior_file = first / "posterior.safetensors"
+    _cli(nnunet, "train", beta, "3d_fullres", "all", "-tr", "nnUNetTrainerVCL_short", *SHORT, "--skip-validation",
+         "--prior", str(prior_file))
+    prior = Posterior.load(prior_file)
+    weights = _checkpoint(nnunet["nnUNet_results"] / beta / "nnUNetTrainerVCL_short__nnUNetPlans__3d_fullres" / "fold_all")["network_weights"]
+    checked = 0
+    for param, mean in prior.mean.items():
+        module, kind = param.rsplit(".", 1)
+        prefix = "" if kind == "weight" else "bias_"
+        assert torch.equal(weights[f"{module}.{prefix}prior_mean"], mean)
+        assert torch.equal(weights[f"{module}.{prefix}prior_std"], prior.std[param])
+        checked += 1
+    assert checked == len(prior.mean) > 10
+    # the second site's posterior std stays within its prior's (bound_std)
+    second = Posterior.load(prior_file.parents[3] / beta / "nnUNetTrainerVCL_short__nnUNetPlans__3d_fullres" / "fold_all" / "posterior.safetensors")
+    assert all(torch.all(second.std[p] <= prior.std[p] * (1 + 1e-6)) for p in prior.std)
+    with pytest.raises(AssertionError, match="takes no prior"):
+        _cli(nnunet, "train", beta, "3d_fullres", "all", "-tr", "nnUNetTrainer", *SHORT, "--prior", str(prior_file))
+
+
+def test_replay_trainer_mixes_earlier_sites_cases_into_the_loader(nnunet):
+    from monai_continual.nnunet.launcher import build_trainer
+    from monai_continual.nnunet.replay_trainer import replay_sources_for
+
+    alpha, beta = nnunet["names"]["alpha"], nnunet["names"]["beta"]
+    trainer = build_trainer(beta, "3d_fullres", "all", "nnUNetTrainerReplay", device="cpu", num_epochs=1)
+    folder = nnunet["nnUNet_preprocessed"] / alpha / "nnUNetPlans_3d_fullres"
+    trainer.replay_sources = replay_sources_for([folder], capacity_per_site=2, seed=0)
+    trainer.initialize()
+    mixed, validation = trainer.get_tr_and_val_datasets()
+    own = [i for i in mixed.identifiers if "/" not in i]
+    replayed = [i for i in mixed.identifiers if i.startswith(f"{alpha}/")]
+    assert len(replayed) == 2 == trainer.num_replayed and own and all(i.startswith("beta_") for i in own)
+    data, seg, _, properties = mixed.load_case(replayed[0])
+    assert data.shape[0] == 1 and seg.shape[1:] == data.shape[1:]
+    assert all("/" not in i for i in validation.identifiers)  # validation stays on the site's own cases
+    # a real (short) training through the launcher, with nnU-Net's loader drawing from the mix
+    done = _cli(nnunet, "train", beta, "3d_fullres", "all", "-tr", "nnUNetTrainerReplay_short", *SHORT,
+                "--skip-validation", "--replay", f"{alpha}:2")
+    assert f"+ 2 replayed from ['{alpha}']" in done.stdout
+
+
+def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(nnunet):
+    names = list(nnunet["names"].values())
+    run = nnunet["root"] / "runs" / "cwt"
+    args = ["sites", "cyclic_weight_transfer", *names, "-o", str(run), "--rounds", "2", "--epochs", "1",
+            "--iterations-per-epoch", "2", "--val-iterations-per-epoch", "1", "--disable-tta", "-device", "cpu"]
+    env = dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent))
+    process = subprocess.Popen([sys.executable, "-m", "monai_continual.nnunet", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        state = run / "state.json"
+        if state.is_file() and len(json.loads(state.read_text())["stages"]) >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # killed somewhere in stage 2 or 3
+    process.wait()
+    before = json.loads((run / "state.json").read_text())["stages"]
+    assert 2 <= len(before) < 6
+    _cli(nnunet, *args)
+    state = json.loads((run / "state.json").read_text())
+    stages = state["stages"]
+    assert stages[: len(before)] == before  # finished stages were kept, not redone
+    assert [s["dataset"] for s in stages] == names * 2
+    assert stages[0]["loaded"] is None
+    for previous, current in zip(stages, stages[1:]):
+        assert current["loaded"] == previous["published"]  # each visit starts from what the previous one published
+    manifest = json.loads((run / "store" / "manifest.json").read_text())["entries"]
+    assert sorted(e["sha256"] for e in manifest) == sorted(s["published"] for s in stages)
+    matrix = json.loads((run / "R.json").read_text())
+    assert len(matrix["stages"]) == 6 and all(set(s["scores"]) == set(names) for s in matrix["stages"])
+    assert all(0 <= v <= 1 for s in matrix["stages"] for v in s["scores"].values())
+    assert (run / "R.png").is_file()
+    with pytest.raises(ValueError, match="other settings"):
+        run_sites(names, "cyclic_weight_transfer", run, rounds=3, epochs=1, device="cpu")
+
+
+def test_vcl_and_dwc_across_sites(nnunet):
+    names = list(nnunet["names"].values())
+    options = dict(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
+    vcl = run_sites(names[:2], "vcl", nnunet["root"] / "runs" / "vcl", **options)
+    assert vcl.stages[1]["loaded"] == vcl.stages[0]["published"]  # site 2's prior is site 1's posterior file
+    dwc = run_sites(names, "dwc", nnunet["root"] / "runs" / "dwc", **options)
+    files = sorted((dwc.directory / "posteriors").glob("stage*.safetensors"))
+    assert len(files) == 4
+    expected = consolidate_dwc(files[0], files[1:3])
+    produced = Posterior.load(files[3])
+    assert all(torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n]) for n in expected.mean)
+    q0 = Posterior.load(files[0])
+    assert all(dwc.stages[i]["loaded"] == dwc.stages[0]["published"] for i in (1, 2))  # both sites trained from q0
+    for site_file in files[1:3]:
+        site = Posterior.load(site_file)
+        assert all(torch.all(site.std[n] <= q0.std[n] * (1 + 1e-6)) for n in site.std)
+    assert dwc.matrix.num_stages == 4 and dwc.matrix.labels[-1].endswith("dwc")
+
+
+def test_sites_with_other_labels_or_channels_are_refused_before_training(nnunet, tmp_path):
+    raw = nnunet["nnUNet_raw"]
+    alpha, beta = nnunet["names"]["alpha"], nnunet["names"]["beta"]
+    for key, value, message in (("labels", {"background": 0, "lesion": 1}, "label set"),
+                                ("channel_names", {"0": "T1", "1": "FLAIR"}, "input channels")):
+        broken = raw / f"Dataset9{50 + len(message)}_broken"
+        broken.mkdir()
+        document = json.loads((raw / beta / "dataset.json").read_text())
+        document[key] = value
+        (broken / "dataset.json").write_text(json.dumps(document))
+        with pytest.raises(NnUNetDatasetError, match=f"dataset {broken.name}: {message}"):
+            check_datasets_compatible(raw, [alpha, broken.name])
+        with pytest.raises(NnUNetDatasetError, match=broken.name):
+            run_sites([alpha, broken.name], "fine_tuning", tmp_path / key, device="cpu")
+        with pytest.raises(NnUNetDatasetError, match=broken.name):
+            plan_and_preprocess_sites([alpha, broken.name])
+        assert not (tmp_path / key).exists() and not (nnunet["nnUNet_preprocessed"] / broken.name).exists()
+        for path in sorted(broken.rglob("*"), reverse=True):
+            path.unlink()
+        broken.rmdir()
+
+
+def test_nnunet_lookup_finds_our_trainers(nnunet):
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    # what nnU-Net does with nnUNet_extTrainer once its own package has no such trainer
+    folder = str(ext_trainer_folder())
+    found = recursive_find_python_class(folder, "nnUNetTrainerBayesian", None, base_folder=folder,
+                                        cleanup_imports_from_base_folder=True)
+    from monai_continual.nnunet import nnUNetTrainerBayesian
+
+    assert found is nnUNetTrainerBayesian
+    done = _cli(nnunet, "trainer-path")
+    assert done.stdout.strip() == folder
+
+
+def test_nnunetv2_train_finds_ours_through_ext_trainer(nnunet):
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        pytest.skip("nnU-Net's own trainer lookup imports its primus trainers, which need timm (not installed here, "
+                    "it pulls torchvision); the launcher and the nnUNet_extTrainer folder are tested above")
+    name = nnunet["names"]["gamma"]
+    env = dict(os.environ, **ENV, nnUNet_extTrainer=str(ext_trainer_folder()))
+    done = subprocess.run(["nnUNetv2_train", name, "3d_fullres", "all", "-tr", "nnUNetTrainerBayesian_short", "-device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (nnunet["nnUNet_results"] / name / "nnUNetTrainerBayesian_short__nnUNetPlans__3d_fullres" / "fold_all" / "posterior.safetensors").is_file()
