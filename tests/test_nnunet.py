@@ -190,9 +190,9 @@ def test_vcl_and_dwc_across_sites(nnunet):
     options = dict(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
     vcl = run_sites(names[:2], "vcl", nnunet["root"] / "runs" / "vcl", **options)
     assert vcl.stages[1]["loaded"] == vcl.stages[0]["published"]  # site 2's prior is site 1's posterior file
-    dwc = run_sites(names, "dwc", nnunet["root"] / "runs" / "dwc", **options)
+    dwc = run_sites(names, "dwc", nnunet["root"] / "runs" / "dwc", dwc_finetune=True, **options)
     files = sorted((dwc.directory / "posteriors").glob("stage*.safetensors"))
-    assert len(files) == 4
+    assert len(files) == 5
     expected = consolidate_dwc(files[0], files[1:3])
     produced = Posterior.load(files[3])
     assert all(torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n]) for n in expected.mean)
@@ -201,7 +201,11 @@ def test_vcl_and_dwc_across_sites(nnunet):
     for site_file in files[1:3]:
         site = Posterior.load(site_file)
         assert all(torch.all(site.std[n] <= q0.std[n] * (1 + 1e-6)) for n in site.std)
-    assert dwc.matrix.num_stages == 4 and dwc.matrix.labels[-1].endswith("dwc")
+    assert dwc.matrix.num_stages == 5 and dwc.matrix.labels[-2].endswith("dwc") and dwc.matrix.labels[-1].endswith("dwc+ft")
+    # the fine-tuning stage starts from the consolidated posterior as prior, with the data weighted as one example
+    assert dwc.stages[4]["loaded"] == dwc.stages[3]["published"] and dwc.stages[4]["trained_on"] == [names[0]]
+    log = next((dwc.directory / "stages" / f"004_{names[0]}").rglob("training_log_*.txt")).read_text()
+    assert "divided by N = 1 in the loss" in log
 
 
 def test_sites_with_other_labels_or_channels_are_refused_before_training(nnunet, tmp_path):

@@ -51,6 +51,8 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_training_cases: int | None = None
+        #: N of the KL term when set (1 weights the data as one example: McClure et al.'s DWC fine-tuning)
+        self.kl_num_examples: float | None = None
 
     @classmethod
     def build_network_architecture(
@@ -69,7 +71,8 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
     def _build_loss(self) -> nn.Module:
         train_keys, _ = self.do_split()
         self.num_training_cases = len(train_keys)
-        return ELBOLoss(super()._build_loss(), self.network, num_examples=self.num_training_cases, kl_weight=self.kl_weight)
+        n = self.kl_num_examples if self.kl_num_examples is not None else self.num_training_cases
+        return ELBOLoss(super()._build_loss(), self.network, num_examples=n, kl_weight=self.kl_weight)
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)
@@ -79,7 +82,7 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
         kl = float(sum(float(o["kl"]) for o in train_outputs) / max(1, len(train_outputs)))
-        self.print_to_log_file(f"KL divergence to the prior: {kl:.4g} (divided by N = {self.num_training_cases} in the loss)")
+        self.print_to_log_file(f"KL divergence to the prior: {kl:.4g} (divided by N = {self.loss.num_examples:g} in the loss)")
 
     def posterior(self) -> Posterior:
         """The network's current posterior, labelled with this dataset and its number of training cases."""

@@ -70,9 +70,11 @@ def _sites(args: argparse.Namespace) -> int:
     from monai_continual.metrics.transfer import backward_transfer
     from monai_continual.nnunet.sites import run_sites
 
-    result = run_sites(args.datasets, args.strategy, args.output, args.c, args.f, args.p, args.epochs,
-                       args.iterations_per_epoch, args.val_iterations_per_epoch, args.rounds, args.replay_capacity,
-                       args.tr, args.device, not args.disable_tta, args.mc_samples, args.seed)
+    result = run_sites(args.datasets, args.strategy, args.output, configuration=args.c, fold=args.f, plans=args.p,
+                       epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                       val_iterations_per_epoch=args.val_iterations_per_epoch, rounds=args.rounds,
+                       replay_capacity=args.replay_capacity, dwc_finetune=args.dwc_finetune, trainer=args.tr,
+                       device=args.device, mirroring=not args.disable_tta, mc_samples=args.mc_samples, seed=args.seed)
     print(result.matrix)
     if result.matrix.num_stages > 1:
         print(f"BWT {backward_transfer(result.matrix):+.3f}")
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--val-iterations-per-epoch", type=int)
     st.add_argument("--rounds", type=int, default=2)
     st.add_argument("--replay-capacity", type=int, default=5)
+    st.add_argument("--dwc-finetune", action="store_true", help="fine-tune the consolidated DWC posterior on the first site")
     st.add_argument("--mc-samples", type=int, default=1)
     st.add_argument("--disable-tta", action="store_true")
     st.add_argument("--seed", type=int, default=0)

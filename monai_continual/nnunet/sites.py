@@ -74,7 +74,7 @@ class SitesResult:
     directory: Path
 
 
-def _schedule(strategy: str, datasets: list[str], rounds: int) -> list[SiteStage]:
+def _schedule(strategy: str, datasets: list[str], rounds: int, finetune: bool = False) -> list[SiteStage]:
     if strategy in ("single_weight_transfer", "fine_tuning", "vcl"):
         order = datasets
     elif strategy == "cyclic_weight_transfer":
@@ -84,7 +84,10 @@ def _schedule(strategy: str, datasets: list[str], rounds: int) -> list[SiteStage
     elif strategy == "dwc":
         stages = [SiteStage(0, datasets[0], label=f"0:q0 {datasets[0]}")]
         stages += [SiteStage(i, d, label=f"{i}:{d} from q0", prior="first") for i, d in enumerate(datasets[1:], 1)]
-        return stages + [SiteStage(len(datasets), datasets[0], kind="consolidate", label=f"{len(datasets)}:dwc")]
+        stages.append(SiteStage(len(datasets), datasets[0], kind="consolidate", label=f"{len(datasets)}:dwc"))
+        if finetune:  # McClure et al.'s "DWC" row: the consolidated posterior fine-tuned with the data as one example
+            stages.append(SiteStage(len(datasets) + 1, datasets[0], kind="finetune", label=f"{len(datasets) + 1}:dwc+ft", prior="previous"))
+        return stages
     else:
         raise ValueError(f"unknown strategy {strategy!r}; strategies are {sorted(SITE_STRATEGIES)}.")
     prior = "previous" if strategy == "vcl" else None
@@ -164,6 +167,7 @@ def run_sites(
     val_iterations_per_epoch: int | None = None,
     rounds: int = 2,
     replay_capacity: int = 5,
+    dwc_finetune: bool = False,
     trainer: str | None = None,
     device: str | None = None,
     mirroring: bool = True,
@@ -179,7 +183,8 @@ def run_sites(
             weights passed on), ``cyclic_weight_transfer`` (``rounds`` passes over the sites), ``replay`` (each
             site once, plus up to ``replay_capacity`` cases of every earlier site), ``vcl`` (Bayesian; the posterior
             of each site is the prior of the next), ``dwc`` (q0 trained on the first site; every other site trains
-            from q0 independently; the site posteriors are consolidated by Eq. 17).
+            from q0 independently; the site posteriors are consolidated by Eq. 17; with ``dwc_finetune`` the
+            consolidated posterior is then fine-tuned on the first site with its data weighted as one example).
         output_dir: the run directory (all state; rerun the same call to resume).
         configuration, fold, plans: nnU-Net's; ``fold="all"`` trains on every training case of a site (the test
             cases are held apart in ``imagesTs``).
@@ -187,6 +192,7 @@ def run_sites(
         iterations_per_epoch, val_iterations_per_epoch: nnU-Net's iterations (default: the trainer's own).
         rounds: passes over the sites for cyclic transfer.
         replay_capacity: K, replayed cases per earlier site.
+        dwc_finetune: add DWC's fine-tuning stage.
         trainer: override the trainer of the strategy (e.g. a variant of it).
         device: ``"cuda"``, ``"cpu"``... (default: CUDA when available).
         mirroring: nnU-Net's mirroring at evaluation.
@@ -226,12 +232,13 @@ def run_sites(
     config = {"strategy": strategy, "datasets": names, "configuration": configuration, "fold": str(fold), "plans": plans,
               "epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_iterations": val_iterations_per_epoch,
               "rounds": rounds if strategy == "cyclic_weight_transfer" else None,
-              "replay_capacity": replay_capacity if strategy == "replay" else None, "trainer": trainer_name, "seed": seed}
+              "replay_capacity": replay_capacity if strategy == "replay" else None, "trainer": trainer_name, "seed": seed,
+              "dwc_finetune": bool(dwc_finetune) if strategy == "dwc" else None}
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"config": config, "stages": []}
     if state["config"] != config:
         raise ValueError(f"run directory {run_dir} holds a run with other settings ({state['config']}); use another directory.")
-    stages = _schedule(strategy, names, rounds)
+    stages = _schedule(strategy, names, rounds, dwc_finetune)
     matrix = ContinualMatrix(names)
     for record in state["stages"]:
         matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
@@ -250,7 +257,7 @@ def run_sites(
         torch.manual_seed(seed + stage.index)
         if stage.kind == "consolidate":
             prior_path = posteriors / f"stage{0:03d}.safetensors"
-            site_paths = [posteriors / f"stage{s.index:03d}.safetensors" for s in stages[1:-1]]
+            site_paths = [posteriors / f"stage{s.index:03d}.safetensors" for s in stages if s.prior == "first"]
             merged = consolidate_dwc(prior_path, site_paths)
             out = posteriors / f"stage{stage.index:03d}.safetensors"
             merged.save(out)
@@ -265,6 +272,8 @@ def run_sites(
                 if stage.prior is not None:
                     source = posteriors / f"stage{(0 if stage.prior == 'first' else stage.index - 1):03d}.safetensors"
                     instance.prior_file, loaded = str(source), _sha256_file(source)
+                if stage.kind == "finetune":
+                    instance.kl_num_examples = 1.0
                 if stage.replay:
                     folders = [plans_file(d, plans).parent / instance.configuration_manager.data_identifier for d in stage.replay]
                     instance.replay_sources = replay_sources_for(folders, replay_capacity, seed=seed)
