@@ -28,15 +28,15 @@ demo: $(STAMP)
 NNUNET := outputs/nnunet
 NNUNET_CLI := nnUNet_def_n_proc=2 nnUNet_n_proc_DA=2 $(PY) -m monai_continual.nnunet --raw $(NNUNET)/raw --preprocessed $(NNUNET)/preprocessed --results $(NNUNET)/results
 NNUNET_SITES := 501 502 503 504
-NNUNET_SCHEDULE := --epochs 2 --iterations-per-epoch 25 --val-iterations-per-epoch 5 --disable-tta
+NNUNET_SCHEDULE := --epochs 2 --iterations-per-epoch 15 --val-iterations-per-epoch 5 --disable-tta
 
 nnunet-demo: $(STAMP)
-	$(PY) -m monai_continual make-sites $(NNUNET)/sites --shape 32,40,32
+	$(PY) -m monai_continual make-sites $(NNUNET)/sites --shape 24,28,24
 	$(NNUNET_CLI) export-sites $(NNUNET)/sites/datalist.json --first-id 501
 	$(NNUNET_CLI) plan $(NNUNET_SITES)
 	$(NNUNET_CLI) sites cyclic_weight_transfer $(NNUNET_SITES) -o $(NNUNET)/runs/cyclic_weight_transfer --rounds 2 $(NNUNET_SCHEDULE)
-	$(NNUNET_CLI) sites fine_tuning $(NNUNET_SITES) -o $(NNUNET)/runs/fine_tuning --epochs 4 --iterations-per-epoch 25 --val-iterations-per-epoch 5 --disable-tta
-	$(NNUNET_CLI) sites replay $(NNUNET_SITES) -o $(NNUNET)/runs/replay --replay-capacity 3 --epochs 4 --iterations-per-epoch 25 --val-iterations-per-epoch 5 --disable-tta
+	$(NNUNET_CLI) sites fine_tuning $(NNUNET_SITES) -o $(NNUNET)/runs/fine_tuning --epochs 4 --iterations-per-epoch 15 --val-iterations-per-epoch 5 --disable-tta
+	$(NNUNET_CLI) sites replay $(NNUNET_SITES) -o $(NNUNET)/runs/replay --replay-capacity 3 --epochs 4 --iterations-per-epoch 15 --val-iterations-per-epoch 5 --disable-tta
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 _SUBPACKAGES = (
     "bayes", "networks", "losses", "consolidation", "data", "metrics", "handlers", "engines", "experiment", "utils", "cli",
+    "nnunet",
 )
 
 

@@ -94,6 +94,11 @@ def _schedule(strategy: str, datasets: list[str], rounds: int, finetune: bool = 
     return [SiteStage(i, d, label=f"{i}:{d}", prior=prior if i else None) for i, d in enumerate(order)]
 
 
+def _published(store: DirectoryWeightStore, number: int):
+    """The store entry stage ``number - 1`` published (stage numbers in the store count from 1), or None."""
+    return next((e for e in store.entries() if e.stage == number), None)
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -279,10 +284,12 @@ def run_sites(
                     instance.replay_sources = replay_sources_for(folders, replay_capacity, seed=seed)
                 instance.initialize()
                 network = getattr(instance.network, "_orig_mod", instance.network)
-                latest = max(store.entries(), key=lambda e: e.stage, default=None)
-                if not bayesian and latest is not None:
-                    network.load_state_dict(store.load(latest))
-                    loaded = latest.sha256
+                # the previous stage's weights, by stage number: a stage killed after publishing must not start
+                # from its own half-finished result when it is redone
+                previous = _published(store, stage.index)
+                if not bayesian and previous is not None:
+                    network.load_state_dict(store.load(previous))
+                    loaded = previous.sha256
                 instance.run_training()
                 network = getattr(instance.network, "_orig_mod", instance.network)
                 if bayesian:
@@ -299,7 +306,7 @@ def run_sites(
                 network = Posterior.load(out).to_model(fresh)
             else:
                 network = fresh
-                network.load_state_dict(store.load(max(store.entries(), key=lambda e: e.stage)))
+                network.load_state_dict(store.load(_published(store, stage.index + 1)))
         record["scores"] = evaluate(network, trainer_name, run_dir / "predictions" / f"{stage.index:03d}")
         record["seconds"] = round(time.time() - started, 1)
         matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
