@@ -199,28 +199,29 @@ class ContinualMatrix:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        values = self.as_array()
-        height = max(2.5, 0.45 * len(self.stages) + 1.5)
-        width = max(3.5, 0.9 * len(self.sites) + 2.5)
-        fig, ax = plt.subplots(figsize=(width, height))
-        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(len(self.sites)), self.sites, rotation=30, ha="right")
-        ax.set_yticks(range(len(self.stages)), self.labels)
-        ax.set_xlabel("evaluated on")
-        ax.set_ylabel("after stage")
-        for i, stage in enumerate(self.stages):
-            for j, site in enumerate(self.sites):
-                if not np.isnan(values[i, j]):
-                    colour = "white" if values[i, j] < (vmin + vmax) / 2 else "black"
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
-                if site in stage["trained_on"]:
-                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        ax.set_title(title or "R matrix (red: site trained at that stage)")
-        fig.tight_layout()
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
+        # matplotlib's defaults, whatever style the process has set (nnU-Net's progress plot sets seaborn's)
+        with matplotlib.rc_context(matplotlib.rcParamsDefault):
+            values = self.as_array()
+            height = max(2.5, 0.45 * len(self.stages) + 1.5)
+            width = max(3.5, 0.9 * len(self.sites) + 2.5)
+            fig, ax = plt.subplots(figsize=(width, height))
+            image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+            ax.set_xticks(range(len(self.sites)), self.sites, rotation=30, ha="right")
+            ax.set_yticks(range(len(self.stages)), self.labels)
+            ax.set_xlabel("evaluated on")
+            ax.set_ylabel("after stage")
+            for i, stage in enumerate(self.stages):
+                for j, site in enumerate(self.sites):
+                    if not np.isnan(values[i, j]):
+                        colour = "white" if values[i, j] < (vmin + vmax) / 2 else "black"
+                        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
+                    if site in stage["trained_on"]:
+                        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+            ax.set_title(title or "R matrix (red: site trained at that stage)")
+            with atomic_write(path) as tmp:  # "tight" fits long stage labels, which tight_layout() cannot
+                fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            plt.close(fig)
         return Path(path)
 
     def __repr__(self) -> str:
