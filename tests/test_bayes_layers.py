@@ -78,6 +78,25 @@ def test_local_noise_is_independent_per_element():
     assert abs(float(corr_examples)) < 0.02 and abs(float(corr_voxels)) < 0.1
 
 
+def test_mixed_precision_keeps_gradients_finite_and_moments():
+    """float16 autocast (nnU-Net on CUDA) flushes sigma^2 x^2 to zero; the variance path must stay in float32."""
+    torch.manual_seed(0)
+    layer = BayesConv3d(2, 4, 3, padding=1, bias=False)
+    x = torch.zeros(64, 2, 6, 6, 6)
+    x[..., 2:4, 2:4, 2:4] = torch.randn(64, 2, 2, 2, 2)  # zero padding and empty regions: exactly zero variance
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = layer(x)
+    assert y.dtype == torch.float16
+    y.float().sum().backward()
+    assert torch.isfinite(layer.weight_rho.grad).all() and torch.isfinite(layer.weight_mu.grad).all()
+    # the noise has the closed-form std sqrt(conv(x^2, sigma^2)) where the variance is non-zero
+    mean = F.conv3d(x, layer.weight_mean.detach(), padding=1)
+    std = F.conv3d(x * x, layer.weight_std.detach() ** 2, padding=1).sqrt()
+    where = std > 1e-3
+    z = (y.float() - mean)[where] / std[where]
+    assert abs(z.mean().item()) < 0.1 and abs(z.std().item() - 1) < 0.1  # float16 rounding of y included
+
+
 def test_eval_is_deterministic_and_sampling_context_restores():
     layer = BayesConv3d(1, 2, 3, padding=1, std_init=0.1)
     x = torch.randn(1, 1, 6, 6, 6)

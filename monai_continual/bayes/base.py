@@ -274,7 +274,14 @@ class BayesianModule(nn.Module):
             bias = None if self.bias_mu is None else self.bias_mu + self.bias_std * torch.randn_like(self.bias_mu)
             return self._op(x, weight, bias)
         mean = self._op(x, mean_w, self.bias_mu)
-        var = self._op(x * x, std_w * std_w, None if self.bias_rho is None else self.bias_std**2)
+        bias_var = None if self.bias_rho is None else self.bias_std**2
+        if torch.is_autocast_enabled(x.device.type):
+            # mixed precision (nnU-Net on CUDA): in float16 sigma^2 x^2 and the epsilon flush to zero, where the
+            # square root's gradient is infinite; the variance path runs in float32
+            with torch.autocast(x.device.type, enabled=False):
+                var = self._op(x.float() * x.float(), std_w * std_w, bias_var)
+                return torch.addcmul(mean.float(), var.add_(_VAR_EPS).sqrt_(), torch.randn_like(var)).to(mean.dtype)
+        var = self._op(x * x, std_w * std_w, bias_var)
         # in place on the fresh conv output: saves two activation-sized temporaries per call
         return torch.addcmul(mean, var.add_(_VAR_EPS).sqrt_(), torch.randn_like(mean))
 
