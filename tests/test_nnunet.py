@@ -183,6 +183,11 @@ def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(n
     assert (run / "R.png").is_file()
     with pytest.raises(ValueError, match="other settings"):
         run_sites(names, "cyclic_weight_transfer", run, rounds=3, epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="not Bayesian; got nnUNetTrainerBayesian"):
+        run_sites(names, "fine_tuning", nnunet["root"] / "runs" / "wrong", trainer="nnUNetTrainerBayesian", device="cpu")
+    with pytest.raises(ValueError, match="nnUNetTrainerReplay or a subclass"):
+        run_sites(names, "replay", nnunet["root"] / "runs" / "wrong", trainer="nnUNetTrainer", device="cpu")
+    assert not (nnunet["root"] / "runs" / "wrong").exists()
 
 
 def test_vcl_and_dwc_across_sites(nnunet):

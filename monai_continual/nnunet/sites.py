@@ -31,12 +31,13 @@ from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.weight_store import DirectoryWeightStore
 from monai_continual.metrics.continual_matrix import ContinualMatrix
 from monai_continual.metrics.segmentation import mean_dice
-from monai_continual.nnunet.bayesian_trainer import POSTERIOR_FILE
+from monai_continual.nnunet.bayesian_trainer import POSTERIOR_FILE, nnUNetTrainerBayesian
 from monai_continual.nnunet.datasets import check_datasets_compatible, raw_dataset_folder
 from monai_continual.nnunet.environment import nnunet_paths, results_folder
 from monai_continual.nnunet.launcher import build_trainer, default_device
 from monai_continual.nnunet.planning import plans_file
 from monai_continual.nnunet.replay_trainer import replay_sources_for
+from monai_continual.nnunet.trainers import find_trainer
 from monai_continual.utils.atomic import atomic_write_text
 
 __all__ = ["SITE_STRATEGIES", "SiteStage", "SitesResult", "run_sites"]
@@ -123,8 +124,6 @@ class _Evaluator:
     def network(self, trainer: str, dataset: str) -> torch.nn.Module:
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        from monai_continual.nnunet.trainers import find_trainer
 
         plans_manager = PlansManager(str(plans_file(dataset, self.plans)))
         config = plans_manager.get_configuration(self.configuration)
@@ -231,7 +230,13 @@ def run_sites(
         raise ValueError(f"datasets {names} were preprocessed with different plans; plan once and move the plans "
                          "(plan_and_preprocess_sites) so that weights fit every site.")
     trainer_name = trainer or SITE_STRATEGIES[strategy]
+    trainer_class, required = find_trainer(trainer_name), find_trainer(SITE_STRATEGIES[strategy])
+    bayesian = issubclass(trainer_class, nnUNetTrainerBayesian)
+    if not issubclass(trainer_class, required) or (bayesian and strategy not in ("vcl", "dwc")):
+        raise ValueError(f"strategy {strategy} trains with {required.__name__} or a subclass of it"
+                         f"{'' if strategy in ('vcl', 'dwc') else ' that is not Bayesian'}; got {trainer_name}.")
     device_ = torch.device(device or default_device())
+    evaluate = _Evaluator(names, configuration, plans, device_, mirroring, mc_samples, progress)
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"strategy": strategy, "datasets": names, "configuration": configuration, "fold": str(fold), "plans": plans,
@@ -247,11 +252,9 @@ def run_sites(
     matrix = ContinualMatrix(names)
     for record in state["stages"]:
         matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
-    evaluate = _Evaluator(names, configuration, plans, device_, mirroring, mc_samples, progress)
     store = DirectoryWeightStore(run_dir / "store")
     posteriors = run_dir / "posteriors"
     posteriors.mkdir(exist_ok=True)
-    bayesian = trainer_name in ("nnUNetTrainerVCL", "nnUNetTrainerBayesian") or "VCL" in trainer_name or "Bayesian" in trainer_name
 
     for stage in stages[len(state["stages"]):]:
         started = time.time()
