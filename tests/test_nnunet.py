@@ -261,3 +261,20 @@ def test_nnunetv2_train_finds_ours_through_ext_trainer(nnunet):
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (nnunet["nnUNet_results"] / name / "nnUNetTrainerBayesian_short__nnUNetPlans__3d_fullres" / "fold_all" / "posterior.safetensors").is_file()
+
+
+def test_site_schedules():
+    from monai_continual.nnunet.sites import _schedule
+
+    sites = ["a", "b", "c"]
+    assert [s.dataset for s in _schedule("cyclic_weight_transfer", sites, 2)] == sites * 2
+    shuffled = [s.dataset for s in _schedule("cyclic_weight_transfer", sites, 4, order="random", seed=3)]
+    rounds = [shuffled[i:i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(r) == sites for r in rounds) and len({tuple(r) for r in rounds}) > 1  # a permutation per round
+    assert shuffled == [s.dataset for s in _schedule("cyclic_weight_transfer", sites, 4, order="random", seed=3)]
+    assert [s.replay for s in _schedule("replay", sites, 1)] == [[], ["a"], ["a", "b"]]
+    assert [s.prior for s in _schedule("vcl", sites, 1)] == [None, "previous", "previous"]
+    dwc = _schedule("dwc", sites, 1, finetune=True)
+    assert [(s.dataset, s.kind, s.prior) for s in dwc] == [
+        ("a", "train", None), ("b", "train", "first"), ("c", "train", "first"), ("a", "consolidate", None),
+        ("a", "finetune", "previous")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from collections.abc import Sequence
@@ -75,11 +76,14 @@ class SitesResult:
     directory: Path
 
 
-def _schedule(strategy: str, datasets: list[str], rounds: int, finetune: bool = False) -> list[SiteStage]:
+def _schedule(strategy: str, datasets: list[str], rounds: int, finetune: bool = False, order: str = "fixed",
+              seed: int = 0) -> list[SiteStage]:
     if strategy in ("single_weight_transfer", "fine_tuning", "vcl"):
-        order = datasets
+        order_ = datasets
     elif strategy == "cyclic_weight_transfer":
-        order = datasets * rounds
+        # "random": a new permutation of the sites every round (seeded), as in Chang et al.'s random-order variant
+        order_ = [d for r in range(rounds) for d in (random.Random(seed + r).sample(datasets, len(datasets))
+                                                       if order == "random" else datasets)]
     elif strategy == "replay":
         return [SiteStage(i, d, label=f"{i}:{d}", replay=datasets[:i]) for i, d in enumerate(datasets)]
     elif strategy == "dwc":
@@ -92,7 +96,7 @@ def _schedule(strategy: str, datasets: list[str], rounds: int, finetune: bool = 
     else:
         raise ValueError(f"unknown strategy {strategy!r}; strategies are {sorted(SITE_STRATEGIES)}.")
     prior = "previous" if strategy == "vcl" else None
-    return [SiteStage(i, d, label=f"{i}:{d}", prior=prior if i else None) for i, d in enumerate(order)]
+    return [SiteStage(i, d, label=f"{i}:{d}", prior=prior if i else None) for i, d in enumerate(order_)]
 
 
 def _published(store: DirectoryWeightStore, number: int):
@@ -170,6 +174,7 @@ def run_sites(
     iterations_per_epoch: int | None = None,
     val_iterations_per_epoch: int | None = None,
     rounds: int = 2,
+    order: str = "fixed",
     replay_capacity: int = 5,
     dwc_finetune: bool = False,
     trainer: str | None = None,
@@ -195,6 +200,8 @@ def run_sites(
         epochs: epochs per stage (per visit for cyclic transfer).
         iterations_per_epoch, val_iterations_per_epoch: nnU-Net's iterations (default: the trainer's own).
         rounds: passes over the sites for cyclic transfer.
+        order: ``"fixed"`` (the order of ``datasets``, every round) or ``"random"`` (a seeded permutation per round)
+            for cyclic transfer; the other strategies take ``datasets`` in order.
         replay_capacity: K, replayed cases per earlier site.
         dwc_finetune: add DWC's fine-tuning stage.
         trainer: override the trainer of the strategy (e.g. a variant of it).
@@ -215,6 +222,8 @@ def run_sites(
     """
     if strategy not in SITE_STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; strategies are {sorted(SITE_STRATEGIES)}.")
+    if order not in ("fixed", "random"):
+        raise ValueError(f"order must be 'fixed' or 'random', got {order!r}.")
     if epochs < 1 or rounds < 1 or replay_capacity < 1:
         raise ValueError(f"epochs, rounds and replay_capacity must be >= 1, got {epochs}, {rounds}, {replay_capacity}.")
     paths = nnunet_paths()
@@ -242,13 +251,14 @@ def run_sites(
     config = {"strategy": strategy, "datasets": names, "configuration": configuration, "fold": str(fold), "plans": plans,
               "epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_iterations": val_iterations_per_epoch,
               "rounds": rounds if strategy == "cyclic_weight_transfer" else None,
+              "order": order if strategy == "cyclic_weight_transfer" else None,
               "replay_capacity": replay_capacity if strategy == "replay" else None, "trainer": trainer_name, "seed": seed,
               "dwc_finetune": bool(dwc_finetune) if strategy == "dwc" else None}
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"config": config, "stages": []}
     if state["config"] != config:
         raise ValueError(f"run directory {run_dir} holds a run with other settings ({state['config']}); use another directory.")
-    stages = _schedule(strategy, names, rounds, dwc_finetune)
+    stages = _schedule(strategy, names, rounds, dwc_finetune, order, seed)
     matrix = ContinualMatrix(names)
     for record in state["stages"]:
         matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
