@@ -34,6 +34,8 @@ def test_sequential_matrix_hand_worked():
     assert forgetting(SEQUENTIAL) == pytest.approx(0.25)
     R = ContinualMatrix.from_array(SEQUENTIAL, ["A", "B", "C"])
     assert forward_transfer(R, {"A": 0.1, "B": 0.2, "C": 0.3}) == pytest.approx(0.05)
+    # a final stage that lifts the earlier site above its best so far (replay): negative forgetting = -BWT
+    assert forgetting([[0.6, 0.2], [0.7, 0.8]]) == pytest.approx(-0.1) == -backward_transfer([[0.6, 0.2], [0.7, 0.8]])
 
 
 def test_cyclic_schedule_uses_last_visit_for_bwt_and_first_visit_for_fwt():

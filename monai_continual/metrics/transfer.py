@@ -81,7 +81,9 @@ def forgetting(R: ContinualMatrix | np.ndarray | Sequence[Sequence[float]]) -> f
     """Average forgetting: mean over earlier sites i of max_{first visit of i <= l < T} R[l, i] - R[T, i].
 
     (Chaudhry et al. 2018.) The best score a site ever had from its first training on, minus its final score; the
-    site(s) of the final stage are left out as in :func:`backward_transfer`. >= 0; NaN when no earlier site exists.
+    site(s) of the final stage are left out as in :func:`backward_transfer`. Usually >= 0; negative where the final
+    stage lifted earlier sites above their best score so far (positive backward transfer, e.g. replay). NaN when no
+    earlier site exists.
 
     Example::
 
