@@ -54,7 +54,7 @@ def export_nnunet_datasets(
 
     Training and validation cases go to ``imagesTr``/``labelsTr`` (nnU-Net makes its own folds), test cases to
     ``imagesTs``/``labelsTs``. All datasets get the same ``dataset.json`` labels and channel, so their plans and
-    weights can be shared. Files are copied atomically; rerunning over a finished export is a no-op per file.
+    weights can be shared. Files are copied atomically, so an interrupted export can simply be run again.
 
     Args:
         datalist: the multi-site datalist (or its JSON file).

@@ -39,7 +39,7 @@ from monai_continual.nnunet.launcher import build_trainer, default_device
 from monai_continual.nnunet.planning import plans_file
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.trainers import find_trainer
-from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.atomic import atomic_write, atomic_write_text
 
 __all__ = ["SITE_STRATEGIES", "SiteStage", "SitesResult", "run_sites"]
 
@@ -307,7 +307,8 @@ def run_sites(
                 network = getattr(instance.network, "_orig_mod", instance.network)
                 if bayesian:
                     out = posteriors / f"stage{stage.index:03d}.safetensors"
-                    shutil.copyfile(Path(instance.output_folder) / POSTERIOR_FILE, out)
+                    with atomic_write(out) as tmp:
+                        shutil.copyfile(Path(instance.output_folder) / POSTERIOR_FILE, tmp)
                     published = _sha256_file(out)
                 else:
                     published = store.publish(network.state_dict(), stage.dataset, stage.index + 1).sha256
