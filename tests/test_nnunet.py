@@ -41,9 +41,11 @@ def nnunet(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", *ENV)}
     paths = {"nnUNet_raw": root / "raw", "nnUNet_preprocessed": root / "preprocessed", "nnUNet_results": root / "results"}
     os.environ.update({k: str(v) for k, v in paths.items()}, **ENV)
-    names = export_nnunet_datasets(tiny_sites(root / "data"), paths["nnUNet_raw"], first_id=901)
+    datalist = tiny_sites(root / "data")
+    names = export_nnunet_datasets(datalist, paths["nnUNet_raw"], first_id=901)
     plans = plan_and_preprocess_sites(list(names.values()))
-    yield {"root": root, "names": names, "plans": plans, **paths}
+    held_out = export_nnunet_datasets(datalist, paths["nnUNet_raw"], first_id=904, sites=["omega"])["omega"]  # test cases only
+    yield {"root": root, "names": names, "plans": plans, "held_out": held_out, **paths}
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -152,7 +154,7 @@ def test_replay_trainer_mixes_earlier_sites_cases_into_the_loader(nnunet):
 def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(nnunet):
     names = list(nnunet["names"].values())
     run = nnunet["root"] / "runs" / "cwt"
-    args = ["sites", "cyclic_weight_transfer", *names, "-o", str(run), "--rounds", "2", "--epochs", "1",
+    args = ["sites", "cyclic_weight_transfer", *names, "--eval", nnunet["held_out"], "-o", str(run), "--rounds", "2", "--epochs", "1",
             "--iterations-per-epoch", "2", "--val-iterations-per-epoch", "1", "--disable-tta", "-device", "cpu"]
     env = dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent))
     process = subprocess.Popen([sys.executable, "-m", "monai_continual.nnunet", *args], env=env,
@@ -178,11 +180,13 @@ def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(n
     manifest = json.loads((run / "store" / "manifest.json").read_text())["entries"]
     assert sorted(e["sha256"] for e in manifest) == sorted(s["published"] for s in stages)
     matrix = json.loads((run / "R.json").read_text())
-    assert len(matrix["stages"]) == 6 and all(set(s["scores"]) == set(names) for s in matrix["stages"])
+    # every stage is scored on every site, the never-trained held-out site included (preprocessed with the shared plans)
+    assert len(matrix["stages"]) == 6 and all(set(s["scores"]) == {*names, nnunet["held_out"]} for s in matrix["stages"])
+    assert all(nnunet["held_out"] not in s["trained_on"] for s in matrix["stages"])
     assert all(0 <= v <= 1 for s in matrix["stages"] for v in s["scores"].values())
     assert (run / "R.png").is_file()
     with pytest.raises(ValueError, match="other settings"):
-        run_sites(names, "cyclic_weight_transfer", run, rounds=3, epochs=1, device="cpu")
+        run_sites(names, "cyclic_weight_transfer", run, rounds=3, epochs=1, eval_datasets=[nnunet["held_out"]], device="cpu")
     with pytest.raises(ValueError, match="not Bayesian; got nnUNetTrainerBayesian"):
         run_sites(names, "fine_tuning", nnunet["root"] / "runs" / "wrong", trainer="nnUNetTrainerBayesian", device="cpu")
     with pytest.raises(ValueError, match="nnUNetTrainerReplay or a subclass"):

@@ -73,7 +73,7 @@ def _sites(args: argparse.Namespace) -> int:
     result = run_sites(args.datasets, args.strategy, args.output, configuration=args.c, fold=args.f, plans=args.p,
                        epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                        val_iterations_per_epoch=args.val_iterations_per_epoch, rounds=args.rounds,
-                       order=args.order, replay_capacity=args.replay_capacity, dwc_finetune=args.dwc_finetune, trainer=args.tr,
+                       order=args.order, replay_capacity=args.replay_capacity, dwc_finetune=args.dwc_finetune, eval_datasets=args.eval or (), trainer=args.tr,
                        device=args.device, mirroring=not args.disable_tta, mc_samples=args.mc_samples, seed=args.seed)
     print(result.matrix)
     if result.matrix.num_stages > 1:
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--iterations-per-epoch", type=int)
     st.add_argument("--val-iterations-per-epoch", type=int)
     st.add_argument("--rounds", type=int, default=2)
+    st.add_argument("--eval", nargs="*", help="held-out datasets evaluated after every stage, never trained on")
     st.add_argument("--order", default="fixed", choices=("fixed", "random"), help="site order per cyclic round")
     st.add_argument("--replay-capacity", type=int, default=5)
     st.add_argument("--dwc-finetune", action="store_true", help="fine-tune the consolidated DWC posterior on the first site")

@@ -124,14 +124,18 @@ class _Evaluator:
         for dataset, folder in self.folders.items():
             if not any((folder / "imagesTs").glob("*_0000*")) or not (folder / "labelsTs").is_dir():
                 raise FileNotFoundError(f"dataset {dataset}: needs test cases in imagesTs/ and labelsTs/ to be evaluated.")
+        # a held-out site has no training cases, hence no plans of its own: its images are preprocessed on the fly
+        # with the shared plans of the first site (the same ones every trained site uses)
+        self.plans_files = {d: plans_file(d, plans) if plans_file(d, plans).is_file() else plans_file(datasets[0], plans)
+                            for d in datasets}
 
     def network(self, trainer: str, dataset: str) -> torch.nn.Module:
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        plans_manager = PlansManager(str(plans_file(dataset, self.plans)))
+        plans_manager = PlansManager(str(self.plans_files[dataset]))
         config = plans_manager.get_configuration(self.configuration)
-        dataset_json = json.loads((plans_file(dataset, self.plans).parent / "dataset.json").read_text())
+        dataset_json = json.loads((self.folders[dataset] / "dataset.json").read_text())
         heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
         channels = determine_num_input_channels(plans_manager, config, dataset_json)
         return find_trainer(trainer).build_network_architecture(plans_manager, config, channels, heads, False)
@@ -144,8 +148,8 @@ class _Evaluator:
 
         scores = {}
         for dataset, folder in self.folders.items():
-            plans_manager = PlansManager(str(plans_file(dataset, self.plans)))
-            dataset_json = json.loads((plans_file(dataset, self.plans).parent / "dataset.json").read_text())
+            plans_manager = PlansManager(str(self.plans_files[dataset]))
+            dataset_json = json.loads((folder / "dataset.json").read_text())
             predictor = MCnnUNetPredictor(mc_samples=self.mc_samples, use_mirroring=self.mirroring, device=self.device)
             config = plans_manager.get_configuration(self.configuration)
             axes = tuple(range(len(config.patch_size)))
@@ -177,6 +181,7 @@ def run_sites(
     order: str = "fixed",
     replay_capacity: int = 5,
     dwc_finetune: bool = False,
+    eval_datasets: Sequence[str] = (),
     trainer: str | None = None,
     device: str | None = None,
     mirroring: bool = True,
@@ -204,6 +209,8 @@ def run_sites(
             for cyclic transfer; the other strategies take ``datasets`` in order.
         replay_capacity: K, replayed cases per earlier site.
         dwc_finetune: add DWC's fine-tuning stage.
+        eval_datasets: more datasets evaluated after every stage but never trained on (held-out sites: ``imagesTs``
+            and ``labelsTs`` only, no planning needed).
         trainer: override the trainer of the strategy (e.g. a variant of it).
         device: ``"cuda"``, ``"cpu"``... (default: CUDA when available).
         mirroring: nnU-Net's mirroring at evaluation.
@@ -227,9 +234,11 @@ def run_sites(
     if epochs < 1 or rounds < 1 or replay_capacity < 1:
         raise ValueError(f"epochs, rounds and replay_capacity must be >= 1, got {epochs}, {rounds}, {replay_capacity}.")
     paths = nnunet_paths()
-    names = list(check_datasets_compatible(paths["raw"], datasets))  # labels and channels agree, before any work
-    if len(set(names)) != len(names):
-        raise ValueError(f"a site's dataset is listed twice: {names}.")
+    # labels and channels agree, before any work (held-out sites included)
+    everything = list(check_datasets_compatible(paths["raw"], [*datasets, *eval_datasets]))
+    names, held_out = everything[: len(datasets)], everything[len(datasets):]
+    if len(set(everything)) != len(everything) or len(everything) != len(datasets) + len(eval_datasets):
+        raise ValueError(f"a dataset is listed twice: {[*datasets, *eval_datasets]}.")
     missing = [n for n in names if not plans_file(n, plans).is_file()]
     if missing:
         raise FileNotFoundError(f"datasets {missing} have no {plans}.json; run plan_and_preprocess_sites first.")
@@ -245,7 +254,7 @@ def run_sites(
         raise ValueError(f"strategy {strategy} trains with {required.__name__} or a subclass of it"
                          f"{'' if strategy in ('vcl', 'dwc') else ' that is not Bayesian'}; got {trainer_name}.")
     device_ = torch.device(device or default_device())
-    evaluate = _Evaluator(names, configuration, plans, device_, mirroring, mc_samples, progress)
+    evaluate = _Evaluator(names + held_out, configuration, plans, device_, mirroring, mc_samples, progress)
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"strategy": strategy, "datasets": names, "configuration": configuration, "fold": str(fold), "plans": plans,
@@ -253,13 +262,13 @@ def run_sites(
               "rounds": rounds if strategy == "cyclic_weight_transfer" else None,
               "order": order if strategy == "cyclic_weight_transfer" else None,
               "replay_capacity": replay_capacity if strategy == "replay" else None, "trainer": trainer_name, "seed": seed,
-              "dwc_finetune": bool(dwc_finetune) if strategy == "dwc" else None}
+              "dwc_finetune": bool(dwc_finetune) if strategy == "dwc" else None, "eval_datasets": held_out}
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"config": config, "stages": []}
     if state["config"] != config:
         raise ValueError(f"run directory {run_dir} holds a run with other settings ({state['config']}); use another directory.")
     stages = _schedule(strategy, names, rounds, dwc_finetune, order, seed)
-    matrix = ContinualMatrix(names)
+    matrix = ContinualMatrix(names + held_out)
     for record in state["stages"]:
         matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
     store = DirectoryWeightStore(run_dir / "store")
