@@ -15,7 +15,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
 
 pytest.importorskip("nnunetv2")
 
