@@ -49,6 +49,7 @@ def main(pairs: int = 3) -> None:
 
     from monai_continual.data import DEFAULT_SITES, make_sites
     from monai_continual.nnunet import export_nnunet_datasets, plan_and_preprocess_sites, set_nnunet_paths
+    from monai_continual.nnunet.planning import preprocessed_data_folder
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +58,7 @@ def main(pairs: int = 3) -> None:
         datalist = make_sites(root / "sites", sites=list(DEFAULT_SITES[:2]), shape=(24, 28, 24), figure=False, progress=False)
         names = list(export_nnunet_datasets(datalist, root / "raw", first_id=801).values())
         plan_and_preprocess_sites(names)
-        replay = [root / "preprocessed" / names[0] / "nnUNetPlans_3d_fullres"]
+        replay = [preprocessed_data_folder(root / "preprocessed" / names[0], "3d_fullres")]
         others = {"nnUNetTrainerBayesian": None, "nnUNetTrainerVCL": None, "nnUNetTrainerReplay": replay}
         ratios: dict[str, list[float]] = {k: [] for k in others}
         plain_times = []

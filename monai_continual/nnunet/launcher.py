@@ -17,6 +17,7 @@ import torch
 
 from monai_continual.consolidation.weight_store import load_weights
 from monai_continual.nnunet.environment import nnunet_paths
+from monai_continual.nnunet.planning import preprocessed_data_folder
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.short_trainers import shorten
 from monai_continual.nnunet.trainers import find_trainer, register_trainers
@@ -74,15 +75,11 @@ def build_trainer(
 
 def _replay_folders(replay: Mapping[str, int] | Sequence[str], plans: str, configuration: str) -> tuple[list[Path], int]:
     """``["501:5", "502"]`` or ``{"501": 5}`` -> the preprocessed folders and the per-site capacity."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     items = replay.items() if isinstance(replay, Mapping) else [(s.split(":")[0], s.split(":")[1] if ":" in s else None) for s in replay]
     folders, capacities = [], set()
     for dataset, capacity in items:
-        name = dataset_name(dataset)
-        base = nnunet_paths(("preprocessed",))["preprocessed"] / name
-        identifier = PlansManager(str(base / f"{plans}.json")).get_configuration(configuration).data_identifier
-        folders.append(base / identifier)
+        base = nnunet_paths(("preprocessed",))["preprocessed"] / dataset_name(dataset)
+        folders.append(preprocessed_data_folder(base, configuration, plans))
         capacities.add(int(capacity) if capacity is not None else 10**9)
     if len(capacities) > 1:
         raise ValueError(f"replay: one capacity per site for all earlier sites, got {sorted(capacities)}.")

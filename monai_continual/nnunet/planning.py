@@ -11,20 +11,38 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from monai_continual.nnunet.datasets import check_datasets_compatible, raw_dataset_folder
 from monai_continual.nnunet.environment import dataset_id, nnunet_paths
 from monai_continual.utils.atomic import atomic_write_text
 
-__all__ = ["plan_and_preprocess_sites", "plans_file"]
+__all__ = ["plan_and_preprocess_sites", "plans_file", "shared_plans", "preprocessed_data_folder"]
 
 
 def plans_file(dataset: str | int, plans: str = "nnUNetPlans") -> Path:
     """``nnUNet_preprocessed/<dataset>/<plans>.json``."""
     paths = nnunet_paths()
     return paths["preprocessed"] / raw_dataset_folder(paths["raw"], dataset).name / f"{plans}.json"
+
+
+def shared_plans(plans: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a plans file that must agree between sites (each site's dataset name and image reader may differ).
+
+    Returned JSON-normalized (tuples as lists), so that two results compare equal exactly when the plans agree.
+    """
+    return json.loads(json.dumps({k: v for k, v in plans.items() if k not in ("dataset_name", "image_reader_writer")}))
+
+
+def preprocessed_data_folder(dataset_folder: str | os.PathLike, configuration: str, plans: str = "nnUNetPlans") -> Path:
+    """The folder of ``configuration``'s preprocessed cases inside ``nnUNet_preprocessed/<dataset>``."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    dataset_folder = Path(dataset_folder)
+    manager = PlansManager(str(dataset_folder / f"{plans}.json"))
+    return dataset_folder / manager.get_configuration(configuration).data_identifier
 
 
 def plan_and_preprocess_sites(
@@ -75,7 +93,7 @@ def plan_and_preprocess_sites(
     if not source_plans.is_file():
         with _planning_threads():
             plan_experiments([source_id], overwrite_plans_name=plans if plans != "nnUNetPlans" else None)
-    shared = _comparable(json.loads(source_plans.read_text()))
+    shared = shared_plans(json.loads(source_plans.read_text()))
     result = {}
     for name in names:
         target = plans_file(name, plans)
@@ -105,7 +123,3 @@ def _planning_threads() -> Iterator[None]:
         if value == "0":
             os.environ["nnUNet_n_proc_DA"] = value
 
-
-def _comparable(plans: dict) -> dict:
-    """The parts of a plans file that must agree between sites (the dataset name and reader may differ)."""
-    return {k: v for k, v in plans.items() if k not in ("dataset_name", "image_reader_writer")}

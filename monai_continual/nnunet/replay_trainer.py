@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from monai_continual.nnunet.planning import shared_plans
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -24,8 +25,6 @@ __all__ = ["nnUNetTrainerReplay", "ReplayMixDataset", "REPLAY_ENV", "load_replay
 
 #: environment variable naming a JSON file of replay sources (for nnU-Net's own CLI)
 REPLAY_ENV = "MONAI_CONTINUAL_REPLAY"
-
-_PLANS_KEYS_THAT_MAY_DIFFER = ("dataset_name", "image_reader_writer")
 
 
 class ReplayMixDataset:
@@ -92,9 +91,7 @@ class nnUNetTrainerReplay(nnUNetTrainer):
         plans_path = folder.parent / f"{self.plans_manager.plans_name}.json"
         if not folder.is_dir() or not plans_path.is_file():
             raise FileNotFoundError(f"replay source {str(folder)!r}: not a preprocessed data folder next to {plans_path.name}.")
-        theirs = {k: v for k, v in json.loads(plans_path.read_text()).items() if k not in _PLANS_KEYS_THAT_MAY_DIFFER}
-        ours = {k: v for k, v in self.plans_manager.plans.items() if k not in _PLANS_KEYS_THAT_MAY_DIFFER}
-        if json.loads(json.dumps(theirs)) != json.loads(json.dumps(ours)):
+        if shared_plans(json.loads(plans_path.read_text())) != shared_plans(self.plans_manager.plans):
             raise ValueError(f"replay source {folder.parent.name}: its plans differ from {self.plans_manager.dataset_name}'s; "
                              "replayed cases must be preprocessed with the same plans (plan once, move the plans).")
         return folder.parent.name

@@ -36,7 +36,7 @@ from monai_continual.nnunet.bayesian_trainer import POSTERIOR_FILE, nnUNetTraine
 from monai_continual.nnunet.datasets import check_datasets_compatible, raw_dataset_folder
 from monai_continual.nnunet.environment import nnunet_paths, results_folder
 from monai_continual.nnunet.launcher import build_trainer, default_device
-from monai_continual.nnunet.planning import plans_file
+from monai_continual.nnunet.planning import plans_file, preprocessed_data_folder, shared_plans
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.trainers import find_trainer
 from monai_continual.utils.atomic import atomic_write, atomic_write_text
@@ -116,42 +116,41 @@ class _Evaluator:
     """Predicts every site's test images with a published model and scores them against ``labelsTs``."""
 
     def __init__(self, datasets: list[str], configuration: str, plans: str, device: torch.device, mirroring: bool,
-                 mc_samples: int, progress: bool) -> None:
-        self.datasets, self.configuration, self.plans = datasets, configuration, plans
-        self.device, self.mirroring, self.mc_samples, self.progress = device, mirroring, mc_samples, progress
+                 mc_samples: int) -> None:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        self.device, self.mirroring, self.mc_samples = device, mirroring, mc_samples
         raw = nnunet_paths(("raw",))["raw"]
         self.folders = {d: raw_dataset_folder(raw, d) for d in datasets}
+        # per dataset, read once: plans manager, configuration, dataset.json
+        self.setup: dict[str, tuple[Any, Any, dict[str, Any]]] = {}
         for dataset, folder in self.folders.items():
             if not any((folder / "imagesTs").glob("*_0000*")) or not (folder / "labelsTs").is_dir():
                 raise FileNotFoundError(f"dataset {dataset}: needs test cases in imagesTs/ and labelsTs/ to be evaluated.")
-        # a held-out site has no training cases, hence no plans of its own: its images are preprocessed on the fly
-        # with the shared plans of the first site (the same ones every trained site uses)
-        self.plans_files = {d: plans_file(d, plans) if plans_file(d, plans).is_file() else plans_file(datasets[0], plans)
-                            for d in datasets}
+            # a held-out site has no training cases, hence no plans of its own: its images are preprocessed on the
+            # fly with the shared plans of the first site (the same ones every trained site uses)
+            own = plans_file(dataset, plans)
+            manager = PlansManager(str(own if own.is_file() else plans_file(datasets[0], plans)))
+            dataset_json = json.loads((folder / "dataset.json").read_text())
+            self.setup[dataset] = (manager, manager.get_configuration(configuration), dataset_json)
 
     def network(self, trainer: str, dataset: str) -> torch.nn.Module:
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        plans_manager = PlansManager(str(self.plans_files[dataset]))
-        config = plans_manager.get_configuration(self.configuration)
-        dataset_json = json.loads((self.folders[dataset] / "dataset.json").read_text())
+        plans_manager, config, dataset_json = self.setup[dataset]
         heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
         channels = determine_num_input_channels(plans_manager, config, dataset_json)
         return find_trainer(trainer).build_network_architecture(plans_manager, config, channels, heads, False)
 
     def __call__(self, network: torch.nn.Module, trainer: str, output: Path) -> dict[str, float]:
         import nibabel as nib
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         from monai_continual.nnunet.mc_predictor import MCnnUNetPredictor
 
         scores = {}
         for dataset, folder in self.folders.items():
-            plans_manager = PlansManager(str(self.plans_files[dataset]))
-            dataset_json = json.loads((folder / "dataset.json").read_text())
+            plans_manager, config, dataset_json = self.setup[dataset]
             predictor = MCnnUNetPredictor(mc_samples=self.mc_samples, use_mirroring=self.mirroring, device=self.device)
-            config = plans_manager.get_configuration(self.configuration)
             axes = tuple(range(len(config.patch_size)))
             predictor.manual_initialization(network.to(self.device).eval(), plans_manager, config, [network.state_dict()],
                                             dataset_json, trainer, axes)
@@ -242,8 +241,7 @@ def run_sites(
     missing = [n for n in names if not plans_file(n, plans).is_file()]
     if missing:
         raise FileNotFoundError(f"datasets {missing} have no {plans}.json; run plan_and_preprocess_sites first.")
-    shared = {json.dumps({k: v for k, v in json.loads(plans_file(n, plans).read_text()).items()
-                          if k not in ("dataset_name", "image_reader_writer")}, sort_keys=True) for n in names}
+    shared = {json.dumps(shared_plans(json.loads(plans_file(n, plans).read_text())), sort_keys=True) for n in names}
     if len(shared) != 1:
         raise ValueError(f"datasets {names} were preprocessed with different plans; plan once and move the plans "
                          "(plan_and_preprocess_sites) so that weights fit every site.")
@@ -254,7 +252,7 @@ def run_sites(
         raise ValueError(f"strategy {strategy} trains with {required.__name__} or a subclass of it"
                          f"{'' if strategy in ('vcl', 'dwc') else ' that is not Bayesian'}; got {trainer_name}.")
     device_ = torch.device(device or default_device())
-    evaluate = _Evaluator(names + held_out, configuration, plans, device_, mirroring, mc_samples, progress)
+    evaluate = _Evaluator(names + held_out, configuration, plans, device_, mirroring, mc_samples)
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"strategy": strategy, "datasets": names, "configuration": configuration, "fold": str(fold), "plans": plans,
@@ -302,7 +300,7 @@ def run_sites(
                 if stage.kind == "finetune":
                     instance.kl_num_examples = 1.0
                 if stage.replay:
-                    folders = [plans_file(d, plans).parent / instance.configuration_manager.data_identifier for d in stage.replay]
+                    folders = [preprocessed_data_folder(plans_file(d, plans).parent, configuration, plans) for d in stage.replay]
                     instance.replay_sources = replay_sources_for(folders, replay_capacity, seed=seed)
                 instance.initialize()
                 network = getattr(instance.network, "_orig_mod", instance.network)
