@@ -10,7 +10,6 @@ JSON; generation is deterministic from the seed, and a directory that already ho
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -23,7 +22,8 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from monai_continual.utils.atomic import atomic_write, atomic_write_text
+from monai_continual.utils.atomic import atomic_save_nifti, atomic_write, atomic_write_text
+from monai_continual.utils.hashing import config_sha256
 
 __all__ = ["SiteProfile", "DEFAULT_SITES", "BRAIN_LABELS", "make_sites", "plot_sites", "GENERATOR_VERSION"]
 
@@ -168,13 +168,7 @@ def _config(sites: Sequence[SiteProfile], seed: int, shape: Sequence[int], defor
 
 
 def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
-
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_xyzt_units("mm")
-    with atomic_write(path) as tmp:
-        nib.save(image, str(tmp.with_suffix("")) + ".nii.gz")
-        os.replace(str(tmp.with_suffix("")) + ".nii.gz", tmp)
+    atomic_save_nifti(path, data, affine, header_units="mm")
 
 
 def make_sites(
@@ -209,7 +203,7 @@ def make_sites(
     if out.exists() and not out.is_dir():
         raise ValueError(f"make_sites: output {str(out)!r} exists and is not a directory.")
     config = _config(profiles, seed, shape, deformation, lesions)
-    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    config_hash = config_sha256(config)
     datalist_path = out / "datalist.json"
     if _cached(datalist_path, config_hash):
         if figure and not (out / "sites.png").exists():

@@ -17,16 +17,13 @@ from tqdm.auto import tqdm
 
 from monai_continual.bayes import MCInferer
 from monai_continual.consolidation.weight_store import load_weights
-from monai_continual.utils.atomic import atomic_write
+from monai_continual.utils.atomic import atomic_save_nifti
 
 __all__ = ["load_weights", "mc_segment_files"]
 
 
 def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        target = str(tmp) + ".nii.gz"
-        nib.save(nib.Nifti1Image(data, affine), target)
-        os.replace(target, tmp)
+    atomic_save_nifti(path, data, affine)
 
 
 def mc_segment_files(

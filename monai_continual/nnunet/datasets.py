@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from monai_continual.data.datalist import MultiSiteDatalist, load_multisite_datalist
-from monai_continual.utils.atomic import atomic_write, atomic_write_text
+from monai_continual.utils.atomic import atomic_copy, atomic_write_text
 
 __all__ = ["NnUNetDatasetError", "export_nnunet_datasets", "check_datasets_compatible", "raw_dataset_folder"]
 
@@ -36,11 +35,6 @@ def raw_dataset_folder(raw_root: str | os.PathLike, dataset: str | int) -> Path:
     if not folder.is_dir():
         raise NnUNetDatasetError(f"dataset {dataset!r}: no folder {folder}.")
     return folder
-
-
-def _copy(source: str | os.PathLike, target: Path) -> None:
-    with atomic_write(target) as tmp:
-        shutil.copyfile(source, tmp)
 
 
 def export_nnunet_datasets(
@@ -84,8 +78,8 @@ def export_nnunet_datasets(
         for split, cases in (("Tr", train_cases), ("Ts", site_data.test)):
             for index, case in enumerate(cases):
                 identifier = f"{site}_{index:03d}"
-                _copy(case["image"], folder / f"images{split}" / f"{identifier}_0000.nii.gz")
-                _copy(case["label"], folder / f"labels{split}" / f"{identifier}.nii.gz")
+                atomic_copy(case["image"], folder / f"images{split}" / f"{identifier}_0000.nii.gz")
+                atomic_copy(case["label"], folder / f"labels{split}" / f"{identifier}.nii.gz")
         document: dict[str, Any] = {
             "channel_names": {"0": channel_name},
             "labels": {str(name_): int(value) for value, name_ in sorted(data.labels.items())},

@@ -1,8 +1,17 @@
-"""Small helpers shared by every layer of the package: atomic file writes and weight normalization."""
+"""Small helpers shared by every layer of the package: atomic file writes, hashes and weight normalization."""
 
 from __future__ import annotations
 
-from monai_continual.utils.atomic import atomic_write, atomic_write_text
+from monai_continual.utils.atomic import atomic_copy, atomic_save_nifti, atomic_write, atomic_write_text
+from monai_continual.utils.hashing import config_sha256, tensors_sha256
 from monai_continual.utils.weights import normalized_weights
 
-__all__ = ["atomic_write", "atomic_write_text", "normalized_weights"]
+__all__ = [
+    "atomic_copy",
+    "atomic_save_nifti",
+    "atomic_write",
+    "atomic_write_text",
+    "config_sha256",
+    "normalized_weights",
+    "tensors_sha256",
+]

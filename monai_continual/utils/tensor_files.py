@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -14,24 +13,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from monai_continual.utils.atomic import atomic_write
+from monai_continual.utils.hashing import tensors_sha256
 
 __all__ = ["TensorFileError", "tensors_sha256", "write_tensor_file", "read_tensor_file"]
 
 
 class TensorFileError(ValueError):
     """A tensor file is missing, unreadable, altered, of another format, or of an unsupported version."""
-
-
-def tensors_sha256(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> str:
-    """SHA-256 over every tensor (name, dtype, shape, bytes) in name order, then the metadata as sorted JSON."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps(metadata, sort_keys=True).encode())
-    return digest.hexdigest()
 
 
 def write_tensor_file(
