@@ -1,0 +1,52 @@
+"""The small protocol the strategy engine drives: a backend trains, consolidates and evaluates stages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from monai_continual.strategies.stage import NetworkKind, Stage
+
+__all__ = ["StageOutput", "StageExecutor"]
+
+
+@dataclass
+class StageOutput:
+    """What a stage published.
+
+    Attributes:
+        published: content SHA-256 of the published model (weights or posterior); ``None`` for an ensemble.
+        loaded: content SHA-256 of each input it read, by role (``"start"``, ``"prior"``, ``"inputs"``...).
+        num_examples: training examples (the FedAvg weight; the ELBO's default N).
+        details: anything else worth recording (dataset size, replayed items, epochs run, plateau...).
+    """
+
+    published: str | None
+    loaded: dict[str, Any] = field(default_factory=dict)
+    num_examples: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class StageExecutor(Protocol):
+    """A backend. Every method is given stage numbers, never "the latest", and must be idempotent:
+
+    - :meth:`train` publishes the stage's model as its last step (side outputs such as the optimizer state or the
+      replay memory are saved before, under the stage's number). Called for a stage whose model is already
+      published, it returns that model's record without training again.
+    - :meth:`consolidate` is deterministic in its inputs; redoing it rewrites the same result.
+    - :meth:`evaluate` scores the stage's published model on one site's test data, seeded by stage and site.
+    """
+
+    def initialize(self, network: NetworkKind) -> StageOutput:
+        """Publish the initial weights as stage 0 (or return them if already published)."""
+
+    def train(self, stage: Stage) -> StageOutput:
+        """Train ``stage`` from its inputs and publish its model."""
+
+    def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
+        """Combine ``stage.inputs`` (``weights``: their training-set sizes) and publish the result."""
+
+    def evaluate(self, stage: Stage, site: str) -> list[float]:
+        """Per-volume scores of ``stage``'s model on ``site``'s test data."""

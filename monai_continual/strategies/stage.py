@@ -1,0 +1,91 @@
+"""One stage of a strategy: what runs where, for how long, and which earlier stages' outputs it starts from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from monai.utils import StrEnum
+
+__all__ = ["Stage", "Action", "NetworkKind"]
+
+
+class Action(StrEnum):
+    """``train``: train at ``sites``; ``average``: weighted mean of the ``inputs``' weights (FedAvg); ``dwc``: McClure
+    Eq. 17 of the ``inputs``' posteriors with the ``prior`` stage's; ``ensemble``: mean softmax of the inputs."""
+
+    TRAIN = "train"
+    AVERAGE = "average"
+    DWC = "dwc"
+    ENSEMBLE = "ensemble"
+
+
+class NetworkKind(StrEnum):
+    """``map``: a deterministic network trained on the data loss; ``bayes``: a Bayesian one trained on the ELBO."""
+
+    MAP = "map"
+    BAYES = "bayes"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage. Every input is named by a stage number, never as "the latest": stage 0 is the run's initial
+    weights, and stage ``n`` publishes exactly one model (weights for ``map``, a posterior for ``bayes``).
+
+    Attributes:
+        number: 1, 2, ... in schedule order.
+        action: see :class:`Action`.
+        sites: the sites whose training data a ``train`` stage uses (several: pooled, centrally hosted).
+        network: the kind of model the stage publishes.
+        epochs: maximum epochs of a ``train`` stage.
+        iterations: if set, a ``train`` stage is this many iterations instead of ``epochs`` whole epochs.
+        start: the stage whose published model this stage starts from (0: the initial weights).
+        prior: the stage whose posterior is this stage's prior (VCL, DWC); ``None``: N(0, prior_std).
+        bound_std: posterior std bounded by the prior's (DWC site training, McClure's sigma_s <= sigma_0).
+        num_examples: N of the ELBO's KL/N; ``None``: the stage's number of training examples.
+        patience: train to a validation plateau with this patience (single weight transfer).
+        previous_visit: the same site's previous ``train`` stage of the same network kind (where a site keeps its
+            own optimizer state across visits, it continues from that stage's).
+        memory: the replay stage whose saved memory this stage mixes in (``None``: no memory).
+        remember: this stage adds its site's cases to the memory (replay).
+        inputs: the stages a consolidation combines.
+        evaluate: score the published model on every site's test data (an R-matrix row).
+        label: the row's label.
+        result: a named result this stage's scores stand for (e.g. ``"dwc"``, ``"single_site[a]"``).
+        round: the round a stage belongs to (cyclic transfer, DWC, FedAvg).
+    """
+
+    number: int
+    action: Action = Action.TRAIN
+    sites: tuple[str, ...] = ()
+    network: NetworkKind = NetworkKind.MAP
+    epochs: int = 1
+    iterations: int | None = None
+    start: int | None = 0
+    prior: int | None = None
+    bound_std: bool = False
+    num_examples: float | None = None
+    patience: int | None = None
+    previous_visit: int | None = None
+    memory: int | None = None
+    remember: bool = False
+    inputs: tuple[int, ...] = ()
+    evaluate: bool = True
+    label: str = ""
+    result: str | None = None
+    round: int | None = None
+
+    @property
+    def site(self) -> str:
+        """The stage's sites joined by ``+`` (a name for directories and logs)."""
+        return "+".join(self.sites)
+
+    @property
+    def is_training(self) -> bool:
+        return self.action == Action.TRAIN
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["action"], data["network"] = str(self.action), str(self.network)
+        data["sites"], data["inputs"] = list(self.sites), list(self.inputs)
+        return data
