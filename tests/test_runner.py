@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from torch.nn import functional as F
 
 from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc
 from monai_continual.data import DatalistError, load_multisite_datalist
-from monai_continual.engines import STRATEGIES
+from monai_continual.engines import STRATEGIES, MonaiStageExecutor
 from monai_continual.utils.tensor_files import TensorFileError
 from runner_utils import tiny_runner, tiny_sites
 
@@ -27,7 +28,7 @@ def _chain_is_unbroken(transfers):
     """Stage i started from exactly the weights stage i-1 published (stage 0 is the shared initial weights)."""
     published = [t["published"] for t in transfers]
     for previous, current in zip(published, transfers[1:]):
-        assert current["loaded"] == previous
+        assert current["loaded"]["start"] == previous
 
 
 def test_weight_transfer_strategies_move_weights(sites, tmp_path):
@@ -37,7 +38,7 @@ def test_weight_transfer_strategies_move_weights(sites, tmp_path):
         store = DirectoryWeightStore(result.directory / "store")
         entries = sorted(store.entries(), key=lambda e: e.stage)
         assert [e.site for e in entries] == ["init"] + TRAIN_SITES
-        assert result.transfers[0]["loaded"] == entries[0].sha256  # the first site starts from the shared init
+        assert result.transfers[0]["loaded"]["start"] == entries[0].sha256  # the first site starts from the shared init
         _chain_is_unbroken(result.transfers)
         assert [t["published"] for t in result.transfers] == [e.sha256 for e in entries[1:]]
         assert result.matrix.num_stages == 3 and result.matrix.sites == ALL_SITES
@@ -64,33 +65,34 @@ def test_replay_stages_see_the_buffer(sites, tmp_path):
     assert kept[1] == 1  # beta has a single training case
     assert [t["replay_items"] for t in result.transfers] == [0, kept[0], kept[0] + kept[1]]
     assert [t["dataset_size"] for t in result.transfers] == [sizes[0], sizes[1] + kept[0], sizes[2] + kept[0] + kept[1]]
-    manifest = json.loads((result.directory / "replay" / "replay_manifest.json").read_text())
+    manifest = json.loads((result.directory / "replay" / "stage0003" / "replay_manifest.json").read_text())
     assert {k: len(v) for k, v in manifest["kept"].items()} == dict(zip(TRAIN_SITES, kept))
 
 
 def test_vcl_stages_carry_the_previous_posterior_as_prior(sites, tmp_path):
     result = tiny_runner(sites, tmp_path).run("vcl")
-    store = DirectoryWeightStore(result.directory / "store")
-    entries = sorted(store.entries(), key=lambda e: e.stage)
-    states = [store.load(e) for e in entries]
-    key = "layers.0"
-    # stage 1 trains with the N(0, 1) prior; every later stage's prior is the previous stage's posterior
-    assert torch.all(states[1][f"{key}.prior_std"] == 1.0)
-    for previous, current in zip(states[1:], states[2:]):
-        torch.testing.assert_close(current[f"{key}.prior_mean"], previous[f"{key}.weight_mu"])
-        torch.testing.assert_close(current[f"{key}.prior_std"], F.softplus(previous[f"{key}.weight_rho"]), rtol=1e-5, atol=1e-8)
+    posteriors = [Posterior.load(result.directory / "posteriors" / f"stage{n:04d}.safetensors") for n in (1, 2, 3)]
+    assert [t["published"] for t in result.transfers] == [p.sha256() for p in posteriors]
+    # stage 1 starts from the shared initial weights with the N(0, 1) prior; every later stage's prior (and start)
+    # is exactly the posterior the previous stage published
+    assert result.transfers[0]["loaded"] == {"start": DirectoryWeightStore(result.directory / "store").entry(0).sha256}
+    for previous, current in zip(result.transfers, result.transfers[1:]):
+        assert current["loaded"] == {"start": previous["published"], "prior": previous["published"]}
+    assert not torch.equal(posteriors[1].mean["layers.0.weight"], posteriors[2].mean["layers.0.weight"])
     assert result.bayesian
 
 
 def test_dwc_output_is_eq_17_of_the_site_posteriors(sites, tmp_path):
     # each site keeps its optimizers across visits: alpha trains a MAP and then a Bayesian network with its own
     result = tiny_runner(sites, tmp_path, optimizer_state="site").run("dwc")
-    assert {p.name for p in (result.directory / "sites" / "alpha").glob("optimizer_*.pt")} == {"optimizer_map.pt", "optimizer_bayes.pt"}
-    shared = result.directory / "store"
-    prior = Posterior.load(shared / "prior_round1.safetensors")
-    site_files = [shared / f"round1_{s}.safetensors" for s in ("beta", "gamma")]
+    names = {p.name for p in (result.directory / "sites" / "alpha").glob("optimizer_*")}
+    # MAP stage 1, q0 stage 2, fine-tuning stage 6 (which continued stage 2's Bayesian optimizer)
+    assert names == {f"optimizer_map_stage0001.safetensors", "optimizer_bayes_stage0002.safetensors", "optimizer_bayes_stage0006.safetensors"}
+    shared = result.directory / "posteriors"
+    prior = Posterior.load(shared / "stage0002.safetensors")
+    site_files = [shared / f"stage{n:04d}.safetensors" for n in (3, 4)]
     expected = consolidate_dwc(prior, site_files)
-    produced = Posterior.load(shared / "prior_round2.safetensors")
+    produced = Posterior.load(shared / "stage0005.safetensors")
     for name in expected.mean:
         assert torch.equal(produced.mean[name], expected.mean[name]) and torch.equal(produced.std[name], expected.std[name])
     for path in site_files:  # sites trained from q0 with std bounded by q0's
@@ -133,33 +135,49 @@ def test_bad_input_is_caught_and_earlier_results_stay(sites, tmp_path):
     first = runner.run("fine_tuning", order=["alpha", "beta", "gamma"])
     before = (first.directory / "R.json").read_text()
     store = DirectoryWeightStore(first.directory / "store")
-    # a corrupt weight file in the store: the next stage refuses it by name, the finished results stay
-    latest = max(store.entries(), key=lambda e: e.stage)
+    # a corrupt weight file in the store: a stage starting from it refuses it by name, the finished results stay
+    latest = store.entry(3)
     path = first.directory / "store" / latest.file
     path.write_bytes(path.read_bytes()[:-8] + b"\x00" * 8)
     extended = tiny_runner(sites, tmp_path / "other")
+    stages = extended.schedule("fine_tuning", order=["alpha", "beta", "gamma"])
+    executor = MonaiStageExecutor(extended, first.directory, stages)
     with pytest.raises(TensorFileError, match=latest.file):
-        extended._initialize(extended._new_network("map"), extended_stage(), store, first.directory)
+        executor._start(dataclasses.replace(stages[0], number=4, start=3), executor._plain())
     assert (first.directory / "R.json").read_text() == before
     # a network of another architecture cannot take the published weights
     wider = tiny_runner(sites, tmp_path / "wider")
     wider.template = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1))
     wider.init_state = wider.template.state_dict()
-    good_store = DirectoryWeightStore(tmp_path / "good")
-    good_store.publish(runner._new_network("map").state_dict(), "alpha", 1)
-    with pytest.raises(ValueError, match="published by site 'alpha' \\(stage 1\\) do not fit the network"):
-        wider._initialize(wider._new_network("map"), extended_stage(), good_store, tmp_path)
+    good = MonaiStageExecutor(wider, first.directory, stages)
+    with pytest.raises(ValueError, match="published by site 'alpha' \\(stage 1\\) do not fit"):
+        good._start(dataclasses.replace(stages[1], number=4, start=1), good._plain())
     # settings changed under an existing run directory: refused, not mixed
     changed = tiny_runner(sites, tmp_path, batch_size=1)
     with pytest.raises(ValueError, match="other settings"):
         changed.run("fine_tuning", order=["alpha", "beta", "gamma"])
-    with pytest.raises(ValueError, match="unknown strategy"):
+    with pytest.raises(ValueError, match="federated_magic.*Available options"):
         runner.run("federated_magic")
-    with pytest.raises(TypeError, match="unexpected options"):
+    with pytest.raises(TypeError, match=r"unexpected options \['cycles'\]; its options are \['epochs', 'skip', 'order'\]"):
         runner.run("fine_tuning", cycles=3)
+    with pytest.raises(ValueError, match="epochs_per_visit must be a number >= 1, got 0"):
+        runner.run("cyclic_weight_transfer", epochs_per_visit=0)
+    with pytest.raises(ValueError, match=r"\['alpha', 'nowhere'\] must list distinct sites.*unknown: \['nowhere'\]"):
+        runner.run("cyclic_weight_transfer", order=["alpha", "nowhere"])
 
 
-def extended_stage():
-    from monai_continual.engines import Stage
-
-    return Stage(["alpha"], epochs=1)
+def test_federated_averaging_is_the_weighted_mean_of_the_site_models(sites, tmp_path):
+    result = tiny_runner(sites, tmp_path).run("federated_averaging", rounds=1, local_epochs=1)
+    store = DirectoryWeightStore(result.directory / "store")
+    data = load_multisite_datalist(sites)
+    sizes = [len(data.site(s).training) for s in TRAIN_SITES]
+    states = [store.load(store.entry(n)) for n in (1, 2, 3)]
+    averaged = store.load(store.entry(4))
+    for key, value in averaged.items():  # by hand: sum_s n_s * w_s / sum_s n_s
+        if value.is_floating_point():
+            expected = sum(n * st[key].double() for n, st in zip(sizes, states)) / sum(sizes)
+            torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+    # every site started from the shared initial weights; only the average is an R-matrix row
+    assert {t["loaded"]["start"] for t in result.transfers[:3]} == {store.entry(0).sha256}
+    assert result.matrix.num_stages == 1 and result.matrix.labels == ["avg r1"]
+    assert result.transfers[3]["loaded"]["inputs"] == [t["published"] for t in result.transfers[:3]]

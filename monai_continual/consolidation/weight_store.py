@@ -68,6 +68,11 @@ class WeightStore:
     def load(self, entry: WeightEntry) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def entry(self, stage: int) -> WeightEntry | None:
+        """The entry published under stage number ``stage`` (the latest of them if republished), or ``None``."""
+        entries = [e for e in self.entries() if e.stage == int(stage)]
+        return max(entries, key=lambda e: e.time) if entries else None
+
     def latest(self) -> WeightEntry | None:
         """The most recently published entry (highest stage, then time), or ``None`` for an empty store."""
         entries = self.entries()
@@ -105,6 +110,9 @@ class DirectoryWeightStore(WeightStore):
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def __repr__(self) -> str:
+        return f"DirectoryWeightStore({str(self.root)!r})"
 
     def _read_manifest(self) -> list[dict[str, Any]]:
         path = self.root / _MANIFEST

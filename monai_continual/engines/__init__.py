@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from monai_continual.engines.continual_runner import OPTIMIZER_STATE_POLICIES, ContinualRunner, StrategyResult
 from monai_continual.engines.epoch_sampler import EpochSampler
-from monai_continual.engines.schedules import STRATEGIES, Stage, cyclic_schedule, dwc_schedule, sequential_schedule, site_order
+from monai_continual.engines.monai_executor import MonaiStageExecutor
+from monai_continual.strategies import Stage, Strategy
+
+#: the strategy names (:class:`~monai_continual.strategies.Strategy`)
+STRATEGIES = tuple(s.value for s in Strategy)
 
 __all__ = [
     "OPTIMIZER_STATE_POLICIES",
     "STRATEGIES",
     "ContinualRunner",
     "EpochSampler",
+    "MonaiStageExecutor",
     "Stage",
     "StrategyResult",
-    "cyclic_schedule",
-    "dwc_schedule",
-    "sequential_schedule",
-    "site_order",
 ]

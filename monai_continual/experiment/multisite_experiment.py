@@ -17,6 +17,7 @@ from torch import nn
 
 from monai_continual.data import load_multisite_datalist, make_sites
 from monai_continual.engines import STRATEGIES, ContinualRunner, StrategyResult
+from monai_continual.strategies import SEQUENTIAL
 from monai_continual.experiment.comparisons import run_comparisons
 from monai_continual.experiment.figures import plot_predictions
 from monai_continual.metrics import backward_transfer, weighted_average
@@ -25,13 +26,16 @@ from monai_continual.utils.atomic import atomic_write_text
 __all__ = ["MultiSiteExperiment", "SEQUENTIAL_STRATEGIES", "ROW_ORDER"]
 
 #: Strategies whose R matrix is a sequence of sites, so that backward transfer applies.
-SEQUENTIAL_STRATEGIES = ("single_weight_transfer", "cyclic_weight_transfer", "fine_tuning", "replay", "vcl")
+SEQUENTIAL_STRATEGIES = tuple(s.value for s in SEQUENTIAL)
 #: Summary rows in display order (``dwc`` yields ``dwc`` and ``dwc_finetuned``).
 ROW_ORDER = (
     "single_site", "ensemble", "centrally_hosted", "single_weight_transfer", "cyclic_weight_transfer",
-    "fine_tuning", "replay", "vcl", "dwc", "dwc_finetuned",
+    "fine_tuning", "replay", "vcl", "dwc", "dwc_finetuned", "federated_averaging",
 )
-_RUN_ORDER = ("single_site", "ensemble", "centrally_hosted", "single_weight_transfer", "cyclic_weight_transfer", "fine_tuning", "replay", "vcl", "dwc")
+_RUN_ORDER = (
+    "single_site", "ensemble", "centrally_hosted", "single_weight_transfer", "cyclic_weight_transfer", "fine_tuning",
+    "replay", "vcl", "dwc", "federated_averaging",
+)
 
 
 class MultiSiteExperiment:

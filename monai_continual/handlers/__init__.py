@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from monai_continual.handlers.consolidation_handler import ConsolidationHandler
 from monai_continual.handlers.continual_evaluation import ContinualEvaluationHandler
+from monai_continual.handlers.epoch_checkpoint import EpochCheckpoint
+from monai_continual.handlers.epoch_seeder import EpochSeeder
+from monai_continual.handlers.plateau_stopper import PlateauStopper
 from monai_continual.handlers.prior_handler import PriorHandler
+from monai_continual.handlers.progress import ProgressBar
 from monai_continual.handlers.replay_handler import ReplayBufferHandler
 from monai_continual.handlers.weight_transfer import WeightTransferHandler
 
 __all__ = [
     "ConsolidationHandler",
     "ContinualEvaluationHandler",
+    "EpochCheckpoint",
+    "EpochSeeder",
+    "PlateauStopper",
+    "ProgressBar",
     "PriorHandler",
     "ReplayBufferHandler",
     "WeightTransferHandler",

@@ -33,7 +33,9 @@ class WeightTransferHandler:
         site: this site's name.
         network: the network whose weights travel.
         stage: stage number to publish under; ``None`` means one more than the latest entry in the store.
-        load: load the latest weights at ``load_event`` (an empty store leaves the network as it is).
+        load: load weights at ``load_event`` (an empty store leaves the network as it is).
+        source_stage: load the weights published under this stage number instead of the latest (what a resumable
+            schedule does: a stage redone after a crash must not start from its own output).
         publish: publish at ``publish_event``.
         strict: the loaded weights must match the network's parameters exactly.
 
@@ -54,6 +56,7 @@ class WeightTransferHandler:
         strict: bool = True,
         load_event: Any = "STARTED",
         publish_event: Any = "COMPLETED",
+        source_stage: int | None = None,
     ) -> None:
         self.store = store if isinstance(store, WeightStore) else DirectoryWeightStore(store)
         self.site = str(site)
@@ -62,6 +65,7 @@ class WeightTransferHandler:
         self.load = load
         self.publish = publish
         self.strict = strict
+        self.source_stage = source_stage
         self.load_event = resolve_event(load_event, "WeightTransferHandler")
         self.publish_event = resolve_event(publish_event, "WeightTransferHandler")
         self.loaded: WeightEntry | None = None
@@ -77,8 +81,10 @@ class WeightTransferHandler:
         self.publish_weights(engine)
 
     def load_weights(self, engine: Engine | None = None) -> WeightEntry | None:
-        entry = self.store.latest()
+        entry = self.store.latest() if self.source_stage is None else self.store.entry(self.source_stage)
         if entry is None:
+            if self.source_stage is not None:
+                raise FileNotFoundError(f"WeightTransferHandler: the store {self.store!r} has no weights of stage {self.source_stage}.")
             return None
         state = self.store.load(entry)
         device = next(self.network.parameters()).device

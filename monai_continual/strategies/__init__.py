@@ -10,7 +10,20 @@ from monai_continual.strategies.engine import INITIAL_STAGE, run_stages
 from monai_continual.strategies.executor import StageExecutor, StageOutput
 from monai_continual.strategies.faults import CRASH_ENV, STEPS, crash_point
 from monai_continual.strategies.names import BAYESIAN, SEQUENTIAL, Strategy, strategy_of
-from monai_continual.strategies.options import OPTIONS, StrategyOptions, make_options
+from monai_continual.strategies.options import (
+    OPTIONS,
+    CentrallyHostedOptions,
+    CyclicWeightTransferOptions,
+    DWCOptions,
+    FederatedAveragingOptions,
+    FineTuningOptions,
+    ReplayOptions,
+    SingleSiteOptions,
+    SingleWeightTransferOptions,
+    StrategyOptions,
+    VCLOptions,
+    make_options,
+)
 from monai_continual.strategies.order import SiteOrder, round_orders
 from monai_continual.strategies.run_state import RunState, RunStateError, StageRecord
 from monai_continual.strategies.schedule import build_schedule, run_name
@@ -18,6 +31,15 @@ from monai_continual.strategies.stage import Action, NetworkKind, Stage
 
 __all__ = [
     "Action",
+    "CentrallyHostedOptions",
+    "CyclicWeightTransferOptions",
+    "DWCOptions",
+    "FederatedAveragingOptions",
+    "FineTuningOptions",
+    "ReplayOptions",
+    "SingleSiteOptions",
+    "SingleWeightTransferOptions",
+    "VCLOptions",
     "BAYESIAN",
     "CRASH_ENV",
     "INITIAL_STAGE",

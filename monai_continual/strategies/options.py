@@ -108,18 +108,19 @@ class CyclicWeightTransferOptions(_Ordered):
     """``cyclic_weight_transfer``: every site ``cycles`` times, moving every ``epochs_per_visit`` epochs.
 
     Attributes:
-        cycles: passes over the sites.
+        cycles: passes over the sites; ``None``: ``epochs // epochs_per_visit`` (at least 1), i.e. every site gets
+            the epochs of a one-visit strategy's stage.
         epochs_per_visit: epochs per visit (Remedios et al.: 1; Chang et al. found 1-4 better than 5-20).
         iterations_per_visit: if set, a visit is this many iterations instead of whole epochs.
     """
 
-    cycles: int = 2
+    cycles: int | None = None
     epochs_per_visit: int = 1
     iterations_per_visit: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _at_least("cycles", self.cycles, 1)
+        _at_least("cycles", self.cycles, 1, optional=True)
         _at_least("epochs_per_visit", self.epochs_per_visit, 1)
         _at_least("iterations_per_visit", self.iterations_per_visit, 1, optional=True)
 
@@ -146,8 +147,8 @@ class ReplayOptions(_Ordered):
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least("capacity_per_site", self.capacity_per_site, 1)
-        if self.replay_fraction is not None and not 0.0 < float(self.replay_fraction) <= 1.0:
-            raise ValueError(f"option replay_fraction must be in (0, 1], got {self.replay_fraction!r}.")
+        if self.replay_fraction is not None and not 0.0 <= float(self.replay_fraction) < 1.0:
+            raise ValueError(f"option replay_fraction must be in [0, 1), got {self.replay_fraction!r}.")
 
 
 @dataclass

@@ -112,7 +112,8 @@ def _vcl(sites, options, epochs, seed) -> list[Stage]:
 
 
 def _cyclic(sites, options, epochs, seed) -> list[Stage]:
-    orders = round_orders(sites, options.order, options.cycles, seed, options.skip)
+    cycles = options.cycles or max(1, epochs // options.epochs_per_visit)
+    orders = round_orders(sites, options.order, cycles, seed, options.skip)
     visit_epochs = 1 if options.iterations_per_visit else options.epochs_per_visit
     stages, number = [], 0
     for cycle, order in enumerate(orders, 1):

@@ -1,0 +1,304 @@
+"""The MONAI backend of the strategy engine: a stage is a ``SupervisedTrainer`` plus this package's handlers."""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedTrainer
+from monai.inferers import Inferer
+from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
+
+from monai_continual.bayes import MCInferer, bayesianize
+from monai_continual.consolidation import DirectoryWeightStore, EnsembleModel, Posterior, consolidate_dwc, weighted_average
+from monai_continual.data import ReplayBuffer, ReplayDataset
+from monai_continual.data.datalist import DatalistError
+from monai_continual.engines.epoch_sampler import EpochSampler
+from monai_continual.handlers import (
+    ConsolidationHandler,
+    ContinualEvaluationHandler,
+    EpochCheckpoint,
+    EpochSeeder,
+    PlateauStopper,
+    PriorHandler,
+    ProgressBar,
+    ReplayBufferHandler,
+    WeightTransferHandler,
+)
+from monai_continual.losses import ELBOLoss
+from monai_continual.metrics import ContinualMatrix, evaluate_sites
+from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, Stage, StageOutput, crash_point
+from monai_continual.utils.optimizer_files import load_optimizer_state, save_optimizer_state
+from monai_continual.utils.seeding import seed_everything
+
+if TYPE_CHECKING:
+    from ignite.engine import Events
+
+    from monai_continual.engines.continual_runner import ContinualRunner
+else:
+    Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+__all__ = ["MonaiStageExecutor"]
+
+
+class MonaiStageExecutor:
+    """Runs the stages of one run directory in this process with MONAI's ``SupervisedTrainer``.
+
+    Layout of ``run_dir``: ``store/`` (weights of deterministic stages, by stage number, with a hashed manifest),
+    ``posteriors/stage####.safetensors`` (posteriors of Bayesian stages), ``sites/<site>/`` (a site's own files:
+    epoch checkpoints and, with ``optimizer_state="site"``, its optimizer state per stage), ``replay/stage####/``
+    (the replay memory after a stage). Only safetensors files are read across stages; the epoch checkpoint is
+    read back only by the site that wrote it.
+
+    Args:
+        runner: the :class:`~monai_continual.engines.ContinualRunner` holding data, network and settings.
+        run_dir: the run directory.
+        stages: the run's schedule.
+
+    Example::
+
+        >>> executor = MonaiStageExecutor(runner, Path("runs/vcl"), build_schedule("vcl", runner.sites))
+        >>> run_stages(stages, executor, RunState.open("runs/vcl", "vcl", config), runner.eval_sites)
+    """
+
+    def __init__(self, runner: ContinualRunner, run_dir: Path, stages: Sequence[Stage]) -> None:
+        self.runner = runner
+        self.run_dir = Path(run_dir)
+        self.stages = {s.number: s for s in stages}
+        self.store = DirectoryWeightStore(self.run_dir / "store")
+        self._model_cache: tuple[int, nn.Module] | None = None
+
+    # ------------------------------------------------------------------------------------------------ files by number
+
+    def posterior_file(self, number: int) -> Path:
+        return self.run_dir / "posteriors" / f"stage{number:04d}.safetensors"
+
+    def _optimizer_file(self, stage: Stage, number: int | None) -> Path | None:
+        policy = self.runner.optimizer_state
+        if number is None or policy == "fresh":
+            return None
+        if policy == "site":  # a site's optimizer stays on its disk
+            return self.run_dir / "sites" / stage.site / f"optimizer_{stage.network}_stage{number:04d}.safetensors"
+        return self.run_dir / "store" / f"optimizer_stage{number:04d}.safetensors"
+
+    def _kind(self, number: int) -> NetworkKind:
+        return NetworkKind.MAP if number == INITIAL_STAGE else self.stages[number].network
+
+    def _published_sha(self, number: int) -> str | None:
+        if self._kind(number) == NetworkKind.BAYES:
+            path = self.posterior_file(number)
+            return Posterior.load(path).sha256() if path.exists() else None
+        entry = self.store.entry(number)
+        return None if entry is None else entry.sha256
+
+    # ------------------------------------------------------------------------------------------------ networks
+
+    def _plain(self) -> nn.Module:
+        network = copy.deepcopy(self.runner.template)
+        network.load_state_dict(self.runner.init_state)
+        return network
+
+    def _bayesian(self, plain: nn.Module, bound_std: bool = False) -> nn.Module:
+        return bayesianize(plain, bound_std=bound_std, inplace=True, **self.runner.bayes_kwargs)
+
+    def _weights(self, number: int) -> tuple[dict[str, torch.Tensor], str]:
+        entry = self.store.entry(number)
+        if entry is None:
+            raise FileNotFoundError(f"stage {number}'s weights are not in the store {self.store.root}.")
+        return self.store.load(entry), entry.sha256
+
+    def model(self, number: int) -> nn.Module:
+        """The published model of stage ``number`` in a fresh network (what the next site would receive)."""
+        stage = self.stages.get(number)
+        if stage is not None and stage.action == Action.ENSEMBLE:
+            members = [self.model(i) for i in stage.inputs]
+            return EnsembleModel(members, output="log").to(self.runner.device)
+        if self._kind(number) == NetworkKind.BAYES:
+            network = self._bayesian(self._plain())
+            Posterior.load(self.posterior_file(number)).to_prior(network, init_posterior=True)
+        else:
+            network = self._plain()
+            WeightTransferHandler(self.store, "evaluation", network, load=True, publish=False, source_stage=number).load_weights()
+        return network.to(self.runner.device)
+
+    # ------------------------------------------------------------------------------------------------ protocol
+
+    def initialize(self, network: NetworkKind) -> StageOutput:
+        entry = self.store.entry(INITIAL_STAGE)
+        if entry is None:
+            entry = self.store.publish(self._plain().state_dict(), "init", INITIAL_STAGE)
+        return StageOutput(entry.sha256)
+
+    def _loaded(self, stage: Stage) -> dict[str, Any]:
+        loaded: dict[str, Any] = {"start": self._published_sha(stage.start)}
+        if stage.prior is not None:
+            loaded["prior"] = self._published_sha(stage.prior)
+        return loaded
+
+    def _items(self, stage: Stage) -> list[dict[str, Any]]:
+        return [dict(item, site=site) for site in stage.sites for item in self.runner.data.items(site, "training")]
+
+    def _memory(self, stage: Stage) -> ReplayBuffer | None:
+        if stage.memory is not None:
+            return ReplayBuffer.load(self.run_dir / "replay" / f"stage{stage.memory:04d}")
+        if stage.remember:
+            opts = self.runner.replay_options
+            return ReplayBuffer(opts.capacity_per_site, opts.policy, self.runner.seed)
+        return None
+
+    def train(self, stage: Stage) -> StageOutput:
+        runner = self.runner
+        items = self._items(stage)
+        memory = self._memory(stage)
+        replayed = len(memory) if memory is not None and stage.memory is not None else 0
+        num_examples = len(items) + replayed
+        details = {"dataset_size": num_examples, "replay_items": replayed}
+        published = self._published_sha(stage.number)
+        if published is not None:  # published before an interruption: the stage is done
+            return StageOutput(published, self._loaded(stage), len(items), details)
+
+        bayes = stage.network == NetworkKind.BAYES
+        network = self._bayesian(self._plain(), stage.bound_std) if bayes else self._plain()
+        network = network.to(runner.device)
+        seed_everything(runner.seed * 7919 + stage.number)
+        if replayed:
+            opts = runner.replay_options
+            dataset: Any = ReplayDataset(items, memory, transform=runner.train_transform,
+                                         replay_fraction=opts.replay_fraction, seed=runner.seed + stage.number)
+        else:
+            dataset = Dataset(items, transform=runner.train_transform)
+        sampler = EpochSampler(len(dataset), seed=runner.seed * 31 + stage.number)
+        loader = DataLoader(dataset, batch_size=runner.batch_size, sampler=sampler, num_workers=0)
+        n_elbo = stage.num_examples if stage.num_examples is not None else len(dataset)
+        loss = ELBOLoss(runner.loss, network, n_elbo) if bayes else runner.loss
+        optimizer = (runner.bayes_optimizer_fn if bayes else runner.optimizer_fn)(network.parameters())
+        site_dir = self.run_dir / "sites" / stage.site
+
+        plateau = None
+        if stage.patience:
+            plateau = PlateauStopper(self._validation_score(stage, network), network, stage.patience)
+        checkpoint = EpochCheckpoint(site_dir / f"checkpoint_stage{stage.number:04d}.pt", network, optimizer,
+                                     {"plateau": plateau} if plateau else {})
+        resumed = checkpoint.load()
+        if resumed is None:
+            self._start(stage, network)
+            source = self._optimizer_file(stage, stage.start if runner.optimizer_state == "transfer" else stage.previous_visit)
+            if source is not None and source.exists():
+                optimizer.load_state_dict(load_optimizer_state(source))
+
+        handlers: list[Any] = [EpochSeeder(runner.seed * 104_729 + stage.number, runner.train_transform), checkpoint]
+        handlers.append(_CrashAfterEpoch(stage.number))
+        if plateau is not None:
+            handlers.append(plateau)  # restores the best weights on completion, before they are published
+        handlers.append(ProgressBar(f"{stage.number}/{stage.label}", disable=not runner.progress))
+        trainer = SupervisedTrainer(
+            device=runner.device, max_epochs=max(stage.epochs, 1), train_data_loader=loader, network=network,
+            optimizer=optimizer, loss_function=loss, epoch_length=stage.iterations, train_handlers=handlers,
+            decollate=False,
+        )
+        if resumed is not None:
+            trainer.state.epoch, trainer.state.iteration = int(resumed["epoch"]), int(resumed["iteration"])
+            sampler.epoch = int(resumed["epoch"])
+        if resumed is None or trainer.state.epoch < trainer.state.max_epochs:
+            trainer.run()
+        elif plateau is not None:
+            plateau.restore_best()
+        if plateau is not None:
+            details.update(epochs_run=len(plateau.history), plateau=plateau.bad_epochs >= plateau.patience)
+
+        # side outputs first, under this stage's number; the model last: publishing commits the stage
+        target = self._optimizer_file(stage, stage.number)
+        if target is not None:
+            save_optimizer_state(target, optimizer.state_dict(), site=stage.site, stage=stage.number)
+        if stage.remember:
+            ReplayBufferHandler(memory, stage.sites[0], runner.data.items(stage.sites[0], "training"),
+                                directory=self.run_dir / "replay" / f"stage{stage.number:04d}")(trainer)
+        if bayes:
+            export = ConsolidationHandler(network, "export", self.posterior_file(stage.number), site=stage.site,
+                                          num_examples=len(items))
+            published = export().sha256()
+        else:
+            transfer = WeightTransferHandler(self.store, stage.site, network, stage=stage.number, load=False)
+            published = transfer.publish_weights().sha256
+        checkpoint.path.unlink(missing_ok=True)
+        return StageOutput(published, self._loaded(stage), len(items), details)
+
+    def _start(self, stage: Stage, network: nn.Module) -> None:
+        """Load the stage's start (and prior) by stage number."""
+        if self._kind(stage.start) == NetworkKind.BAYES:
+            if stage.prior not in (None, stage.start):
+                raise ValueError(f"stage {stage.number}: a Bayesian start's prior must be the start itself.")
+            PriorHandler(self.posterior_file(stage.start), network, init_posterior=True)()
+            return
+        if stage.network == NetworkKind.BAYES:  # means from deterministic weights (DWC's MAP -> q0, VCL's first site)
+            plain = self._plain()
+            WeightTransferHandler(self.store, stage.site, plain, publish=False, source_stage=stage.start).load_weights()
+            converted = self._bayesian(plain, stage.bound_std)
+            network.load_state_dict({k: v.to(self.runner.device) for k, v in converted.state_dict().items()})
+            return
+        WeightTransferHandler(self.store, stage.site, network, publish=False, source_stage=stage.start).load_weights()
+
+    def _validation_score(self, stage: Stage, network: nn.Module):
+        runner = self.runner
+        val_items = {s: runner.data.items(s, "validation") for s in stage.sites}
+        if not any(val_items.values()):
+            raise DatalistError(f"site(s) {list(stage.sites)} have no validation cases for the plateau criterion.")
+
+        def score() -> float:
+            values = evaluate_sites(network, {k: v for k, v in val_items.items() if v}, runner.eval_transform,
+                                    runner.num_classes, runner.inferer_for(stage.network == NetworkKind.BAYES), runner.device)
+            return float(np.mean([x for v in values.values() for x in v]))
+
+        return score
+
+    def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
+        loaded: dict[str, Any] = {"inputs": [self._published_sha(i) for i in stage.inputs]}
+        if stage.action == Action.ENSEMBLE:
+            return StageOutput(None, loaded)
+        if stage.action == Action.AVERAGE:
+            states = [self._weights(i)[0] for i in stage.inputs]
+            crash_point("mid_consolidation", stage.number)
+            merged = weighted_average(states, weights)
+            entry = self.store.publish(merged, "average", stage.number, weights=list(weights))
+            return StageOutput(entry.sha256, loaded, int(sum(weights)))
+        loaded["prior"] = self._published_sha(stage.prior)
+        merged = consolidate_dwc(self.posterior_file(stage.prior), [self.posterior_file(i) for i in stage.inputs],
+                                 progress=False)
+        crash_point("mid_consolidation", stage.number)
+        merged.save(self.posterior_file(stage.number))
+        return StageOutput(merged.sha256(), loaded, int(sum(weights)))
+
+    def evaluate(self, stage: Stage, site: str) -> list[float]:
+        runner = self.runner
+        if self._model_cache is None or self._model_cache[0] != stage.number:
+            self._model_cache = (stage.number, self.model(stage.number))
+        network = self._model_cache[1]
+        bayes = stage.network == NetworkKind.BAYES and stage.action != Action.ENSEMBLE
+        seed_everything(runner.seed * 15_485_863 + stage.number * 7_919 + zlib.crc32(site.encode()))
+        handler = ContinualEvaluationHandler(
+            network, {site: runner.data.items(site, "test")}, runner.eval_transform, runner.num_classes,
+            trained_on=None, matrix=ContinualMatrix([site]), inferer=runner.inferer_for(bayes),
+            device=str(runner.device),
+        )
+        handler()
+        return handler.last_scores[site]
+
+
+class _CrashAfterEpoch:
+    """The ``mid_training`` fault point: after the first epoch's checkpoint is written."""
+
+    def __init__(self, stage: int) -> None:
+        self.stage = stage
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        crash_point("mid_training", self.stage)
