@@ -1,4 +1,4 @@
-"""Runs one strategy of the tiny runner; the resume test starts it, kills it and starts it again."""
+"""Runs one strategy of the tiny runner; the resume tests start it, kill it (or let it crash) and start it again."""
 
 from __future__ import annotations
 
@@ -14,4 +14,7 @@ from runner_utils import tiny_runner  # noqa: E402
 if __name__ == "__main__":
     torch.set_num_threads(1)
     sites, output, strategy, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-    tiny_runner(Path(sites), Path(output)).run(strategy, **options)
+    lr = float(sys.argv[5]) if len(sys.argv) > 5 else 1e-3
+    runner = tiny_runner(Path(sites), Path(output), optimizer_state="site",
+                         optimizer=lambda p: torch.optim.Adam(p, lr=lr), bayes_optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+    runner.run(strategy, **options)

@@ -14,7 +14,7 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.losses import DiceCELoss
 from torch import nn
 
-from monai_continual.bayes import MCInferer
+from monai_continual.bayes import MCInferer, bayesianize
 from monai_continual.consolidation import save_weights
 from monai_continual.data import MultiSiteDatalist, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
@@ -178,6 +178,14 @@ class ContinualRunner:
 
     # ----------------------------------------------------------------------------------------------------------------
     # public
+
+    def new_network(self, bayesian: bool = False) -> nn.Module:
+        """A fresh copy of the network with the run's initial weights (Bayesian: converted with the run's settings)."""
+        network = copy.deepcopy(self.template)
+        network.load_state_dict(self.init_state)
+        if bayesian:
+            network = bayesianize(network, inplace=True, **self.bayes_kwargs)
+        return network.to(self.device)
 
     def inferer_for(self, bayesian: bool) -> Inferer:
         """The evaluation inferer: Monte Carlo over ``mc_samples`` passes for Bayesian models."""

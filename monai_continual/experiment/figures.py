@@ -23,7 +23,7 @@ def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    network = load_weights(runner._new_network("bayes"), result.directory / "final_model.safetensors").eval()
+    network = load_weights(runner.new_network(bayesian=True), result.directory / "final_model.safetensors").eval()
     inferer = MCInferer(runner.mc_samples, runner.inferer, return_uncertainty=True)
     sites = data.site_names
     fig, axes = plt.subplots(4, len(sites), figsize=(2.4 * len(sites), 9.6), squeeze=False)
