@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_predict)
 
     st = sub.add_parser("sites", help="run a strategy over the sites' datasets (resumable)")
-    st.add_argument("strategy", help="single_weight_transfer, cyclic_weight_transfer, fine_tuning, replay, vcl, dwc")
+    st.add_argument("strategy", help="single_weight_transfer, cyclic_weight_transfer, fine_tuning, replay, vcl, dwc, federated_averaging")
     st.add_argument("datasets", nargs="+", help="the sites' datasets in training order")
     st.add_argument("-o", "--output", required=True, help="run directory")
     st.add_argument("-c", default="3d_fullres")
@@ -157,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--val-iterations-per-epoch", type=int)
     st.add_argument("--rounds", type=int, default=2)
     st.add_argument("--eval", nargs="*", help="held-out datasets evaluated after every stage, never trained on")
-    st.add_argument("--order", default="fixed", choices=("fixed", "random"), help="site order per cyclic round")
+    st.add_argument("--order", default="fixed", choices=("fixed", "random", "random_per_round"),
+                    help="site order: as listed, one random permutation, or a new one every round")
     st.add_argument("--replay-capacity", type=int, default=5)
-    st.add_argument("--dwc-finetune", action="store_true", help="fine-tune the consolidated DWC posterior on the first site")
+    st.add_argument("--no-dwc-finetune", dest="dwc_finetune", action="store_false", default=None,
+                    help="leave out DWC's fine-tuning of the consolidated posterior on the first site")
     st.add_argument("--mc-samples", type=int, default=1)
     st.add_argument("--disable-tta", action="store_true")
     st.add_argument("--seed", type=int, default=0)

@@ -1,32 +1,34 @@
-"""Continual strategies across sites' nnU-Net datasets: weight transfer, fine-tuning, replay, VCL and DWC.
+"""Continual strategies across sites' nnU-Net datasets: the nnU-Net backend of the strategy engine.
 
 Every site is its own nnU-Net dataset, planned once and preprocessed with the shared plans
-(:func:`~monai_continual.nnunet.planning.plan_and_preprocess_sites`). A stage trains one site with nnU-Net's own
-trainer, data loading and augmentation; what crosses to the next stage is a safetensors file only (weights in a
-:class:`~monai_continual.consolidation.DirectoryWeightStore`, or a posterior file), with its SHA-256 recorded.
-After every stage the published model is loaded into a freshly built network and evaluated on every site's test
-cases (``imagesTs``/``labelsTs``) into a :class:`~monai_continual.metrics.ContinualMatrix`.
+(:func:`~monai_continual.nnunet.planning.plan_and_preprocess_sites`). The schedule is the strategy core's
+(:func:`~monai_continual.strategies.build_schedule`), walked by :func:`~monai_continual.strategies.run_stages`;
+:class:`NnUNetStageExecutor` trains a stage with nnU-Net's own trainer, data loading and augmentation. What
+crosses to the next stage is a safetensors file only (weights in a
+:class:`~monai_continual.consolidation.DirectoryWeightStore`, or a posterior file), named by stage number, with its
+content SHA-256 recorded. After every evaluated stage the published model is loaded into a freshly built network
+and scored per volume on every site's test cases (``imagesTs``/``labelsTs``).
 
 The whole state is kept in the run directory (``state.json``, the store, posteriors, ``R.json``); running the same
-command again after the process was killed skips finished stages and redoes the interrupted one from its start.
+command again after the process was killed resumes exactly (the engine's invariant).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import shutil
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from monai_continual.bayes import bayesianize
+from monai_continual.consolidation.averaging import weighted_average
 from monai_continual.consolidation.dwc import consolidate_dwc
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.weight_store import DirectoryWeightStore
@@ -39,11 +41,26 @@ from monai_continual.nnunet.launcher import build_trainer, default_device
 from monai_continual.nnunet.planning import plans_file, preprocessed_data_folder, shared_plans
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.trainers import find_trainer
-from monai_continual.utils.atomic import atomic_write, atomic_write_text
+from monai_continual.strategies import (
+    INITIAL_STAGE,
+    Action,
+    NetworkKind,
+    RunState,
+    Stage,
+    StageOutput,
+    Strategy,
+    build_schedule,
+    crash_point,
+    make_options,
+    run_stages,
+    strategy_of,
+)
+from monai_continual.utils.atomic import atomic_copy
+from monai_continual.utils.seeding import seed_everything
 
 __all__ = ["SITE_STRATEGIES", "SiteStage", "SitesResult", "run_sites"]
 
-#: strategy -> the trainer its stages use
+#: strategy -> the trainer of its stages (Bayesian stages of any strategy use ``nnUNetTrainerVCL``)
 SITE_STRATEGIES = {
     "single_weight_transfer": "nnUNetTrainer",
     "cyclic_weight_transfer": "nnUNetTrainer",
@@ -51,19 +68,9 @@ SITE_STRATEGIES = {
     "replay": "nnUNetTrainerReplay",
     "vcl": "nnUNetTrainerVCL",
     "dwc": "nnUNetTrainerVCL",
+    "federated_averaging": "nnUNetTrainer",
 }
-
-
-@dataclass
-class SiteStage:
-    """One stage: train ``dataset`` (or consolidate, ``kind="consolidate"``) and publish the result."""
-
-    index: int
-    dataset: str
-    kind: str = "train"
-    label: str = ""
-    prior: str | None = None  # "previous" (VCL), "first" (DWC's shared prior) or None
-    replay: list[str] = field(default_factory=list)
+_MAP_TRAINER, _BAYES_TRAINER = "nnUNetTrainer", "nnUNetTrainerVCL"
 
 
 @dataclass
@@ -74,42 +81,6 @@ class SitesResult:
     matrix: ContinualMatrix
     stages: list[dict[str, Any]]
     directory: Path
-
-
-def _schedule(strategy: str, datasets: list[str], rounds: int, finetune: bool = False, order: str = "fixed",
-              seed: int = 0) -> list[SiteStage]:
-    if strategy in ("single_weight_transfer", "fine_tuning", "vcl"):
-        order_ = datasets
-    elif strategy == "cyclic_weight_transfer":
-        # "random": a new permutation of the sites every round (seeded), as in Chang et al.'s random-order variant
-        order_ = [d for r in range(rounds) for d in (random.Random(seed + r).sample(datasets, len(datasets))
-                                                       if order == "random" else datasets)]
-    elif strategy == "replay":
-        return [SiteStage(i, d, label=f"{i}:{d}", replay=datasets[:i]) for i, d in enumerate(datasets)]
-    elif strategy == "dwc":
-        stages = [SiteStage(0, datasets[0], label=f"0:q0 {datasets[0]}")]
-        stages += [SiteStage(i, d, label=f"{i}:{d} from q0", prior="first") for i, d in enumerate(datasets[1:], 1)]
-        stages.append(SiteStage(len(datasets), datasets[0], kind="consolidate", label=f"{len(datasets)}:dwc"))
-        if finetune:  # McClure et al.'s "DWC" row: the consolidated posterior fine-tuned with the data as one example
-            stages.append(SiteStage(len(datasets) + 1, datasets[0], kind="finetune", label=f"{len(datasets) + 1}:dwc+ft", prior="previous"))
-        return stages
-    else:
-        raise ValueError(f"unknown strategy {strategy!r}; strategies are {sorted(SITE_STRATEGIES)}.")
-    prior = "previous" if strategy == "vcl" else None
-    return [SiteStage(i, d, label=f"{i}:{d}", prior=prior if i else None) for i, d in enumerate(order_)]
-
-
-def _published(store: DirectoryWeightStore, number: int):
-    """The store entry stage ``number - 1`` published (stage numbers in the store count from 1), or None."""
-    return next((e for e in store.entries() if e.stage == number), None)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Evaluator:
@@ -142,28 +113,187 @@ class _Evaluator:
         channels = determine_num_input_channels(plans_manager, config, dataset_json)
         return find_trainer(trainer).build_network_architecture(plans_manager, config, channels, heads, False)
 
-    def __call__(self, network: torch.nn.Module, trainer: str, output: Path) -> dict[str, float]:
+    def __call__(self, network: torch.nn.Module, trainer: str, dataset: str, output: Path) -> list[float]:
+        """Per-volume Dice (class average) of ``network`` on ``dataset``'s test cases."""
         import nibabel as nib
 
         from monai_continual.nnunet.mc_predictor import MCnnUNetPredictor
 
-        scores = {}
-        for dataset, folder in self.folders.items():
-            plans_manager, config, dataset_json = self.setup[dataset]
-            predictor = MCnnUNetPredictor(mc_samples=self.mc_samples, use_mirroring=self.mirroring, device=self.device)
-            axes = tuple(range(len(config.patch_size)))
-            predictor.manual_initialization(network.to(self.device).eval(), plans_manager, config, [network.state_dict()],
-                                            dataset_json, trainer, axes)
-            written = predictor.predict_files(folder / "imagesTs", output / dataset, uncertainty=False, progress=False)
-            num_classes = max(int(v) for v in dataset_json["labels"].values()) + 1
-            dice = []
-            for path in written:
-                reference = folder / "labelsTs" / path.name
-                pred = torch.as_tensor(np.asarray(nib.load(path).dataobj))[None, None]
-                label = torch.as_tensor(np.asarray(nib.load(reference).dataobj))[None, None]
-                dice.append(float(mean_dice(pred, label, num_classes)[0]))
-            scores[dataset] = float(np.mean(dice))
-        return scores
+        folder = self.folders[dataset]
+        plans_manager, config, dataset_json = self.setup[dataset]
+        predictor = MCnnUNetPredictor(mc_samples=self.mc_samples, use_mirroring=self.mirroring, device=self.device)
+        axes = tuple(range(len(config.patch_size)))
+        predictor.manual_initialization(network.to(self.device).eval(), plans_manager, config, [network.state_dict()],
+                                        dataset_json, trainer, axes)
+        written = predictor.predict_files(folder / "imagesTs", output / dataset, uncertainty=False, progress=False)
+        num_classes = max(int(v) for v in dataset_json["labels"].values()) + 1
+        dice = []
+        for path in written:
+            reference = folder / "labelsTs" / path.name
+            pred = torch.as_tensor(np.asarray(nib.load(path).dataobj))[None, None]
+            label = torch.as_tensor(np.asarray(nib.load(reference).dataobj))[None, None]
+            dice.append(float(mean_dice(pred, label, num_classes)[0]))
+        return dice
+
+
+class NnUNetStageExecutor:
+    """Runs the core's stages with nnU-Net's trainers, one nnU-Net dataset per site.
+
+    Layout of ``run_dir``: ``store/`` (weights of deterministic stages by stage number), ``posteriors/`` (posterior
+    of every Bayesian stage), ``stages/<number>_<dataset>/`` (nnU-Net's results folder of a stage, redone from
+    scratch when the stage did not publish), ``predictions/``.
+
+    Args:
+        run_dir: the run directory.
+        stages: the schedule.
+        evaluator: scores a network on a dataset.
+        configuration, fold, plans: nnU-Net's.
+        device: training device.
+        epochs_kwargs: ``iterations_per_epoch`` and ``val_iterations_per_epoch`` for :func:`build_trainer`.
+        trainer: the strategy's trainer (or a subclass of it) for its deterministic or Bayesian stages.
+        replay_capacity: K per earlier site.
+        seed: seeds every stage.
+    """
+
+    def __init__(self, run_dir: Path, stages: Sequence[Stage], evaluator: _Evaluator, configuration: str, fold: Any,
+                 plans: str, device: torch.device, iterations: Mapping[str, int | None], trainer: str,
+                 replay_capacity: int, seed: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.stages = {s.number: s for s in stages}
+        self.evaluator = evaluator
+        self.configuration, self.fold, self.plans, self.device = configuration, fold, plans, device
+        self.iterations = dict(iterations)
+        self.trainer = trainer
+        self.replay_capacity = replay_capacity
+        self.seed = seed
+        self.store = DirectoryWeightStore(self.run_dir / "store")
+        self.first = next(iter(stages)).sites[0]
+        self._model_cache: tuple[int, torch.nn.Module] | None = None
+
+    def _trainer_for(self, stage: Stage) -> str:
+        bayes_main = issubclass(find_trainer(self.trainer), nnUNetTrainerBayesian)
+        if stage.network == NetworkKind.BAYES:
+            return self.trainer if bayes_main else _BAYES_TRAINER
+        if stage.memory is not None or stage.remember:
+            return self.trainer if not bayes_main else "nnUNetTrainerReplay"
+        return self.trainer if not bayes_main and self.trainer != "nnUNetTrainerReplay" else _MAP_TRAINER
+
+    def _kind(self, number: int) -> NetworkKind:
+        return NetworkKind.MAP if number == INITIAL_STAGE else self.stages[number].network
+
+    def posterior_file(self, number: int) -> Path:
+        return self.run_dir / "posteriors" / f"stage{number:04d}.safetensors"
+
+    def _published_sha(self, number: int) -> str | None:
+        if self._kind(number) == NetworkKind.BAYES:
+            path = self.posterior_file(number)
+            return Posterior.load(path).sha256() if path.exists() else None
+        entry = self.store.entry(number)
+        return None if entry is None else entry.sha256
+
+    def _loaded(self, stage: Stage) -> dict[str, Any]:
+        loaded: dict[str, Any] = {"start": self._published_sha(stage.start)}
+        if stage.prior is not None:
+            loaded["prior"] = self._published_sha(stage.prior)
+        return loaded
+
+    def _network(self, trainer: str, dataset: str) -> torch.nn.Module:
+        return self.evaluator.network(trainer, dataset)
+
+    def model(self, number: int) -> torch.nn.Module:
+        """Stage ``number``'s published model in a freshly built network: exactly what the next site receives."""
+        stage = self.stages.get(number)
+        dataset = stage.sites[0] if stage is not None else self.first
+        if self._kind(number) == NetworkKind.BAYES:
+            return Posterior.load(self.posterior_file(number)).to_model(self._network(self._bayes_trainer(), dataset))
+        network = self._network(_MAP_TRAINER, dataset)
+        network.load_state_dict(self.store.load(self.store.entry(number)))
+        return network
+
+    def _bayes_trainer(self) -> str:
+        return self.trainer if issubclass(find_trainer(self.trainer), nnUNetTrainerBayesian) else _BAYES_TRAINER
+
+    def initialize(self, network: NetworkKind) -> StageOutput:
+        entry = self.store.entry(INITIAL_STAGE)
+        if entry is None:
+            seed_everything(self.seed)
+            entry = self.store.publish(self._network(_MAP_TRAINER, self.first).state_dict(), "init", INITIAL_STAGE)
+        return StageOutput(entry.sha256)
+
+    def train(self, stage: Stage) -> StageOutput:
+        dataset = stage.sites[0]
+        if len(stage.sites) != 1:
+            raise ValueError(f"stage {stage.number}: nnU-Net trains one dataset per stage, got {list(stage.sites)}.")
+        published = self._published_sha(stage.number)
+        if published is not None:
+            return StageOutput(published, self._loaded(stage), 0, {"redone": False})
+        stage_dir = self.run_dir / "stages" / f"{stage.number:03d}_{dataset}"
+        if stage_dir.exists():  # an interrupted stage starts again from its beginning
+            shutil.rmtree(stage_dir)
+        seed_everything(self.seed + stage.number)
+        trainer_name = self._trainer_for(stage)
+        details: dict[str, Any] = {"trainer": trainer_name}
+        with results_folder(stage_dir):
+            instance = build_trainer(dataset, self.configuration, self.fold, trainer_name, self.plans, self.device,
+                                     stage.epochs, self.iterations.get("iterations_per_epoch"),
+                                     self.iterations.get("val_iterations_per_epoch"))
+            bayes = stage.network == NetworkKind.BAYES
+            if bayes and self._kind(stage.start) == NetworkKind.BAYES:
+                instance.prior_file = str(self.posterior_file(stage.start))
+            elif bayes:
+                instance.prior_file = None
+            if stage.num_examples is not None:
+                instance.kl_num_examples = float(stage.num_examples)
+            if stage.memory is not None:
+                earlier = [s.sites[0] for n, s in self.stages.items() if s.remember and n <= stage.memory]
+                folders = [preprocessed_data_folder(plans_file(d, self.plans).parent, self.configuration, self.plans)
+                           for d in earlier]
+                instance.replay_sources = replay_sources_for(folders, self.replay_capacity, seed=self.seed)
+            instance.initialize()
+            network = getattr(instance.network, "_orig_mod", instance.network)
+            if self._kind(stage.start) == NetworkKind.MAP:
+                state = self.store.load(self.store.entry(stage.start))
+                if bayes:  # means from deterministic weights (DWC's MAP stage -> q0; VCL's first site)
+                    plain = self._network(_MAP_TRAINER, dataset)
+                    plain.load_state_dict(state)
+                    trainer_class = type(instance)
+                    state = bayesianize(plain, std_init=trainer_class.std_init, prior_std=trainer_class.prior_std,
+                                        bound_std=trainer_class.bound_std, inplace=True).state_dict()
+                network.load_state_dict(state)
+            instance.run_training()
+            crash_point("mid_training", stage.number)
+            network = getattr(instance.network, "_orig_mod", instance.network)
+            num_examples = int(getattr(instance, "num_training_cases", 0) or len(instance.do_split()[0]))
+            details["replay_items"] = int(getattr(instance, "num_replayed", 0))
+            if bayes:
+                atomic_copy(Path(instance.output_folder) / POSTERIOR_FILE, self.posterior_file(stage.number))
+                published = Posterior.load(self.posterior_file(stage.number)).sha256()
+            else:
+                published = self.store.publish(network.state_dict(), dataset, stage.number).sha256
+        return StageOutput(published, self._loaded(stage), num_examples, details)
+
+    def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
+        loaded: dict[str, Any] = {"inputs": [self._published_sha(i) for i in stage.inputs]}
+        if stage.action == Action.AVERAGE:
+            states = [self.store.load(self.store.entry(i)) for i in stage.inputs]
+            crash_point("mid_consolidation", stage.number)
+            entry = self.store.publish(weighted_average(states, weights), "average", stage.number, weights=list(weights))
+            return StageOutput(entry.sha256, loaded, int(sum(weights)))
+        if stage.action != Action.DWC:
+            raise ValueError(f"stage {stage.number}: the nnU-Net backend does not run {stage.action} stages.")
+        loaded["prior"] = self._published_sha(stage.prior)
+        merged = consolidate_dwc(self.posterior_file(stage.prior), [self.posterior_file(i) for i in stage.inputs])
+        crash_point("mid_consolidation", stage.number)
+        merged.save(self.posterior_file(stage.number))
+        return StageOutput(merged.sha256(), loaded, int(sum(weights)))
+
+    def evaluate(self, stage: Stage, site: str) -> list[float]:
+        if self._model_cache is None or self._model_cache[0] != stage.number:
+            self._model_cache = (stage.number, self.model(stage.number))
+        bayes = self._kind(stage.number) == NetworkKind.BAYES
+        seed_everything(self.seed * 15_485_863 + stage.number * 7_919 + zlib.crc32(site.encode()))
+        trainer = self._bayes_trainer() if bayes else _MAP_TRAINER
+        return self.evaluator(self._model_cache[1], trainer, site, self.run_dir / "predictions" / f"{stage.number:03d}")
 
 
 def run_sites(
@@ -177,9 +307,9 @@ def run_sites(
     iterations_per_epoch: int | None = None,
     val_iterations_per_epoch: int | None = None,
     rounds: int = 2,
-    order: str = "fixed",
+    order: str | Sequence[str] = "fixed",
     replay_capacity: int = 5,
-    dwc_finetune: bool = False,
+    dwc_finetune: bool | None = None,
     eval_datasets: Sequence[str] = (),
     trainer: str | None = None,
     device: str | None = None,
@@ -187,35 +317,35 @@ def run_sites(
     mc_samples: int = 1,
     seed: int = 0,
     progress: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> SitesResult:
     """Run one strategy over the sites' nnU-Net datasets (already planned and preprocessed with shared plans).
 
+    The schedule is the strategy core's, with the same meaning as in the MONAI runner: ``single_weight_transfer``,
+    ``cyclic_weight_transfer`` (``rounds`` cycles), ``fine_tuning``, ``replay`` (plus up to ``replay_capacity``
+    cases of every earlier site), ``vcl``, ``dwc`` (MAP stage, q0 on the first site, every other site from q0,
+    Eq. 17, ``rounds`` rounds, fine-tuning on the first site unless ``dwc_finetune=False``) and
+    ``federated_averaging`` (``rounds`` rounds of ``epochs`` local epochs).
+
     Args:
-        datasets: the sites' datasets, in training order (names or ids).
-        strategy: one of :data:`SITE_STRATEGIES`: ``single_weight_transfer`` / ``fine_tuning`` (each site once, the
-            weights passed on), ``cyclic_weight_transfer`` (``rounds`` passes over the sites), ``replay`` (each
-            site once, plus up to ``replay_capacity`` cases of every earlier site), ``vcl`` (Bayesian; the posterior
-            of each site is the prior of the next), ``dwc`` (q0 trained on the first site; every other site trains
-            from q0 independently; the site posteriors are consolidated by Eq. 17; with ``dwc_finetune`` the
-            consolidated posterior is then fine-tuned on the first site with its data weighted as one example).
+        datasets: the sites' datasets, in their listed order (names or ids).
+        strategy: one of :data:`SITE_STRATEGIES`.
         output_dir: the run directory (all state; rerun the same call to resume).
-        configuration, fold, plans: nnU-Net's; ``fold="all"`` trains on every training case of a site (the test
-            cases are held apart in ``imagesTs``).
-        epochs: epochs per stage (per visit for cyclic transfer).
+        configuration, fold, plans: nnU-Net's; ``fold="all"`` trains on every training case of a site.
+        epochs: epochs per stage (per visit for cyclic transfer, per round for FedAvg).
         iterations_per_epoch, val_iterations_per_epoch: nnU-Net's iterations (default: the trainer's own).
-        rounds: passes over the sites for cyclic transfer.
-        order: ``"fixed"`` (the order of ``datasets``, every round) or ``"random"`` (a seeded permutation per round)
-            for cyclic transfer; the other strategies take ``datasets`` in order.
+        rounds: cycles of cyclic transfer, rounds of DWC and FedAvg.
+        order: ``"fixed"``, ``"random"`` (once), ``"random_per_round"`` or a list of datasets.
         replay_capacity: K, replayed cases per earlier site.
-        dwc_finetune: add DWC's fine-tuning stage.
-        eval_datasets: more datasets evaluated after every stage but never trained on (held-out sites: ``imagesTs``
-            and ``labelsTs`` only, no planning needed).
-        trainer: override the trainer of the strategy (e.g. a variant of it).
+        dwc_finetune: DWC's fine-tuning stage (``None``: the strategy's default, on).
+        eval_datasets: more datasets evaluated after every stage but never trained on (held-out sites).
+        trainer: override the strategy's trainer (a subclass of it).
         device: ``"cuda"``, ``"cpu"``... (default: CUDA when available).
         mirroring: nnU-Net's mirroring at evaluation.
         mc_samples: Monte Carlo passes when evaluating Bayesian stages (1: the posterior mean).
-        seed: seeds torch before every stage and the choice of replayed cases.
+        seed: seeds every stage and the choice of replayed cases.
         progress: print a line per stage.
+        options: further options of the strategy's options dataclass (e.g. ``{"skip": [...], "patience": 2}``).
 
     Returns:
         :class:`SitesResult`; ``R.json``, ``R.csv``, ``R.png`` and ``state.json`` are in ``output_dir``.
@@ -226,10 +356,9 @@ def run_sites(
         ...                    rounds=3, epochs=5, device="cpu")
         >>> result.matrix.as_array()
     """
-    if strategy not in SITE_STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; strategies are {sorted(SITE_STRATEGIES)}.")
-    if order not in ("fixed", "random"):
-        raise ValueError(f"order must be 'fixed' or 'random', got {order!r}.")
+    name = strategy_of(strategy)
+    if name.value not in SITE_STRATEGIES:
+        raise ValueError(f"strategy {name.value} does not run on nnU-Net sites; strategies are {sorted(SITE_STRATEGIES)}.")
     if epochs < 1 or rounds < 1 or replay_capacity < 1:
         raise ValueError(f"epochs, rounds and replay_capacity must be >= 1, got {epochs}, {rounds}, {replay_capacity}.")
     paths = nnunet_paths()
@@ -238,6 +367,8 @@ def run_sites(
     names, held_out = everything[: len(datasets)], everything[len(datasets):]
     if len(set(everything)) != len(everything) or len(everything) != len(datasets) + len(eval_datasets):
         raise ValueError(f"a dataset is listed twice: {[*datasets, *eval_datasets]}.")
+    opts = _options(name, rounds, order, names, datasets, replay_capacity, dwc_finetune, options or {})
+    stages = build_schedule(name, names, opts, epochs, seed)
     missing = [n for n in names if not plans_file(n, plans).is_file()]
     if missing:
         raise FileNotFoundError(f"datasets {missing} have no {plans}.json; run plan_and_preprocess_sites first.")
@@ -245,101 +376,56 @@ def run_sites(
     if len(shared) != 1:
         raise ValueError(f"datasets {names} were preprocessed with different plans; plan once and move the plans "
                          "(plan_and_preprocess_sites) so that weights fit every site.")
-    trainer_name = trainer or SITE_STRATEGIES[strategy]
-    trainer_class, required = find_trainer(trainer_name), find_trainer(SITE_STRATEGIES[strategy])
+    trainer_name = trainer or SITE_STRATEGIES[name.value]
+    trainer_class, required = find_trainer(trainer_name), find_trainer(SITE_STRATEGIES[name.value])
     bayesian = issubclass(trainer_class, nnUNetTrainerBayesian)
-    if not issubclass(trainer_class, required) or (bayesian and strategy not in ("vcl", "dwc")):
-        raise ValueError(f"strategy {strategy} trains with {required.__name__} or a subclass of it"
-                         f"{'' if strategy in ('vcl', 'dwc') else ' that is not Bayesian'}; got {trainer_name}.")
+    if not issubclass(trainer_class, required) or (bayesian and name.value not in ("vcl", "dwc")):
+        raise ValueError(f"strategy {name.value} trains with {required.__name__} or a subclass of it"
+                         f"{'' if name.value in ('vcl', 'dwc') else ' that is not Bayesian'}; got {trainer_name}.")
     device_ = torch.device(device or default_device())
-    evaluate = _Evaluator(names + held_out, configuration, plans, device_, mirroring, mc_samples)
+    evaluator = _Evaluator(names + held_out, configuration, plans, device_, mirroring, mc_samples)
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"strategy": strategy, "datasets": names, "configuration": configuration, "fold": str(fold), "plans": plans,
-              "epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_iterations": val_iterations_per_epoch,
-              "rounds": rounds if strategy == "cyclic_weight_transfer" else None,
-              "order": order if strategy == "cyclic_weight_transfer" else None,
-              "replay_capacity": replay_capacity if strategy == "replay" else None, "trainer": trainer_name, "seed": seed,
-              "dwc_finetune": bool(dwc_finetune) if strategy == "dwc" else None, "eval_datasets": held_out}
-    state_path = run_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"config": config, "stages": []}
-    if state["config"] != config:
-        raise ValueError(f"run directory {run_dir} holds a run with other settings ({state['config']}); use another directory.")
-    stages = _schedule(strategy, names, rounds, dwc_finetune, order, seed)
-    matrix = ContinualMatrix(names + held_out)
-    for record in state["stages"]:
-        matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
-    store = DirectoryWeightStore(run_dir / "store")
-    posteriors = run_dir / "posteriors"
-    posteriors.mkdir(exist_ok=True)
-
-    for stage in stages[len(state["stages"]):]:
-        started = time.time()
-        stage_dir = run_dir / "stages" / f"{stage.index:03d}_{stage.dataset}"
-        if stage_dir.exists():  # an interrupted stage starts again from its beginning
-            shutil.rmtree(stage_dir)
-        record: dict[str, Any] = {"index": stage.index, "label": stage.label, "dataset": stage.dataset}
-        torch.manual_seed(seed + stage.index)
-        if stage.kind == "consolidate":
-            prior_path = posteriors / f"stage{0:03d}.safetensors"
-            site_paths = [posteriors / f"stage{s.index:03d}.safetensors" for s in stages if s.prior == "first"]
-            merged = consolidate_dwc(prior_path, site_paths)
-            out = posteriors / f"stage{stage.index:03d}.safetensors"
-            merged.save(out)
-            network = merged.to_model(evaluate.network(trainer_name, stage.dataset))
-            record.update(trained_on=[], loaded=[_sha256_file(p) for p in [prior_path, *site_paths]],
-                          published=_sha256_file(out))
-        else:
-            with results_folder(stage_dir):
-                instance = build_trainer(stage.dataset, configuration, fold, trainer_name, plans, device_, epochs,
-                                         iterations_per_epoch, val_iterations_per_epoch)
-                loaded = None
-                if stage.prior is not None:
-                    source = posteriors / f"stage{(0 if stage.prior == 'first' else stage.index - 1):03d}.safetensors"
-                    instance.prior_file, loaded = str(source), _sha256_file(source)
-                if stage.kind == "finetune":
-                    instance.kl_num_examples = 1.0
-                if stage.replay:
-                    folders = [preprocessed_data_folder(plans_file(d, plans).parent, configuration, plans) for d in stage.replay]
-                    instance.replay_sources = replay_sources_for(folders, replay_capacity, seed=seed)
-                instance.initialize()
-                network = getattr(instance.network, "_orig_mod", instance.network)
-                # the previous stage's weights, by stage number: a stage killed after publishing must not start
-                # from its own half-finished result when it is redone
-                previous = _published(store, stage.index)
-                if not bayesian and previous is not None:
-                    network.load_state_dict(store.load(previous))
-                    loaded = previous.sha256
-                instance.run_training()
-                network = getattr(instance.network, "_orig_mod", instance.network)
-                if bayesian:
-                    out = posteriors / f"stage{stage.index:03d}.safetensors"
-                    with atomic_write(out) as tmp:
-                        shutil.copyfile(Path(instance.output_folder) / POSTERIOR_FILE, tmp)
-                    published = _sha256_file(out)
-                else:
-                    published = store.publish(network.state_dict(), stage.dataset, stage.index + 1).sha256
-                record.update(trained_on=[stage.dataset], loaded=loaded, published=published,
-                              replay_items=int(getattr(instance, "num_replayed", 0)))
-            # evaluate what was published, loaded into a fresh network: exactly what the next site receives
-            fresh = evaluate.network(trainer_name, stage.dataset)
-            if bayesian:
-                network = Posterior.load(out).to_model(fresh)
-            else:
-                network = fresh
-                network.load_state_dict(store.load(_published(store, stage.index + 1)))
-        record["scores"] = evaluate(network, trainer_name, run_dir / "predictions" / f"{stage.index:03d}")
-        record["seconds"] = round(time.time() - started, 1)
-        matrix.add_stage(record["trained_on"], record["scores"], label=record["label"])
-        state["stages"].append(record)
-        atomic_write_text(state_path, json.dumps(state, indent=2))
-        matrix.save_json(run_dir / "R.json")
-        matrix.save_csv(run_dir / "R.csv")
-        if progress:
-            print(f"[{strategy}] stage {stage.label}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["scores"].items())
-                  + f" ({record['seconds']} s)", flush=True)
+    config = {"strategy": name.value, "datasets": names, "stages": [s.to_dict() for s in stages],
+              "configuration": configuration, "fold": str(fold), "plans": plans,
+              "iterations_per_epoch": iterations_per_epoch, "val_iterations": val_iterations_per_epoch,
+              "replay_capacity": replay_capacity if name == Strategy.REPLAY else None, "trainer": trainer_name,
+              "seed": seed, "eval_datasets": held_out, "mc_samples": mc_samples, "mirroring": mirroring}
+    state = RunState.open(run_dir, name.value, config)
+    executor = NnUNetStageExecutor(run_dir, stages, evaluator, configuration, fold, plans, device_,
+                                   {"iterations_per_epoch": iterations_per_epoch,
+                                    "val_iterations_per_epoch": val_iterations_per_epoch},
+                                   trainer_name, replay_capacity, seed)
+    run_stages(stages, executor, state, names + held_out, log=print if progress else None)
+    matrix = state.matrix(stages, names + held_out)
+    matrix.save_json(run_dir / "R.json")
+    matrix.save_csv(run_dir / "R.csv")
     try:
-        matrix.plot(run_dir / "R.png", title=f"{strategy}: Dice on every site's test cases after each stage")
+        matrix.plot(run_dir / "R.png", title=f"{name.value}: Dice on every site's test cases after each stage")
     except Exception as e:  # a missing plotting backend must not lose the results
         print(f"R matrix plot skipped: {e}")
-    return SitesResult(strategy, matrix, state["stages"], run_dir)
+    records = [dict(vars(r)) for r in state.stage_records()]
+    return SitesResult(name.value, matrix, records, run_dir)
+
+
+def _options(name: Strategy, rounds: int, order: Any, names: list[str], given: Sequence[str], capacity: int,
+             finetune: bool | None, extra: Mapping[str, Any]) -> Any:
+    """The strategy's options from :func:`run_sites`' arguments; an explicit order may name datasets by id."""
+    if not isinstance(order, str):
+        lookup = {str(g): n for g, n in zip(given, names)} | {n: n for n in names}
+        order = [lookup.get(str(o), str(o)) for o in order]
+    values: dict[str, Any] = {}
+    if name != Strategy.FEDERATED_AVERAGING:
+        values["order"] = order
+    if name == Strategy.CYCLIC_WEIGHT_TRANSFER:
+        values["cycles"] = rounds
+    elif name in (Strategy.DWC, Strategy.FEDERATED_AVERAGING):
+        values["rounds"] = rounds
+    if name == Strategy.REPLAY:
+        values["capacity_per_site"] = capacity
+    if name == Strategy.DWC and finetune is not None:
+        values["finetune"] = bool(finetune)
+    if name == Strategy.SINGLE_WEIGHT_TRANSFER:
+        values["patience"] = None  # nnU-Net trains every visit for `epochs` (see the closing note of the core)
+    values.update(extra)
+    return make_options(name, **values)
