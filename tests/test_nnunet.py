@@ -161,21 +161,20 @@ def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(n
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         state = run / "state.json"
-        if state.is_file() and len(json.loads(state.read_text())["stages"]) >= 2:
+        if state.is_file() and len(json.loads(state.read_text())["stages"]) >= 3:
             break
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # killed somewhere in stage 2 or 3
     process.wait()
     before = json.loads((run / "state.json").read_text())["stages"]
-    assert 2 <= len(before) < 6
+    assert 3 <= len(before) < 7  # the initial weights and at least two stages
     _cli(nnunet, *args)
     state = json.loads((run / "state.json").read_text())
     stages = state["stages"]
     assert stages[: len(before)] == before  # finished stages were kept, not redone
-    assert [s["dataset"] for s in stages] == names * 2
-    assert stages[0]["loaded"] is None
+    assert [s["sites"] for s in stages[1:]] == [[n] for n in names * 2]
     for previous, current in zip(stages, stages[1:]):
-        assert current["loaded"] == previous["published"]  # each visit starts from what the previous one published
+        assert current["loaded"] == {"start": previous["published"]}  # each visit starts from the previous one's
     manifest = json.loads((run / "store" / "manifest.json").read_text())["entries"]
     assert sorted(e["sha256"] for e in manifest) == sorted(s["published"] for s in stages)
     matrix = json.loads((run / "R.json").read_text())
@@ -197,7 +196,7 @@ def test_vcl_and_dwc_across_sites(nnunet):
     names = list(nnunet["names"].values())
     options = dict(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
     vcl = run_sites(names[:2], "vcl", nnunet["root"] / "runs" / "vcl", **options)
-    assert vcl.stages[1]["loaded"] == vcl.stages[0]["published"]  # site 2's prior is site 1's posterior file
+    assert vcl.stages[2]["loaded"] == {"start": vcl.stages[1]["published"], "prior": vcl.stages[1]["published"]}
     dwc = run_sites(names, "dwc", nnunet["root"] / "runs" / "dwc", dwc_finetune=True, **options)
     files = sorted((dwc.directory / "posteriors").glob("stage*.safetensors"))
     assert len(files) == 5
@@ -205,14 +204,15 @@ def test_vcl_and_dwc_across_sites(nnunet):
     produced = Posterior.load(files[3])
     assert all(torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n]) for n in expected.mean)
     q0 = Posterior.load(files[0])
-    assert all(dwc.stages[i]["loaded"] == dwc.stages[0]["published"] for i in (1, 2))  # both sites trained from q0
+    assert all(dwc.stages[i]["loaded"]["prior"] == dwc.stages[2]["published"] for i in (3, 4))  # both from q0
     for site_file in files[1:3]:
         site = Posterior.load(site_file)
         assert all(torch.all(site.std[n] <= q0.std[n] * (1 + 1e-6)) for n in site.std)
-    assert dwc.matrix.num_stages == 5 and dwc.matrix.labels[-2].endswith("dwc") and dwc.matrix.labels[-1].endswith("dwc+ft")
+    assert dwc.matrix.labels == [f"map:{names[0]}", f"q0:{names[0]}", f"r1:{names[1]}", f"r1:{names[2]}", "dwc r1",
+                                 f"dwc+ft:{names[0]}"]
     # the fine-tuning stage starts from the consolidated posterior as prior, with the data weighted as one example
-    assert dwc.stages[4]["loaded"] == dwc.stages[3]["published"] and dwc.stages[4]["trained_on"] == [names[0]]
-    log = next((dwc.directory / "stages" / f"004_{names[0]}").rglob("training_log_*.txt")).read_text()
+    assert dwc.stages[6]["loaded"]["prior"] == dwc.stages[5]["published"] and dwc.stages[6]["sites"] == [names[0]]
+    log = next((dwc.directory / "stages" / f"006_{names[0]}").rglob("training_log_*.txt")).read_text()
     assert "divided by N = 1 in the loss" in log
 
 
@@ -266,18 +266,31 @@ def test_nnunetv2_train_finds_ours_through_ext_trainer(nnunet):
     assert (nnunet["nnUNet_results"] / name / "nnUNetTrainerBayesian_short__nnUNetPlans__3d_fullres" / "fold_all" / "posterior.safetensors").is_file()
 
 
-def test_site_schedules():
-    from monai_continual.nnunet.sites import _schedule
+def test_one_schedule_drives_both_backends(nnunet, tmp_path):
+    """The MONAI runner and the nnU-Net sites follow the same core schedule: sites, stage numbers, and which
+    published model (by content hash) each stage loaded."""
+    from runner_utils import tiny_runner
 
-    sites = ["a", "b", "c"]
-    assert [s.dataset for s in _schedule("cyclic_weight_transfer", sites, 2)] == sites * 2
-    shuffled = [s.dataset for s in _schedule("cyclic_weight_transfer", sites, 4, order="random", seed=3)]
-    rounds = [shuffled[i:i + 3] for i in range(0, 12, 3)]
-    assert all(sorted(r) == sites for r in rounds) and len({tuple(r) for r in rounds}) > 1  # a permutation per round
-    assert shuffled == [s.dataset for s in _schedule("cyclic_weight_transfer", sites, 4, order="random", seed=3)]
-    assert [s.replay for s in _schedule("replay", sites, 1)] == [[], ["a"], ["a", "b"]]
-    assert [s.prior for s in _schedule("vcl", sites, 1)] == [None, "previous", "previous"]
-    dwc = _schedule("dwc", sites, 1, finetune=True)
-    assert [(s.dataset, s.kind, s.prior) for s in dwc] == [
-        ("a", "train", None), ("b", "train", "first"), ("c", "train", "first"), ("a", "consolidate", None),
-        ("a", "finetune", "previous")]
+    names = list(nnunet["names"].values())
+    plain = {"alpha": names[0], "beta": names[1], "gamma": names[2]}
+    options = dict(epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
+    runner = tiny_runner(nnunet["root"] / "data" / "datalist.json", tmp_path / "monai")
+    for strategy, kwargs in (("cyclic_weight_transfer", {"rounds": 2}), ("federated_averaging", {"rounds": 1})):
+        nn_result = run_sites(names, strategy, tmp_path / strategy, **kwargs, **options)
+        core_options = {"cycles": 2} if strategy == "cyclic_weight_transfer" else {"rounds": 1}
+        monai_result = runner.run(strategy, **core_options)
+        schedule = runner.schedule(strategy, **core_options)
+        monai_state = json.loads((monai_result.directory / "state.json").read_text())["stages"]
+        for records, rename in ((nn_result.stages, {v: v for v in names}), (monai_state, plain)):
+            by_number = {r["number"]: r for r in records}
+            assert sorted(by_number) == list(range(len(schedule) + 1))
+            for stage in schedule:
+                record = by_number[stage.number]
+                assert record["sites"] == [rename[s] for s in stage.sites] and record["label"].split(":")[0] == stage.label.split(":")[0]
+                if stage.start is not None:
+                    assert record["loaded"]["start"] == by_number[stage.start]["published"]
+                for position, number in enumerate(stage.inputs):
+                    assert record["loaded"]["inputs"][position] == by_number[number]["published"]
+                assert (record["scores"] is not None) == stage.evaluate
+                if stage.evaluate:  # per-volume scores on both backends
+                    assert all(isinstance(v, list) and v for v in record["scores"].values())
