@@ -197,7 +197,7 @@ def test_vcl_and_dwc_across_sites(nnunet):
     options = dict(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
     vcl = run_sites(names[:2], "vcl", nnunet["root"] / "runs" / "vcl", **options)
     assert vcl.stages[2]["loaded"] == {"start": vcl.stages[1]["published"], "prior": vcl.stages[1]["published"]}
-    dwc = run_sites(names, "dwc", nnunet["root"] / "runs" / "dwc", dwc_finetune=True, **options)
+    dwc = run_sites(names, "dwc", nnunet["root"] / "runs" / "dwc", rounds=1, dwc_finetune=True, **options)
     files = sorted((dwc.directory / "posteriors").glob("stage*.safetensors"))
     assert len(files) == 5
     expected = consolidate_dwc(files[0], files[1:3])
@@ -281,7 +281,7 @@ def test_one_schedule_drives_both_backends(nnunet, tmp_path):
         monai_result = runner.run(strategy, **core_options)
         schedule = runner.schedule(strategy, **core_options)
         monai_state = json.loads((monai_result.directory / "state.json").read_text())["stages"]
-        for records, rename in ((nn_result.stages, {v: v for v in names}), (monai_state, plain)):
+        for records, rename in ((nn_result.stages, plain), (monai_state, {s: s for s in plain})):
             by_number = {r["number"]: r for r in records}
             assert sorted(by_number) == list(range(len(schedule) + 1))
             for stage in schedule:
