@@ -25,6 +25,12 @@ def test_fedavg_weights_by_site_size():
         weighted_average([a.state_dict(), nn.BatchNorm1d(4).state_dict()])
     with pytest.raises(ValueError, match="2 weights for 1 items"):
         weighted_average([a.state_dict()], [1, 2])
+    broken = {k: v.clone() for k, v in a.state_dict().items()}
+    broken["weight"][1] = float("nan")
+    with pytest.raises(ValueError, match=r"state 1 \(site 'site_b'\), entry 'weight' has non-finite values"):
+        weighted_average([a.state_dict(), broken], [3, 1], names=["site_a", "site_b"])
+    with pytest.raises(ValueError, match=r"finite and > 0; got \[\"state 0 \(site 'site_a'\): 0.0\"\]"):
+        weighted_average([a.state_dict(), b.state_dict()], [0, 1], names=["site_a", "site_b"])
 
 
 def test_ensemble_is_mean_of_member_probabilities():

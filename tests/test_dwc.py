@@ -92,9 +92,16 @@ def test_non_positive_precision_raises_or_falls_back_to_prior():
         {"a.weight": torch.ones(4), "b.weight": torch.ones(2)},
         {"a.weight": torch.tensor([0.5, 3.0, 3.0, 0.5]), "b.weight": torch.full((2,), 0.5)},
     )
-    with pytest.raises(ValueError, match=r"precision is <= 0 for 2 of 4 weights of parameter 'a.weight'"):
+    # McClure's sigma_s <= sigma_0 is checked first: refused by default, naming the site and the weights ...
+    with pytest.raises(ValueError, match=r"site posterior 0 .*std exceeds the shared prior's for 2 of 4 weights of 'a.weight'"):
         consolidate_dwc(prior, [wide, wide])
-    merged = consolidate_dwc(prior, [wide, wide], fallback="prior")
+    clipped = consolidate_dwc(prior, [wide, wide], excess_std="clip")  # ... or clipped to the prior's std
+    assert clipped.metadata["clipped_std_weights"] == 4
+    torch.testing.assert_close(clipped.std["a.weight"][1:3], torch.ones(2))  # precision 2 * 1 - 1 = 1
+    torch.testing.assert_close(clipped.mean["a.weight"][1:3], torch.full((2,), 2.0))  # (2 * 1 - 0) / 1
+    with pytest.raises(ValueError, match=r"precision is <= 0 for 2 of 4 weights of parameter 'a.weight'"):
+        consolidate_dwc(prior, [wide, wide], excess_std="allow")
+    merged = consolidate_dwc(prior, [wide, wide], fallback="prior", excess_std="allow")
     assert merged.metadata["fallback_weights"] == 2
     torch.testing.assert_close(merged.mean["a.weight"][1:3], torch.zeros(2))
     torch.testing.assert_close(merged.std["a.weight"][1:3], torch.ones(2))
@@ -103,6 +110,27 @@ def test_non_positive_precision_raises_or_falls_back_to_prior():
     torch.testing.assert_close(merged.mean["a.weight"][0], torch.tensor(8 / 7))
     with pytest.raises(ValueError, match="fallback"):
         consolidate_dwc(prior, [wide], fallback="clip")
+
+
+def test_a_site_claiming_far_more_precision_than_the_prior_cannot_dominate():
+    """A well-formed posterior with std 1e-30 everywhere would dictate the consolidated mean; it is refused or
+    clipped to max_precision_ratio times the prior's precision, never silently dominant."""
+    prior = Posterior({"w": torch.zeros(5)}, {"w": torch.full((5,), 0.1)})
+    honest = Posterior({"w": torch.full((5,), 1.0)}, {"w": torch.full((5,), 0.05)})
+    hostile = Posterior({"w": torch.full((5,), -50.0)}, {"w": torch.full((5,), 1e-30)}, metadata={"site": "mallory"})
+    with pytest.raises(ValueError, match=r"site posterior 1 \('mallory'\) claims a precision above 1e\+06 times the prior's for 5 of 5 weights"):
+        consolidate_dwc(prior, [honest, hostile])
+    clipped = consolidate_dwc(prior, [honest, hostile], dominance="clip", max_precision_ratio=100.0)
+    assert clipped.metadata["clipped_precision_weights"] == 5
+    # by hand: precisions 400 (honest) + 100 * 100 (hostile, clipped) - 100 (prior), means 1 and -50
+    precision = 400.0 + 10_000.0 - 100.0
+    torch.testing.assert_close(clipped.std["w"], torch.full((5,), precision**-0.5))
+    torch.testing.assert_close(clipped.mean["w"], torch.full((5,), (400.0 * 1.0 + 10_000.0 * -50.0) / precision))
+    # an honest site far more precise than the prior, within the bound, is consolidated as Eq. 17 says
+    sharp = Posterior({"w": torch.full((5,), 2.0)}, {"w": torch.full((5,), 1e-3)})
+    merged = consolidate_dwc(prior, [sharp, honest])
+    assert merged.metadata["clipped_precision_weights"] == 0
+    torch.testing.assert_close(merged.std["w"], torch.full((5,), (1e6 + 400.0 - 100.0) ** -0.5))
 
 
 def test_deterministic_values_are_averaged_by_site_size_and_files_stream(tmp_path):

@@ -294,3 +294,40 @@ def test_one_schedule_drives_both_backends(nnunet, tmp_path):
                 assert (record["scores"] is not None) == stage.evaluate
                 if stage.evaluate:  # per-volume scores on both backends
                     assert all(isinstance(v, list) and v for v in record["scores"].values())
+
+
+@pytest.mark.parametrize("strategy", ["cyclic_weight_transfer", "dwc"])
+def test_nnunet_runs_crashed_at_step_boundaries_resume_exactly(nnunet, tmp_path, strategy):
+    """The nnU-Net backend keeps the engine's invariant: crashes after training, after publishing, during
+    evaluation, before the state save and inside a consolidation end with the uninterrupted run's records."""
+    from monai_continual.strategies import CRASH_ENV
+
+    names = list(nnunet["names"].values())
+    datasets = names[:2] if strategy == "cyclic_weight_transfer" else names
+    crashes = (["mid_training:1", "after_publish:2", "during_evaluation:3", "before_state_save:4"]
+               if strategy == "cyclic_weight_transfer" else
+               ["after_publish:2", "mid_training:3", "mid_consolidation:5", "during_evaluation:6"])
+    args = ["sites", strategy, *datasets, "--rounds", "2" if strategy == "cyclic_weight_transfer" else "1", "--epochs", "1",
+            "--iterations-per-epoch", "1", "--val-iterations-per-epoch", "1", "--disable-tta", "-device", "cpu"]
+    env = dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent))
+    env.pop(CRASH_ENV, None)
+
+    def run(directory: Path, crash: str | None) -> subprocess.CompletedProcess:
+        extra = {CRASH_ENV: crash} if crash else {}
+        return subprocess.run([sys.executable, "-m", "monai_continual.nnunet", *args, "-o", str(directory)],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=600)
+
+    def records(directory: Path) -> list:
+        state = json.loads((directory / "state.json").read_text())
+        return [(r["number"], r["published"], r["loaded"], r["scores"]) for r in state["stages"]]
+
+    reference = run(tmp_path / "reference", None)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    for crash in crashes:
+        crashed = run(tmp_path / "crashed", crash)
+        assert crashed.returncode == 86, f"{crash}: {crashed.stderr[-3000:]}"
+    final = run(tmp_path / "crashed", None)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert records(tmp_path / "crashed") == records(tmp_path / "reference")
+    published = [p for _, p, _, _ in records(tmp_path / "reference") if p]
+    assert len(set(published)) == len(published)

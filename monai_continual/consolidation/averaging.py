@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import math
+
 import torch
 
 from monai_continual.utils.weights import normalized_weights
@@ -12,7 +14,9 @@ __all__ = ["weighted_average"]
 
 
 def weighted_average(
-    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float] | None = None
+    states: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float] | None = None,
+    names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``sum_s w_s * state_s / sum_s w_s`` per entry (FedAvg with ``w_s`` = number of training examples at site s).
 
@@ -21,7 +25,12 @@ def weighted_average(
 
     Args:
         states: ``state_dict()`` of each site's model.
-        weights: one non-negative weight per state; ``None`` for equal weights.
+        weights: one positive weight per state (a site's training-set size); ``None`` for equal weights.
+        names: the sites the states come from, for error messages.
+
+    Raises:
+        ValueError: naming the site, for a non-finite entry, a non-positive or non-finite weight, or a state whose
+            keys or shapes differ from the first's.
 
     Example::
 
@@ -30,18 +39,25 @@ def weighted_average(
     """
     if not states:
         raise ValueError("weighted_average: no states given.")
+    labels = [f"state {i}" + (f" (site {names[i]!r})" if names is not None and i < len(names) else "") for i in range(len(states))]
+    if weights is not None:
+        bad = [f"{labels[i]}: {float(w)}" for i, w in enumerate(weights) if not math.isfinite(float(w)) or float(w) <= 0]
+        if bad:
+            raise ValueError(f"weighted_average: weights must be finite and > 0; got {bad}.")
     w = normalized_weights(weights, len(states), "weighted_average weights")
     reference = states[0]
-    for index, state in enumerate(states[1:], start=1):
+    for index, state in enumerate(states):
         missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
         if missing or extra:
-            raise ValueError(f"weighted_average: state {index} has missing keys {missing} and extra keys {extra}.")
+            raise ValueError(f"weighted_average: {labels[index]} has missing keys {missing} and extra keys {extra}.")
         for key, value in reference.items():
             if state[key].shape != value.shape:
                 raise ValueError(
-                    f"weighted_average: state {index}, entry {key!r} has shape {tuple(state[key].shape)}, "
+                    f"weighted_average: {labels[index]}, entry {key!r} has shape {tuple(state[key].shape)}, "
                     f"state 0 has {tuple(value.shape)}."
                 )
+            if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+                raise ValueError(f"weighted_average: {labels[index]}, entry {key!r} has non-finite values.")
     out = {}
     for key, value in reference.items():
         if not value.is_floating_point():

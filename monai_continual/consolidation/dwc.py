@@ -12,11 +12,17 @@ from tqdm.auto import tqdm
 from monai_continual.consolidation.posterior import Posterior, PosteriorFileError
 from monai_continual.utils.weights import normalized_weights
 
-__all__ = ["consolidate_dwc", "FALLBACKS"]
+__all__ = ["consolidate_dwc", "FALLBACKS", "SITE_POLICIES", "MAX_PRECISION_RATIO", "STD_RTOL"]
 
 PosteriorLike = Union[Posterior, str, os.PathLike]
 #: What to do where the consolidated precision is not positive.
 FALLBACKS = ("raise", "prior")
+#: What to do with a site posterior that breaks a bound: refuse it (naming the site), or clip it to the bound.
+SITE_POLICIES = ("raise", "clip")
+#: Default largest precision a site may claim, relative to the shared prior's, per weight (std ratio 1000).
+MAX_PRECISION_RATIO = 1e6
+#: Relative float tolerance of McClure's sigma_s <= sigma_0.
+STD_RTOL = 1e-5
 
 
 def _as_posterior(item: PosteriorLike) -> Posterior:
@@ -28,6 +34,9 @@ def consolidate_dwc(
     site_posteriors: Sequence[PosteriorLike] | Iterable[PosteriorLike],
     fallback: str = "raise",
     progress: bool = False,
+    excess_std: str = "raise",
+    max_precision_ratio: float | None = MAX_PRECISION_RATIO,
+    dominance: str = "raise",
 ) -> Posterior:
     """Consolidate site posteriors trained from one shared prior into one posterior (McClure et al. Eq. 17).
 
@@ -53,6 +62,16 @@ def consolidate_dwc(
             site training rules out): ``"raise"`` a ``ValueError`` naming the parameter and the number of weights,
             or ``"prior"``: keep the prior's mean and std for those weights (counted in the result's metadata).
         progress: show a progress bar over the sites.
+        excess_std: a site std above the prior's (beyond :data:`STD_RTOL`) breaks sigma_s <= sigma_0, on which Eq. 17
+            rests: ``"raise"`` a ``ValueError`` naming the site and the number of weights, or ``"clip"`` those stds
+            to the prior's (counted in the result's ``clipped_std_weights``), or ``"allow"`` them (then ``fallback``
+            decides where the precision is not positive).
+        max_precision_ratio: the largest precision a site may claim per weight relative to the prior's
+            (``1/sigma_s^2 <= ratio / sigma_0^2``; ``None``: no bound). A site claiming far more precision than its
+            data could give (a wrong or hostile site: std 1e-30 everywhere) would otherwise dictate the consolidated
+            mean alone. The default 1e6 allows a site std 1000 times below the prior's.
+        dominance: what to do beyond ``max_precision_ratio``: ``"raise"`` (naming the site and the number of
+            weights) or ``"clip"`` the precision to the bound (counted in ``clipped_precision_weights``).
 
     Returns:
         The consolidated ``Posterior``; metadata holds ``method``, ``num_sites``, ``sites``, ``num_examples`` (sum over
@@ -66,6 +85,12 @@ def consolidate_dwc(
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"consolidate_dwc: fallback must be one of {FALLBACKS}, got {fallback!r}.")
+    for option, value, allowed in (("excess_std", excess_std, (*SITE_POLICIES, "allow")), ("dominance", dominance, SITE_POLICIES)):
+        if value not in allowed:
+            raise ValueError(f"consolidate_dwc: {option} must be one of {allowed}, got {value!r}.")
+    if max_precision_ratio is not None and not max_precision_ratio >= 1:
+        raise ValueError(f"consolidate_dwc: max_precision_ratio must be >= 1 or None, got {max_precision_ratio!r}.")
+    clipped = {"std": 0, "precision": 0}
     prior = _as_posterior(prior)
     items = list(site_posteriors)
     if not items:
@@ -95,8 +120,10 @@ def consolidate_dwc(
             if value.is_floating_point():
                 contribution = value.to(torch.float64) * (1.0 if size is None else size)
                 det_sum[name] = contribution if name not in det_sum else det_sum[name] + contribution
+        who = f"site posterior {index} ({post.site or item!r})"
         for name in precision:
-            site_precision = post.std[name].to(torch.float64).pow(-2)
+            site_precision = _checked_precision(post.std[name], prior.std[name], who, name, excess_std,
+                                                max_precision_ratio, dominance, clipped)
             precision[name] += site_precision
             weighted_mean[name] += post.mean[name].to(torch.float64) * site_precision
         sizes.append(size)
@@ -145,5 +172,43 @@ def consolidate_dwc(
         "sites": sites,
         "num_examples": total,
         "fallback_weights": fallback_count,
+        "clipped_std_weights": clipped["std"],
+        "clipped_precision_weights": clipped["precision"],
     }
     return Posterior(mean_out, std_out, deterministic, metadata)
+
+
+def _checked_precision(
+    std: torch.Tensor, prior_std: torch.Tensor, who: str, name: str, excess_std: str, max_ratio: float | None,
+    dominance: str, clipped: dict[str, int],
+) -> torch.Tensor:
+    """A site's precision 1/sigma_s^2 of one parameter after McClure's bound and the dominance bound."""
+    std, prior_std = std.to(torch.float64), prior_std.to(torch.float64)
+    if not bool(torch.isfinite(std).all()) or not bool((std > 0).all()):
+        bad = int((~torch.isfinite(std) | ~(std > 0)).sum())
+        raise ValueError(f"consolidate_dwc: {who}: {bad} std values of {name!r} are not finite and positive.")
+    over = std > prior_std * (1 + STD_RTOL)
+    if excess_std != "allow" and bool(over.any()):
+        if excess_std == "raise":
+            raise ValueError(
+                f"consolidate_dwc: {who}: std exceeds the shared prior's for {int(over.sum())} of {over.numel()} "
+                f"weights of {name!r} (sigma_s <= sigma_0 is what Eq. 17 rests on); train sites with bound_std=True, "
+                "or pass excess_std='clip'."
+            )
+        clipped["std"] += int(over.sum())
+        std = torch.where(over, prior_std, std)
+    precision = std.pow(-2)
+    if max_ratio is not None:
+        bound = max_ratio * prior_std.pow(-2)
+        dominant = precision > bound
+        if bool(dominant.any()):
+            if dominance == "raise":
+                raise ValueError(
+                    f"consolidate_dwc: {who} claims a precision above {max_ratio:g} times the prior's for "
+                    f"{int(dominant.sum())} of {dominant.numel()} weights of {name!r} (std as small as "
+                    f"{float(std.min()):.3g}); it would dictate the consolidated mean. Refused; pass dominance='clip' "
+                    "or a larger max_precision_ratio if the site's data really supports it."
+                )
+            clipped["precision"] += int(dominant.sum())
+            precision = torch.minimum(precision, bound)
+    return precision

@@ -119,8 +119,11 @@ class DirectoryWeightStore(WeightStore):
         if not path.exists():
             return []
         try:
-            return list(json.loads(path.read_text(encoding="utf-8"))["entries"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            entries = json.loads(path.read_text(encoding="utf-8"))["entries"]
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise TypeError("'entries' must be a list of objects")
+            return entries
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise TensorFileError(f"weight store manifest {str(path)!r} is damaged: {err}") from err
 
     def publish(self, state: Mapping[str, torch.Tensor], site: str, stage: int, **metadata: Any) -> WeightEntry:
@@ -135,7 +138,20 @@ class DirectoryWeightStore(WeightStore):
         return entry
 
     def entries(self) -> list[WeightEntry]:
-        return [WeightEntry(**e) for e in self._read_manifest()]
+        path = self.root / _MANIFEST
+        out = []
+        for index, e in enumerate(self._read_manifest()):
+            try:
+                entry = WeightEntry(**e)
+                valid = (isinstance(entry.file, str) and "/" not in entry.file and entry.file not in ("", ".", "..")
+                         and isinstance(entry.site, str) and type(entry.stage) is int and isinstance(entry.sha256, str)
+                         and isinstance(entry.time, (int, float)) and isinstance(entry.metadata, dict))
+            except TypeError as err:
+                raise TensorFileError(f"weight store manifest {str(path)!r}: entry {index} is malformed: {err}") from err
+            if not valid:
+                raise TensorFileError(f"weight store manifest {str(path)!r}: entry {index} has fields of the wrong type: {e!r}")
+            out.append(entry)
+        return out
 
     def load(self, entry: WeightEntry) -> dict[str, torch.Tensor]:
         tensors, _, sha = read_tensor_file(self.root / entry.file, WEIGHTS_FORMAT, _VERSION)

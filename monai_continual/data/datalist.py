@@ -109,7 +109,9 @@ def _resolve(item: Any, base: Path, where: str, keys: Sequence[str]) -> dict[str
     for key in keys:
         if key not in out:
             raise DatalistError(f"{where}: item lacks {key!r}: {dict(item)}.")
-        path = Path(os.path.expanduser(str(out[key])))
+        if not isinstance(out[key], str) or not out[key] or "\x00" in out[key]:
+            raise DatalistError(f"{where}: item's {key!r} must be a non-empty path, got {out[key]!r}.")
+        path = Path(os.path.expanduser(out[key]))
         out[key] = str(path if path.is_absolute() else base / path)
     return out
 
@@ -158,13 +160,16 @@ def load_multisite_datalist(
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatalistError(f"datalist {str(path)!r} does not exist.") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatalistError(f"datalist {str(path)!r} is not valid JSON: {err}") from err
     if not isinstance(raw, Mapping) or not isinstance(raw.get("sites"), Mapping) or not raw["sites"]:
         raise DatalistError(f"datalist {str(path)!r} needs a non-empty 'sites' object.")
     base = Path(base_dir) if base_dir is not None else path.parent
     try:
-        labels = {int(k): str(v) for k, v in (raw.get("labels") or {}).items()}
+        declared = raw.get("labels") or {}
+        if not isinstance(declared, Mapping):
+            raise TypeError(f"got {type(declared).__name__}")
+        labels = {int(k): str(v) for k, v in declared.items()}
     except (TypeError, ValueError) as err:
         raise DatalistError(f"datalist {str(path)!r}: 'labels' must map integer values to names ({err}).") from err
     wanted = list(raw["sites"]) if sites is None else list(sites)
@@ -192,7 +197,11 @@ def load_multisite_datalist(
             for split, items in splits.items():
                 for item in items:
                     for key in keys:
-                        if not Path(item[key]).exists():
+                        try:
+                            exists = Path(item[key]).exists()
+                        except OSError as err:  # e.g. a name too long for the file system
+                            raise DatalistError(f"{where}, {split}: {key} path {item[key]!r} is unusable: {err}") from err
+                        if not exists:
                             raise DatalistError(f"{where}, {split}: {key} file {item[key]!r} does not exist.")
                     if check_labels and labels and "label" in item:
                         _check_label_values(item["label"], set(labels), f"{where}, {split}")

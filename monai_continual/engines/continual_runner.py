@@ -16,7 +16,7 @@ from torch import nn
 
 from monai_continual.bayes import MCInferer, bayesianize
 from monai_continual.consolidation import save_weights
-from monai_continual.data import MultiSiteDatalist, load_multisite_datalist
+from monai_continual.data import MultiSiteDatalist, check_sites, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.monai_executor import MonaiStageExecutor
 from monai_continual.metrics import ContinualMatrix
@@ -106,6 +106,9 @@ class ContinualRunner:
         device: training device.
         seed: the seed of everything.
         progress: show progress bars.
+        check_data: read every case once before any training (:func:`~monai_continual.data.check_sites`): label
+            values outside ``num_classes``, image/label shape mismatches, NaN voxels and mixed channel counts are
+            refused naming site and file.
 
     Example::
 
@@ -138,6 +141,7 @@ class ContinualRunner:
         device: str | torch.device = "cpu",
         seed: int = 0,
         progress: bool = True,
+        check_data: bool = True,
     ) -> None:
         self.data = datalist if isinstance(datalist, MultiSiteDatalist) else load_multisite_datalist(datalist)
         self.output_dir = Path(output_dir)
@@ -157,6 +161,8 @@ class ContinualRunner:
         missing_test = [s for s in self.eval_sites if not self.data.site(s).test]
         if missing_test:
             raise DatalistError(f"site(s) {missing_test} of {self.data.source or 'the datalist'} have no test cases; every site needs a test set.")
+        if check_data:
+            check_sites(self.data, self.eval_sites, int(num_classes))
         self.template = copy.deepcopy(network).cpu()
         self.init_state = {k: v.detach().clone() for k, v in self.template.state_dict().items()}
         self.train_transform = train_transform

@@ -34,7 +34,7 @@ from monai_continual.handlers import (
 )
 from monai_continual.losses import ELBOLoss
 from monai_continual.metrics import ContinualMatrix, evaluate_sites
-from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, Stage, StageOutput, crash_point
+from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, NonFiniteTrainingError, Stage, StageOutput, crash_point
 from monai_continual.utils.optimizer_files import load_optimizer_state, save_optimizer_state
 from monai_continual.utils.seeding import seed_everything
 
@@ -193,8 +193,9 @@ class MonaiStageExecutor:
             if source is not None and source.exists():
                 optimizer.load_state_dict(load_optimizer_state(source))
 
-        handlers: list[Any] = [EpochSeeder(runner.seed * 104_729 + stage.number, runner.train_transform), checkpoint]
-        handlers.append(_CrashAfterEpoch(stage.number))
+        # the finiteness guard runs before the checkpoint, so a diverged epoch is never saved to resume from
+        handlers: list[Any] = [EpochSeeder(runner.seed * 104_729 + stage.number, runner.train_transform),
+                               _FiniteGuard(stage, network), checkpoint, _CrashAfterEpoch(stage.number)]
         if plateau is not None:
             handlers.append(plateau)  # restores the best weights on completion, before they are published
         handlers.append(ProgressBar(f"{stage.number}/{stage.label}", disable=not runner.progress))
@@ -213,6 +214,7 @@ class MonaiStageExecutor:
         if plateau is not None:
             details.update(epochs_run=len(plateau.history), plateau=plateau.bad_epochs >= plateau.patience)
 
+        _check_finite_weights(network, stage)
         # side outputs first, under this stage's number; the model last: publishing commits the stage
         target = self._optimizer_file(stage, stage.number)
         if target is not None:
@@ -265,7 +267,7 @@ class MonaiStageExecutor:
         if stage.action == Action.AVERAGE:
             states = [self._weights(i)[0] for i in stage.inputs]
             crash_point("mid_consolidation", stage.number)
-            merged = weighted_average(states, weights)
+            merged = weighted_average(states, weights, [self.stages[i].site for i in stage.inputs])
             entry = self.store.publish(merged, "average", stage.number, weights=list(weights))
             return StageOutput(entry.sha256, loaded, int(sum(weights)))
         loaded["prior"] = self._published_sha(stage.prior)
@@ -302,3 +304,36 @@ class _CrashAfterEpoch:
 
     def __call__(self, engine: Any) -> None:
         crash_point("mid_training", self.stage)
+
+
+class _FiniteGuard:
+    """Stops a stage at the first non-finite loss, and at an epoch's end with non-finite weights, before the
+    epoch's checkpoint could save the damage."""
+
+    def __init__(self, stage: Stage, network: nn.Module) -> None:
+        self.stage = stage
+        self.network = network
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: _check_finite_weights(self.network, self.stage))
+
+    def __call__(self, engine: Any) -> None:
+        output = engine.state.output
+        loss = output.get("loss") if isinstance(output, dict) else None
+        if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss)).all()):
+            raise NonFiniteTrainingError(
+                f"site {self.stage.site!r}, stage {self.stage.number} ({self.stage.label}): the loss became "
+                f"{float(torch.as_tensor(loss).detach())} at epoch {engine.state.epoch}, iteration "
+                f"{engine.state.iteration}; nothing was published. Fix the cause (learning rate, data) and run again: "
+                "the stage resumes from its last finished epoch."
+            )
+
+
+def _check_finite_weights(network: nn.Module, stage: Stage) -> None:
+    bad = [k for k, v in network.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteTrainingError(
+            f"site {stage.site!r}, stage {stage.number} ({stage.label}): non-finite weights in {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}; nothing was published."
+        )

@@ -21,7 +21,7 @@ from monai_continual.losses import ELBOLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-__all__ = ["nnUNetTrainerBayesian", "nnUNetTrainerVCL", "POSTERIOR_FILE", "PRIOR_ENV"]
+__all__ = ["nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerVCLUnbounded", "POSTERIOR_FILE", "PRIOR_ENV"]
 
 #: the posterior a Bayesian training leaves in its fold folder
 POSTERIOR_FILE = "posterior.safetensors"
@@ -125,3 +125,18 @@ class nnUNetTrainerVCL(nnUNetTrainerBayesian):
         prior = Posterior.load(self.prior_file)  # checks format, shapes and hash; names the file on error
         prior.to_prior(getattr(self.network, "_orig_mod", self.network), init_posterior=self.init_posterior_from_prior)
         self.print_to_log_file(f"VCL: prior loaded from {self.prior_file} (site {prior.site}, N = {prior.num_examples}).")
+
+
+class nnUNetTrainerVCLUnbounded(nnUNetTrainerVCL):
+    """Variational continual learning without the std bound: the posterior may widen beyond its prior.
+
+    McClure et al.'s VCL (Eq. 8) places no constraint on the posterior; the bound sigma_s <= sigma_0 belongs to DWC's
+    site training (Eq. 17 needs it). The strategy engine uses this trainer for VCL stages and
+    :class:`nnUNetTrainerVCL` for DWC's site stages, as the MONAI runner does.
+
+    Example::
+
+        python -m monai_continual.nnunet train 502 3d_fullres all -tr nnUNetTrainerVCLUnbounded --prior site_a.safetensors
+    """
+
+    bound_std = False

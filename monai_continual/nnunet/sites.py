@@ -39,6 +39,7 @@ from monai_continual.nnunet.datasets import check_datasets_compatible, raw_datas
 from monai_continual.nnunet.environment import nnunet_paths, results_folder
 from monai_continual.nnunet.launcher import build_trainer, default_device
 from monai_continual.nnunet.planning import plans_file, preprocessed_data_folder, shared_plans
+from monai_continual.nnunet.plateau import run_training_to_plateau
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.trainers import find_trainer
 from monai_continual.strategies import (
@@ -70,7 +71,7 @@ SITE_STRATEGIES = {
     "dwc": "nnUNetTrainerVCL",
     "federated_averaging": "nnUNetTrainer",
 }
-_MAP_TRAINER, _BAYES_TRAINER = "nnUNetTrainer", "nnUNetTrainerVCL"
+_MAP_TRAINER, _BAYES_TRAINER, _VCL_TRAINER = "nnUNetTrainer", "nnUNetTrainerVCL", "nnUNetTrainerVCLUnbounded"
 
 
 @dataclass
@@ -173,7 +174,9 @@ class NnUNetStageExecutor:
     def _trainer_for(self, stage: Stage) -> str:
         bayes_main = issubclass(find_trainer(self.trainer), nnUNetTrainerBayesian)
         if stage.network == NetworkKind.BAYES:
-            return self.trainer if bayes_main else _BAYES_TRAINER
+            if self.trainer not in (_BAYES_TRAINER, _VCL_TRAINER) and bayes_main:
+                return self.trainer  # the user's own Bayesian trainer
+            return _BAYES_TRAINER if stage.bound_std else _VCL_TRAINER
         if stage.memory is not None or stage.remember:
             return self.trainer if not bayes_main else "nnUNetTrainerReplay"
         return self.trainer if not bayes_main and self.trainer != "nnUNetTrainerReplay" else _MAP_TRAINER
@@ -260,7 +263,10 @@ class NnUNetStageExecutor:
                     state = bayesianize(plain, std_init=trainer_class.std_init, prior_std=trainer_class.prior_std,
                                         bound_std=trainer_class.bound_std, inplace=True).state_dict()
                 network.load_state_dict(state)
-            instance.run_training()
+            if stage.patience:
+                details.update(run_training_to_plateau(instance, stage.patience))
+            else:
+                instance.run_training()
             crash_point("mid_training", stage.number)
             network = getattr(instance.network, "_orig_mod", instance.network)
             num_examples = int(getattr(instance, "num_training_cases", 0) or len(instance.do_split()[0]))
@@ -277,7 +283,7 @@ class NnUNetStageExecutor:
         if stage.action == Action.AVERAGE:
             states = [self.store.load(self.store.entry(i)) for i in stage.inputs]
             crash_point("mid_consolidation", stage.number)
-            entry = self.store.publish(weighted_average(states, weights), "average", stage.number, weights=list(weights))
+            entry = self.store.publish(weighted_average(states, weights, [self.stages[i].site for i in stage.inputs]), "average", stage.number, weights=list(weights))
             return StageOutput(entry.sha256, loaded, int(sum(weights)))
         if stage.action != Action.DWC:
             raise ValueError(f"stage {stage.number}: the nnU-Net backend does not run {stage.action} stages.")
@@ -425,7 +431,5 @@ def _options(name: Strategy, rounds: int, order: Any, names: list[str], given: S
         values["capacity_per_site"] = capacity
     if name == Strategy.DWC and finetune is not None:
         values["finetune"] = bool(finetune)
-    if name == Strategy.SINGLE_WEIGHT_TRANSFER:
-        values["patience"] = None  # nnU-Net trains every visit for `epochs` (see the closing note of the core)
     values.update(extra)
     return make_options(name, **values)

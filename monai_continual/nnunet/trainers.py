@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monai_continual.nnunet.bayesian_trainer import nnUNetTrainerBayesian, nnUNetTrainerVCL
+from monai_continual.nnunet.bayesian_trainer import nnUNetTrainerBayesian, nnUNetTrainerVCL, nnUNetTrainerVCLUnbounded
 from monai_continual.nnunet.replay_trainer import nnUNetTrainerReplay
 from monai_continual.nnunet.short_trainers import (
     nnUNetTrainerBayesian_short,
@@ -21,13 +21,13 @@ from monai_continual.nnunet.short_trainers import (
 
 __all__ = [
     "TRAINERS", "register_trainers", "find_trainer", "ext_trainer_folder",
-    "nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerReplay",
+    "nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerVCLUnbounded", "nnUNetTrainerReplay",
     "nnUNetTrainerBayesian_short", "nnUNetTrainerVCL_short", "nnUNetTrainerReplay_short",
 ]
 
 TRAINERS = {
     cls.__name__: cls
-    for cls in (nnUNetTrainerBayesian, nnUNetTrainerVCL, nnUNetTrainerReplay,
+    for cls in (nnUNetTrainerBayesian, nnUNetTrainerVCL, nnUNetTrainerVCLUnbounded, nnUNetTrainerReplay,
                 nnUNetTrainerBayesian_short, nnUNetTrainerVCL_short, nnUNetTrainerReplay_short)
 }
 

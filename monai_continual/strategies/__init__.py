@@ -7,7 +7,7 @@ runner, the nnU-Net sites and the federated controller only execute its stages.
 from __future__ import annotations
 
 from monai_continual.strategies.engine import INITIAL_STAGE, run_stages
-from monai_continual.strategies.executor import StageExecutor, StageOutput
+from monai_continual.strategies.executor import NonFiniteTrainingError, StageExecutor, StageOutput
 from monai_continual.strategies.faults import CRASH_ENV, STEPS, crash_point
 from monai_continual.strategies.names import BAYESIAN, SEQUENTIAL, Strategy, strategy_of
 from monai_continual.strategies.options import (
@@ -44,6 +44,7 @@ __all__ = [
     "CRASH_ENV",
     "INITIAL_STAGE",
     "NetworkKind",
+    "NonFiniteTrainingError",
     "OPTIONS",
     "RunState",
     "RunStateError",

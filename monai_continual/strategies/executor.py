@@ -8,7 +8,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from monai_continual.strategies.stage import NetworkKind, Stage
 
-__all__ = ["StageOutput", "StageExecutor"]
+__all__ = ["StageOutput", "StageExecutor", "NonFiniteTrainingError"]
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """A stage's loss or weights became non-finite: it stops, names site and stage, and publishes nothing.
+
+    Earlier stages' results stay; the run resumes from the stage's last good epoch once the cause is fixed.
+    """
 
 
 @dataclass
@@ -37,6 +44,7 @@ class StageExecutor(Protocol):
       published, it returns that model's record without training again.
     - :meth:`consolidate` is deterministic in its inputs; redoing it rewrites the same result.
     - :meth:`evaluate` scores the stage's published model on one site's test data, seeded by stage and site.
+    - A stage whose loss or weights turn non-finite raises :class:`NonFiniteTrainingError` and publishes nothing.
     """
 
     def initialize(self, network: NetworkKind) -> StageOutput:

@@ -55,7 +55,11 @@ def read_tensor_file(path: str | os.PathLike, kind: str, version: int) -> tuple[
     """
     path = Path(path)
     where = f"{kind} file {str(path)!r}"
-    if not path.is_file():
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte: not a file this reader can open
+        raise TensorFileError(f"{where} cannot be opened: {err}") from err
+    if not exists:
         raise TensorFileError(f"{where} does not exist.")
     try:
         with safe_open(str(path), framework="pt") as handle:
