@@ -17,7 +17,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from monai_continual.bayes import MCInferer, bayesianize
-from monai_continual.consolidation import DirectoryWeightStore, EnsembleModel, Posterior, consolidate_dwc, weighted_average
+from monai_continual.consolidation import EnsembleModel, Posterior, consolidate_dwc, weighted_average
 from monai_continual.data import ReplayBuffer, ReplayDataset
 from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.epoch_sampler import EpochSampler
@@ -34,6 +34,7 @@ from monai_continual.handlers import (
 )
 from monai_continual.losses import ELBOLoss
 from monai_continual.metrics import ContinualMatrix, evaluate_sites
+from monai_continual.strategies.artifacts import StageArtifacts
 from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, NonFiniteTrainingError, Stage, StageOutput, crash_point
 from monai_continual.utils.optimizer_files import load_optimizer_state, save_optimizer_state
 from monai_continual.utils.seeding import seed_everything
@@ -71,14 +72,17 @@ class MonaiStageExecutor:
     def __init__(self, runner: ContinualRunner, run_dir: Path, stages: Sequence[Stage]) -> None:
         self.runner = runner
         self.run_dir = Path(run_dir)
-        self.stages = {s.number: s for s in stages}
-        self.store = DirectoryWeightStore(self.run_dir / "store")
+        self.artifacts = StageArtifacts(run_dir, stages)
+        self.stages = self.artifacts.stages
+        self.store = self.artifacts.store
+        self.posterior_file = self.artifacts.posterior_file
+        self._kind = self.artifacts.kind
+        self._published_sha = self.artifacts.published_sha
+        self._loaded = self.artifacts.loaded
+        self._weights = self.artifacts.weights
         self._model_cache: tuple[int, nn.Module] | None = None
 
     # ------------------------------------------------------------------------------------------------ files by number
-
-    def posterior_file(self, number: int) -> Path:
-        return self.run_dir / "posteriors" / f"stage{number:04d}.safetensors"
 
     def _optimizer_file(self, stage: Stage, number: int | None) -> Path | None:
         policy = self.runner.optimizer_state
@@ -87,16 +91,6 @@ class MonaiStageExecutor:
         if policy == "site":  # a site's optimizer stays on its disk
             return self.run_dir / "sites" / stage.site / f"optimizer_{stage.network}_stage{number:04d}.safetensors"
         return self.run_dir / "store" / f"optimizer_stage{number:04d}.safetensors"
-
-    def _kind(self, number: int) -> NetworkKind:
-        return NetworkKind.MAP if number == INITIAL_STAGE else self.stages[number].network
-
-    def _published_sha(self, number: int) -> str | None:
-        if self._kind(number) == NetworkKind.BAYES:
-            path = self.posterior_file(number)
-            return Posterior.load(path).sha256() if path.exists() else None
-        entry = self.store.entry(number)
-        return None if entry is None else entry.sha256
 
     # ------------------------------------------------------------------------------------------------ networks
 
@@ -107,12 +101,6 @@ class MonaiStageExecutor:
 
     def _bayesian(self, plain: nn.Module, bound_std: bool = False) -> nn.Module:
         return bayesianize(plain, bound_std=bound_std, inplace=True, **self.runner.bayes_kwargs)
-
-    def _weights(self, number: int) -> tuple[dict[str, torch.Tensor], str]:
-        entry = self.store.entry(number)
-        if entry is None:
-            raise FileNotFoundError(f"stage {number}'s weights are not in the store {self.store.root}.")
-        return self.store.load(entry), entry.sha256
 
     def model(self, number: int) -> nn.Module:
         """The published model of stage ``number`` in a fresh network (what the next site would receive)."""
@@ -135,12 +123,6 @@ class MonaiStageExecutor:
         if entry is None:
             entry = self.store.publish(self._plain().state_dict(), "init", INITIAL_STAGE)
         return StageOutput(entry.sha256)
-
-    def _loaded(self, stage: Stage) -> dict[str, Any]:
-        loaded: dict[str, Any] = {"start": self._published_sha(stage.start)}
-        if stage.prior is not None:
-            loaded["prior"] = self._published_sha(stage.prior)
-        return loaded
 
     def _items(self, stage: Stage) -> list[dict[str, Any]]:
         return [dict(item, site=site) for site in stage.sites for item in self.runner.data.items(site, "training")]
@@ -261,16 +243,15 @@ class MonaiStageExecutor:
         return score
 
     def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
-        loaded: dict[str, Any] = {"inputs": [self._published_sha(i) for i in stage.inputs]}
+        loaded = self._loaded(stage)
         if stage.action == Action.ENSEMBLE:
             return StageOutput(None, loaded)
         if stage.action == Action.AVERAGE:
-            states = [self._weights(i)[0] for i in stage.inputs]
+            states = [self._weights(i) for i in stage.inputs]
             crash_point("mid_consolidation", stage.number)
             merged = weighted_average(states, weights, [self.stages[i].site for i in stage.inputs])
             entry = self.store.publish(merged, "average", stage.number, weights=list(weights))
             return StageOutput(entry.sha256, loaded, int(sum(weights)))
-        loaded["prior"] = self._published_sha(stage.prior)
         merged = consolidate_dwc(self.posterior_file(stage.prior), [self.posterior_file(i) for i in stage.inputs],
                                  progress=False)
         crash_point("mid_consolidation", stage.number)

@@ -31,7 +31,6 @@ from monai_continual.bayes import bayesianize
 from monai_continual.consolidation.averaging import weighted_average
 from monai_continual.consolidation.dwc import consolidate_dwc
 from monai_continual.consolidation.posterior import Posterior
-from monai_continual.consolidation.weight_store import DirectoryWeightStore
 from monai_continual.metrics.continual_matrix import ContinualMatrix
 from monai_continual.metrics.segmentation import mean_dice
 from monai_continual.nnunet.bayesian_trainer import POSTERIOR_FILE, nnUNetTrainerBayesian
@@ -56,6 +55,7 @@ from monai_continual.strategies import (
     run_stages,
     strategy_of,
 )
+from monai_continual.strategies.artifacts import StageArtifacts
 from monai_continual.utils.atomic import atomic_copy
 from monai_continual.utils.seeding import seed_everything
 
@@ -167,7 +167,12 @@ class NnUNetStageExecutor:
         self.trainer = trainer
         self.replay_capacity = replay_capacity
         self.seed = seed
-        self.store = DirectoryWeightStore(self.run_dir / "store")
+        self.artifacts = StageArtifacts(run_dir, stages)
+        self.store = self.artifacts.store
+        self.posterior_file = self.artifacts.posterior_file
+        self._kind = self.artifacts.kind
+        self._published_sha = self.artifacts.published_sha
+        self._loaded = self.artifacts.loaded
         self.first = next(iter(stages)).sites[0]
         self._model_cache: tuple[int, torch.nn.Module] | None = None
 
@@ -180,25 +185,6 @@ class NnUNetStageExecutor:
         if stage.memory is not None or stage.remember:
             return self.trainer if not bayes_main else "nnUNetTrainerReplay"
         return self.trainer if not bayes_main and self.trainer != "nnUNetTrainerReplay" else _MAP_TRAINER
-
-    def _kind(self, number: int) -> NetworkKind:
-        return NetworkKind.MAP if number == INITIAL_STAGE else self.stages[number].network
-
-    def posterior_file(self, number: int) -> Path:
-        return self.run_dir / "posteriors" / f"stage{number:04d}.safetensors"
-
-    def _published_sha(self, number: int) -> str | None:
-        if self._kind(number) == NetworkKind.BAYES:
-            path = self.posterior_file(number)
-            return Posterior.load(path).sha256() if path.exists() else None
-        entry = self.store.entry(number)
-        return None if entry is None else entry.sha256
-
-    def _loaded(self, stage: Stage) -> dict[str, Any]:
-        loaded: dict[str, Any] = {"start": self._published_sha(stage.start)}
-        if stage.prior is not None:
-            loaded["prior"] = self._published_sha(stage.prior)
-        return loaded
 
     def _network(self, trainer: str, dataset: str) -> torch.nn.Module:
         return self.evaluator.network(trainer, dataset)
@@ -279,7 +265,7 @@ class NnUNetStageExecutor:
         return StageOutput(published, self._loaded(stage), num_examples, details)
 
     def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
-        loaded: dict[str, Any] = {"inputs": [self._published_sha(i) for i in stage.inputs]}
+        loaded = self._loaded(stage)
         if stage.action == Action.AVERAGE:
             states = [self.store.load(self.store.entry(i)) for i in stage.inputs]
             crash_point("mid_consolidation", stage.number)
@@ -287,7 +273,6 @@ class NnUNetStageExecutor:
             return StageOutput(entry.sha256, loaded, int(sum(weights)))
         if stage.action != Action.DWC:
             raise ValueError(f"stage {stage.number}: the nnU-Net backend does not run {stage.action} stages.")
-        loaded["prior"] = self._published_sha(stage.prior)
         merged = consolidate_dwc(self.posterior_file(stage.prior), [self.posterior_file(i) for i in stage.inputs])
         crash_point("mid_consolidation", stage.number)
         merged.save(self.posterior_file(stage.number))

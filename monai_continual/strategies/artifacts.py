@@ -1,0 +1,78 @@
+"""Where a run keeps what its stages published, by stage number: weights in a store, posteriors as files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monai_continual.consolidation.posterior import Posterior
+from monai_continual.consolidation.weight_store import DirectoryWeightStore
+from monai_continual.strategies.stage import NetworkKind, Stage
+
+__all__ = ["StageArtifacts"]
+
+
+class StageArtifacts:
+    """The published models of a run's stages, looked up by stage number (every backend keeps them this way).
+
+    Deterministic stages (and stage 0, the initial weights) publish weights to ``run_dir/store`` (a
+    :class:`DirectoryWeightStore` with a hashed manifest); Bayesian stages publish a posterior file
+    ``run_dir/posteriors/stage####.safetensors``. Hashes are of content, so they agree across processes and
+    backends.
+
+    Args:
+        run_dir: the run directory.
+        stages: the schedule (to know each stage's network kind).
+
+    Example::
+
+        >>> artifacts = StageArtifacts("runs/dwc", stages)
+        >>> artifacts.published_sha(3), artifacts.loaded(stages[3])
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, stages: Sequence[Stage] | Mapping[int, Stage]) -> None:
+        self.run_dir = Path(run_dir)
+        self.stages = dict(stages) if isinstance(stages, Mapping) else {s.number: s for s in stages}
+        self.store = DirectoryWeightStore(self.run_dir / "store")
+
+    def posterior_file(self, number: int) -> Path:
+        return self.run_dir / "posteriors" / f"stage{number:04d}.safetensors"
+
+    def kind(self, number: int) -> NetworkKind:
+        """The kind of model stage ``number`` publishes (stage 0: the deterministic initial weights)."""
+        stage = self.stages.get(number)
+        return NetworkKind.MAP if stage is None else stage.network
+
+    def published_sha(self, number: int) -> str | None:
+        """Content SHA-256 of what stage ``number`` published, or ``None`` when it has not (yet)."""
+        if self.kind(number) == NetworkKind.BAYES:
+            path = self.posterior_file(number)
+            return Posterior.load(path).sha256() if path.exists() else None
+        entry = self.store.entry(number)
+        return None if entry is None else entry.sha256
+
+    def loaded(self, stage: Stage) -> dict[str, Any]:
+        """The content hashes of a stage's inputs, by role."""
+        loaded: dict[str, Any] = {}
+        if stage.start is not None:
+            loaded["start"] = self.published_sha(stage.start)
+        if stage.prior is not None:
+            loaded["prior"] = self.published_sha(stage.prior)
+        if stage.inputs:
+            loaded["inputs"] = [self.published_sha(i) for i in stage.inputs]
+        return loaded
+
+    def weights(self, number: int) -> dict[str, torch.Tensor]:
+        """The weights stage ``number`` published (checked against the manifest's hash)."""
+        entry = self.store.entry(number)
+        if entry is None:
+            raise FileNotFoundError(f"stage {number}'s weights are not in the store {self.store.root}.")
+        return self.store.load(entry)
+
+    def posterior(self, number: int) -> Posterior:
+        """The posterior stage ``number`` published."""
+        return Posterior.load(self.posterior_file(number))
