@@ -127,7 +127,8 @@ class RunState:
             record = self.records.get(stage.number)
             if record is None or record.scores is None or not stage.evaluate:
                 continue
-            means: Mapping[str, float] = {s: float(np.mean(v)) for s, v in record.scores.items()}
+            # a site that did not report (a dead federated client) leaves its cell empty
+            means: Mapping[str, float] = {s: float(np.mean(v)) for s, v in record.scores.items() if v}
             matrix.add_stage(list(stage.sites), means, stage.label)
         return matrix
 

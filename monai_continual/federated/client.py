@@ -1,0 +1,46 @@
+"""The site's process in a federated run (NVFlare Client API): receive a stage, run it on this site's data, answer.
+
+Started by NVFlare's ``ScriptRunner`` at every site::
+
+    python client.py --config federated.json --overrides BASE64_JSON --workdir /data/site_b/federated
+
+The site's name is its NVFlare client name; its data are the site's entry of the datalist named in the config.
+Nothing but the published model, its hash and counts, and per-volume scores is sent back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    import nvflare.client as flare
+
+    from monai_continual.federated.config import parse_config
+    from monai_continual.federated.site_worker import SiteWorker
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="the bundle config of the run")
+    parser.add_argument("--overrides", default="", help="config overrides as base64-encoded JSON (the server's)")
+    parser.add_argument("--workdir", required=True, help="this site's working directory (its own disk)")
+    args = parser.parse_args(argv)
+
+    flare.init()
+    site = flare.get_site_name()
+    site_dir = Path(args.workdir) / site
+    overrides = json.loads(base64.urlsafe_b64decode(args.overrides.encode())) if args.overrides else {}
+    config = parse_config(args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")})
+    worker = SiteWorker(config.get_parsed_content("site_runner"), site, site_dir / "stages")
+    while flare.is_running():
+        model = flare.receive()
+        if model is None:
+            break
+        params, meta, metrics = worker.handle(flare.get_task_name(), dict(model.meta or {}), model.params)
+        flare.send(flare.FLModel(params=params, meta=meta, metrics=metrics))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""What crosses the network between the federated server and a site: stages as JSON, models as tensors.
+
+Only these travel: a stage's description (numbers, site names, kinds; no paths), model weights or posterior
+tensors, per-volume scores and counts. :func:`check_payload` refuses anything else before it is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_continual.consolidation.posterior import Posterior
+from monai_continual.strategies.stage import Action, NetworkKind, Stage
+
+__all__ = [
+    "stage_to_meta",
+    "stage_from_meta",
+    "model_to_params",
+    "params_to_weights",
+    "params_to_posterior",
+    "split_params",
+    "check_payload",
+    "PayloadError",
+]
+
+_SEP = "|"
+_POSTERIOR_GROUPS = ("mean", "std", "deterministic")
+_ALLOWED_META_KEYS = {"task", "stage", "kinds", "roles", "site", "num_examples", "published", "details", "metadata",
+                      "scores", "error"}
+
+
+class PayloadError(ValueError):
+    """A payload that would carry more than parameters, stage numbers and metrics."""
+
+
+def stage_to_meta(stage: Stage, kinds: Mapping[int, str]) -> dict[str, Any]:
+    """A stage and the network kinds of the stages it names, as JSON-able meta."""
+    return {"stage": stage.to_dict(), "kinds": {str(k): str(v) for k, v in kinds.items()}}
+
+
+def stage_from_meta(meta: Mapping[str, Any]) -> tuple[Stage, dict[int, NetworkKind]]:
+    data = dict(meta["stage"])
+    data["action"], data["network"] = Action(data["action"]), NetworkKind(data["network"])
+    data["sites"], data["inputs"] = tuple(data["sites"]), tuple(data["inputs"])
+    fields = {f.name for f in dataclasses.fields(Stage)}
+    stage = Stage(**{k: v for k, v in data.items() if k in fields})
+    return stage, {int(k): NetworkKind(v) for k, v in dict(meta.get("kinds", {})).items()}
+
+
+def model_to_params(role: str, model: Mapping[str, torch.Tensor] | Posterior) -> dict[str, np.ndarray]:
+    """Weights (a state dict) or a posterior as flat numpy parameters under ``role``."""
+    if isinstance(model, Posterior):
+        groups = {"mean": model.mean, "std": model.std, "deterministic": model.deterministic}
+        return {f"{role}{_SEP}{g}/{k}": v.detach().cpu().numpy() for g, tensors in groups.items() for k, v in tensors.items()}
+    return {f"{role}{_SEP}weights/{k}": v.detach().cpu().numpy() for k, v in model.items()}
+
+
+def split_params(params: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """role -> {"group/name": tensor}."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in params.items():
+        role, _, name = str(key).partition(_SEP)
+        if not name:
+            raise PayloadError(f"parameter {key!r} has no role prefix.")
+        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        out.setdefault(role, {})[name] = tensor
+    return out
+
+
+def params_to_weights(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in tensors.items():
+        group, _, key = name.partition("/")
+        if group != "weights":
+            raise PayloadError(f"expected weights, got {name!r}.")
+        out[key] = tensor
+    return out
+
+
+def params_to_posterior(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Posterior:
+    groups: dict[str, dict[str, torch.Tensor]] = {g: {} for g in _POSTERIOR_GROUPS}
+    for name, tensor in tensors.items():
+        group, _, key = name.partition("/")
+        if group not in groups:
+            raise PayloadError(f"expected a posterior, got {name!r}.")
+        groups[group][key] = tensor
+    return Posterior(groups["mean"], groups["std"], groups["deterministic"], dict(metadata))
+
+
+def check_payload(meta: Mapping[str, Any], params: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None) -> None:
+    """Refuse a payload with other meta keys, non-tensor parameters, or strings that look like file paths.
+
+    Raises:
+        PayloadError: naming the key at fault.
+    """
+    unknown = sorted(set(meta) - _ALLOWED_META_KEYS)
+    if unknown:
+        raise PayloadError(f"payload meta may not carry {unknown}.")
+    for key, value in (params or {}).items():
+        if not isinstance(value, (np.ndarray, torch.Tensor)):
+            raise PayloadError(f"payload parameter {key!r} is a {type(value).__name__}, not a tensor.")
+    for key, value in (metrics or {}).items():
+        if key != "scores" or not isinstance(value, list) or not all(isinstance(v, float) for v in value):
+            raise PayloadError(f"payload metric {key!r} must be the list of per-volume scores.")
+    for text in _strings(meta):
+        if "/" in text or "\\" in text or text.endswith((".nii", ".gz", ".json", ".safetensors", ".pt")):
+            raise PayloadError(f"payload meta carries {text!r}, which looks like a file path or case name.")
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)

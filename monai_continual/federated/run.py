@@ -1,0 +1,135 @@
+"""A federated run from a bundle config: build the NVFlare job, run it in the simulator or POC mode, or export it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai_continual.data import load_multisite_datalist
+from monai_continual.federated.controller import StrategyController, refuse_data_transfer
+from monai_continual.strategies import make_options, strategy_of
+
+__all__ = ["FederatedRun", "ENGINES"]
+
+ENGINES = ("simulator", "poc")
+CLIENT_SCRIPT = Path(__file__).with_name("client.py")
+
+
+class FederatedRun:
+    """One strategy over the sites of a multi-site datalist as NVFlare clients.
+
+    Args:
+        config_file: the bundle config (``network``, ``site_runner``).
+        strategy: a strategy name; its ``options`` are validated here, before any process starts.
+        datalist: the multi-site datalist; every site becomes a client named after it.
+        output_dir: the server's run directory (state, R matrix, summary) and the sites' working directories
+            (``sites/<name>``, standing in for each hospital's own disk in the simulator and POC mode).
+        overrides: config overrides every party applies (epochs, channels, seed...).
+        engine: ``"simulator"`` (one machine, NVFlare's simulator) or ``"poc"`` (separate processes with mutual TLS:
+            ``nvflare poc prepare/start``, ``nvflare job submit``).
+        export: a directory to write the job folder to (for ``nvflare job submit`` in production) instead of running.
+        epochs, seed: default stage length and the schedule's seed.
+        min_clients: fewest answers a consolidation goes on with (default: every training site).
+        task_timeout: seconds a site may take for one task before it counts as dead (0: forever).
+        allow_data_to_leave_sites: required for strategies that move patient data (replay).
+        payload_log: a JSON-lines audit of every payload the server received (keys and metrics only).
+
+    Example::
+
+        >>> FederatedRun("configs/federated.json", "cyclic_weight_transfer", "sites/datalist.json", "out/cwt",
+        ...              options={"cycles": 2}).run()
+    """
+
+    def __init__(self, config_file: str | os.PathLike, strategy: str, datalist: str | os.PathLike,
+                 output_dir: str | os.PathLike, options: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None, engine: str = "simulator", export: str = "",
+                 epochs: int = 1, seed: int = 0, min_clients: int | None = None, task_timeout: int = 0,
+                 allow_data_to_leave_sites: bool = False, payload_log: str = "") -> None:
+        name = strategy_of(strategy)
+        self.options = dict(options or {})
+        make_options(name, **self.options)  # bad options fail here, not in a server process
+        refuse_data_transfer(name.value, allow_data_to_leave_sites)
+        if engine not in ENGINES:
+            raise ValueError(f"FederatedRun: engine must be one of {ENGINES}, got {engine!r}.")
+        self.strategy = name.value
+        self.config_file = str(Path(config_file).resolve())
+        self.datalist = str(Path(datalist).resolve())
+        data = load_multisite_datalist(self.datalist)
+        self.sites = data.training_sites()
+        self.eval_sites = data.site_names
+        self.output_dir = Path(output_dir).resolve()
+        self.overrides = {**dict(overrides or {}), "datalist": self.datalist}
+        self.engine = engine
+        self.export = export
+        self.epochs, self.seed = int(epochs), int(seed)
+        self.min_clients = int(min_clients) if min_clients else len(self.sites)
+        self.task_timeout = int(task_timeout)
+        self.allow = bool(allow_data_to_leave_sites)
+        self.payload_log = payload_log
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.strategy
+
+    def job(self) -> Any:
+        """The NVFlare job: our controller on the server, the client script at every site."""
+        from nvflare.fuel.utils.constants import FrameworkType
+        from nvflare.job_config.api import FedJob
+        from nvflare.job_config.script_runner import ScriptRunner
+
+        job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=len(self.eval_sites))
+        controller = StrategyController(
+            self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), self.config_file,
+            self.overrides, self.epochs, self.seed, self.min_clients, self.task_timeout, self.payload_log, self.allow,
+        )
+        job.to_server(controller)
+        # NVFlare's job config reads "{...}" in arguments as an expression: the overrides travel base64-encoded
+        encoded = base64.urlsafe_b64encode(json.dumps(self.overrides).encode()).decode()
+        args = ["--config", self.config_file, "--overrides", encoded,
+                "--workdir", str(self.output_dir / "sites")]
+        for site in self.eval_sites:
+            job.to(ScriptRunner(script=str(CLIENT_SCRIPT), script_args=" ".join(shlex.quote(a) for a in args),
+                                framework=FrameworkType.NUMPY), site)
+        return job
+
+    def run(self) -> dict[str, Any] | None:
+        """Run (or resume) the job; return the summary (``None`` after an export)."""
+        job = self.job()
+        if self.export:
+            job.export_job(str(self.export))
+            print(f"job folder written to {self.export}; submit it with `nvflare job submit -j {self.export}/{job.name}`")
+            return None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.engine == "simulator":
+            workspace = self.output_dir / "simulator"
+            shutil.rmtree(workspace, ignore_errors=True)
+            job.simulator_run(str(workspace), clients=list(self.eval_sites), threads=len(self.eval_sites))
+        else:
+            from monai_continual.federated.poc import PocDeployment
+
+            with PocDeployment(self.output_dir / "poc", self.eval_sites) as poc:
+                poc.submit_and_wait(job)
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        error = self.run_dir / "error.txt"
+        if error.exists():
+            raise RuntimeError(f"the federated run stopped: {error.read_text().strip()} (run again to resume)")
+        path = self.run_dir / "summary.json"
+        if not path.exists():
+            raise RuntimeError(f"the federated run ended without results in {self.run_dir}; see the NVFlare logs in "
+                               f"{self.output_dir}.")
+        from monai_continual.experiment.multisite_experiment import MultiSiteExperiment
+
+        summary = json.loads(path.read_text())
+        print(MultiSiteExperiment.table(summary))
+        return summary

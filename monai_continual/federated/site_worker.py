@@ -1,0 +1,104 @@
+"""A site's side of a federated run: it trains or evaluates one stage at a time on its own data only.
+
+What arrives is a stage (numbers and kinds) and the models it names; the worker puts those models into its own
+run directory under their stage numbers and runs the stage with the in-process executor, so a federated stage is
+the same computation as an in-process one. What leaves is the published model, its hash and counts, or the
+per-volume scores of this site's test cases: no paths, no case names, no other site's anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monai_continual.consolidation.weight_store import DirectoryWeightStore
+from monai_continual.federated.payload import (
+    PayloadError,
+    check_payload,
+    model_to_params,
+    params_to_posterior,
+    params_to_weights,
+    split_params,
+    stage_from_meta,
+)
+from monai_continual.strategies.stage import Action, NetworkKind, Stage
+
+__all__ = ["SiteWorker"]
+
+
+class SiteWorker:
+    """Runs the stages a server sends to this site with a :class:`~monai_continual.engines.MonaiStageExecutor`.
+
+    Args:
+        runner: a :class:`~monai_continual.engines.ContinualRunner` over this site's data only.
+        site: this site's name.
+        run_dir: this site's working directory (its own disk): received models, its checkpoints and optimizer state.
+
+    Example::
+
+        >>> worker = SiteWorker(runner, "site_b", "/data/site_b/federated")
+        >>> params, meta, metrics = worker.handle("train", meta, params)
+    """
+
+    def __init__(self, runner: Any, site: str, run_dir: str | Path) -> None:
+        self.runner = runner
+        self.site = site
+        self.run_dir = Path(run_dir)
+        self.received: list[str] = []
+
+    def handle(self, task: str, meta: Mapping[str, Any], params: Mapping[str, Any] | None) -> tuple[dict, dict, dict]:
+        """One task (``"train"`` or ``"evaluate"``); returns ``(params, meta, metrics)`` to send back."""
+        from monai_continual.engines.monai_executor import MonaiStageExecutor
+
+        stage, kinds = stage_from_meta(meta)
+        stages = _stand_ins(stage, kinds)
+        executor = MonaiStageExecutor(self.runner, self.run_dir, stages)
+        self._receive(executor, meta, params or {}, kinds)
+        if task == "train":
+            if self.site not in stage.sites:
+                raise PayloadError(f"site {self.site!r} was sent stage {stage.number}, which trains at {list(stage.sites)}.")
+            output = executor.train(stage)
+            published: Any = (executor.artifacts.posterior(stage.number) if stage.network == NetworkKind.BAYES
+                              else executor.artifacts.weights(stage.number))
+            out_meta = {"published": output.published, "num_examples": int(output.num_examples),
+                        "details": {k: v for k, v in output.details.items() if isinstance(v, (int, float, bool))}}
+            if isinstance(published, torch.nn.Module):  # pragma: no cover - weights are a dict
+                published = published.state_dict()
+            if stage.network == NetworkKind.BAYES:
+                out_meta["metadata"] = dict(published.metadata)
+            out_params, metrics = model_to_params("published", published), {}
+        elif task == "evaluate":
+            scores = [float(x) for x in executor.evaluate(stage, self.site)]
+            out_params, out_meta, metrics = {}, {}, {"scores": scores}
+        else:
+            raise PayloadError(f"unknown task {task!r}; tasks are 'train' and 'evaluate'.")
+        check_payload(out_meta, out_params, metrics)
+        return out_params, out_meta, metrics
+
+    def _receive(self, executor: Any, meta: Mapping[str, Any], params: Mapping[str, Any], kinds: Mapping[int, NetworkKind]) -> None:
+        """Store the models that came with the task under their stage numbers (skipped when already there)."""
+        roles = dict(meta.get("roles", {}))
+        for role, tensors in split_params(params).items():
+            number = int(roles[role]["stage"])
+            kind = kinds.get(number, NetworkKind.MAP)
+            if kind == NetworkKind.BAYES:
+                posterior = params_to_posterior(tensors, roles[role].get("metadata", {}))
+                path = executor.artifacts.posterior_file(number)
+                if not path.exists() or executor.artifacts.posterior(number).sha256() != posterior.sha256():
+                    posterior.save(path)
+            else:
+                store: DirectoryWeightStore = executor.artifacts.store
+                entry = store.entry(number)
+                weights = params_to_weights(tensors)
+                if entry is None or entry.sha256 != roles[role].get("sha256"):
+                    store.publish(weights, roles[role].get("site", "server"), number)
+            self.received.append(role)
+
+
+def _stand_ins(stage: Stage, kinds: Mapping[int, NetworkKind]) -> list[Stage]:
+    """The stage plus placeholders for the stages it names, carrying only their kinds."""
+    others = [Stage(n, Action.TRAIN, network=k, start=None, evaluate=False) for n, k in kinds.items() if n not in (0, stage.number)]
+    return sorted([stage, *others], key=lambda s: s.number)
