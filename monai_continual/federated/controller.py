@@ -84,7 +84,15 @@ class StrategyController(ModelController):
 
         return dict(parse_config(self.config_file, self.overrides).get_parsed_content("network").state_dict())
 
+    def _audit(self, direction: str, task: str, site: str, meta: dict, params: dict, metrics: dict) -> None:
+        if self.payload_log:
+            record = {"direction": direction, "task": task, "site": site, "meta": meta, "params": sorted(params),
+                      "metrics": metrics, "time": time.time()}
+            with open(self.payload_log, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, default=str) + "\n")
+
     def _send(self, task: str, site: str, params: dict, meta: dict) -> tuple[dict, dict, dict] | None:
+        self._audit("sent", task, site, meta, params, {})
         results = self.send_model_and_wait(task_name=task, data=FLModel(params=params, meta=meta), targets=[site],
                                            timeout=self.task_timeout)
         if not results:
@@ -95,11 +103,7 @@ class StrategyController(ModelController):
                                "(its own log has the error); the run stops here and resumes when resubmitted.")
         reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in _REPLY_KEYS}
         reply_params, metrics = dict(reply.params or {}), dict(reply.metrics or {})
-        if self.payload_log:
-            record = {"task": task, "site": site, "meta": reply_meta, "params": sorted(reply_params),
-                      "metrics": metrics, "time": time.time()}
-            with open(self.payload_log, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, default=str) + "\n")
+        self._audit("received", task, site, reply_meta, reply_params, metrics)
         check_payload(reply_meta, reply_params, metrics)
         return reply_params, reply_meta, metrics
 

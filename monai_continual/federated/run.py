@@ -86,7 +86,7 @@ class FederatedRun:
         from nvflare.job_config.api import FedJob
         from nvflare.job_config.script_runner import ScriptRunner
 
-        job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=len(self.eval_sites))
+        job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=self.min_clients)
         controller = StrategyController(
             self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), self.config_file,
             self.overrides, self.epochs, self.seed, self.min_clients, self.task_timeout, self.payload_log, self.allow,

@@ -63,6 +63,7 @@ class FederatedStageExecutor:
         self.send = send
         self.min_clients = int(min_clients)
         self.missing: set[int] = set()
+        self.dead: set[str] = set()
 
     # ------------------------------------------------------------------------------------------------ what is sent
 
@@ -95,10 +96,16 @@ class FederatedStageExecutor:
         return params, roles, kinds
 
     def _request(self, task: str, stage: Stage, site: str) -> tuple[dict, dict, dict] | None:
+        """Send a task; ``None`` when the site did not answer (it is then not asked again in this run)."""
+        if site in self.dead:
+            return None
         params, roles, kinds = self._roles(stage, task)
         meta = {"task": task, "roles": roles, **stage_to_meta(stage, kinds)}
         check_payload(meta, params, None)
-        return self.send(task, site, params, meta)
+        answer = self.send(task, site, params, meta)
+        if answer is None:
+            self.dead.add(site)
+        return answer
 
     # ------------------------------------------------------------------------------------------------ protocol
 

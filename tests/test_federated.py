@@ -1,0 +1,125 @@
+"""Sites as NVFlare clients: every strategy in the simulator, equality with the in-process runner, what crosses the
+network, refusals, and POC mode with separate processes (server killed and the job resubmitted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvflare")
+
+from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc  # noqa: E402
+from monai_continual.data import SiteProfile, make_sites  # noqa: E402
+from monai_continual.federated import FederatedRun  # noqa: E402
+from monai_continual.federated.config import parse_config  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "multisite_segmentation" / "configs" / "federated.json"
+SITES = [SiteProfile("alpha", 4, "t1", noise=0.02), SiteProfile("beta", 5, "t2", noise=0.03, scale=50.0),
+         SiteProfile("omega", 2, "t1", noise=0.04, held_out=True)]
+OVERRIDES = {"channels": 4, "dilations": [1, 2, 1], "epochs": 1, "mc_samples": 2, "device": "cpu", "threads": 1,
+             "learning_rate": 0.03, "bayes_learning_rate": 0.01}
+
+
+@pytest.fixture(scope="module")
+def datalist(tmp_path_factory):
+    return make_sites(tmp_path_factory.mktemp("fed_sites"), sites=SITES, seed=2, shape=(16, 20, 16), figure=False, progress=False)
+
+
+def _federated(datalist, out, strategy, options=None, **kwargs):
+    run = FederatedRun(CONFIG, strategy, datalist, out, options=options, overrides=OVERRIDES,
+                       payload_log=str(out / "payloads.jsonl"), **kwargs)
+    return run, run.run()
+
+
+def _in_process(datalist, out, strategy, options=None):
+    runner = parse_config(CONFIG, {**OVERRIDES, "datalist": str(datalist), "output_dir": str(out)}).get_parsed_content("runner")
+    return runner.run(strategy, **(options or {}))
+
+
+def _records(run_dir: Path) -> list:
+    return [(r["number"], r["sites"], r["published"], r["loaded"]) for r in json.loads((run_dir / "state.json").read_text())["stages"]]
+
+
+def _check_payloads(log: Path) -> None:
+    """Only parameters and per-volume scores leave a site; no file names, no case names; no metrics go to a site."""
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["direction"] for r in lines} == {"sent", "received"}
+    for record in lines:
+        text = json.dumps(record["meta"])
+        assert "/" not in text and ".nii" not in text and "sub0" not in text, record
+        if record["direction"] == "sent":
+            assert record["metrics"] == {}  # a site never receives metrics, its own or another's
+            assert set(record["meta"]) == {"task", "roles", "stage", "kinds"}
+        elif record["task"] == "train":
+            assert set(record["meta"]) <= {"published", "num_examples", "details", "metadata"}
+            assert record["params"] and all(p.startswith("published|") for p in record["params"]) and not record["metrics"]
+        else:
+            assert record["params"] == [] and set(record["metrics"]) == {"scores"}
+            assert all(isinstance(v, float) for v in record["metrics"]["scores"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,options", [("cyclic_weight_transfer", {"cycles": 2}), ("dwc", {})])
+def test_federated_runs_equal_the_in_process_runs(datalist, tmp_path, strategy, options):
+    run, summary = _federated(datalist, tmp_path / "federated", strategy, options)
+    reference = _in_process(datalist, tmp_path / "in_process", strategy, options)
+    # the same models, stage by stage, by content hash, and the same R matrix (to float precision: identical)
+    assert _records(run.run_dir) == _records(reference.directory)
+    federated_r = json.loads((run.run_dir / "R.json").read_text())
+    assert np.array_equal(np.array([[s["scores"][k] for k in sorted(s["scores"])] for s in federated_r["stages"]]),
+                          np.array([[s["scores"][k] for k in sorted(s["scores"])] for s in json.loads((reference.directory / "R.json").read_text())["stages"]]))
+    assert set(summary["strategies"]) == {strategy}
+    for name in ("summary.md", "R.png", f"heatmaps/{strategy}.png"):
+        assert (run.run_dir / name).is_file()
+    if strategy == "dwc":  # the server's consolidation is Eq. 17 of exactly the posteriors the sites sent
+        posteriors = run.run_dir / "posteriors"
+        expected = consolidate_dwc(posteriors / "stage0002.safetensors", [posteriors / "stage0003.safetensors"])
+        produced = Posterior.load(posteriors / "stage0004.safetensors")
+        assert all(torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n]) for n in expected.mean)
+    _check_payloads(tmp_path / "federated" / "payloads.jsonl")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,options,rows", [
+    ("single_weight_transfer", {"patience": 1, "epochs": 2}, 2),
+    ("federated_averaging", {"rounds": 2}, 2),
+    ("vcl", {}, 2),
+])
+def test_strategies_fill_r_matrices_in_the_simulator(datalist, tmp_path, strategy, options, rows):
+    run, summary = _federated(datalist, tmp_path, strategy, options)
+    matrix = json.loads((run.run_dir / "R.json").read_text())
+    assert len(matrix["stages"]) == rows
+    assert all(set(s["scores"]) == {"alpha", "beta", "omega"} and all(0 <= v <= 1 for v in s["scores"].values()) for s in matrix["stages"])
+    if strategy == "federated_averaging":  # the server's average is the size-weighted mean of what the sites sent
+        from monai_continual.data import load_multisite_datalist
+
+        data = load_multisite_datalist(datalist)
+        n_a, n_b = (len(data.site(s).training) for s in ("alpha", "beta"))
+        store = DirectoryWeightStore(run.run_dir / "store")
+        a, b, avg = (store.load(store.entry(n)) for n in (1, 2, 3))
+        for key, value in avg.items():
+            expected = (n_a * a[key].double() + n_b * b[key].double()) / (n_a + n_b)
+            torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+    _check_payloads(tmp_path / "payloads.jsonl")
+
+
+def test_strategies_that_move_data_are_refused(datalist, tmp_path):
+    with pytest.raises(ValueError, match="patient data leaves a site.*allow_data_to_leave_sites=True"):
+        FederatedRun(CONFIG, "replay", datalist, tmp_path)
+    with pytest.raises(ValueError, match="centrally_hosted pools every site's data"):
+        FederatedRun(CONFIG, "centrally_hosted", datalist, tmp_path)
+    with pytest.raises(TypeError, match=r"unexpected options \['rounds'\]"):
+        FederatedRun(CONFIG, "vcl", datalist, tmp_path, options={"rounds": 2})
+    with pytest.raises(ValueError, match="engine must be one of"):
+        FederatedRun(CONFIG, "vcl", datalist, tmp_path, engine="cloud")
+    assert not list(tmp_path.iterdir())  # refused before anything was written
