@@ -11,13 +11,13 @@ BUNDLE := bundles/multisite_segmentation
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt requirements/nnunet.txt requirements/nnunet-nodeps.txt
+$(STAMP): Makefile pyproject.toml requirements/constraints.txt requirements/nnunet.txt requirements/nnunet-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -r requirements/nnunet.txt
 	$(PIP) --no-deps -r requirements/nnunet-nodeps.txt
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test,federated]"
 	touch $(STAMP)
 
 demo: $(STAMP)

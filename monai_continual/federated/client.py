@@ -2,7 +2,7 @@
 
 Started by NVFlare's ``ScriptRunner`` at every site::
 
-    python client.py --config federated.json --overrides BASE64_JSON --workdir /data/site_b/federated
+    python client.py --config federated.json --workdir /data/site_b/federated --set epochs=4 --set seed=0
 
 The site's name is its NVFlare client name; its data are the site's entry of the datalist named in the config.
 Nothing but the published model, its hash and counts, and per-volume scores is sent back.
@@ -11,7 +11,6 @@ Nothing but the published model, its hash and counts, and per-volume scores is s
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 from pathlib import Path
 
@@ -24,14 +23,15 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="the bundle config of the run")
-    parser.add_argument("--overrides", default="", help="config overrides as base64-encoded JSON (the server's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="a config override (the server's), repeated")
     parser.add_argument("--workdir", required=True, help="this site's working directory (its own disk)")
     args = parser.parse_args(argv)
 
     flare.init()
     site = flare.get_site_name()
     site_dir = Path(args.workdir) / site
-    overrides = json.loads(base64.urlsafe_b64decode(args.overrides.encode())) if args.overrides else {}
+    overrides = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
     config = parse_config(args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")})
     worker = SiteWorker(config.get_parsed_content("site_runner"), site, site_dir / "stages")
     while flare.is_running():

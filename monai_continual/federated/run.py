@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -92,13 +90,19 @@ class FederatedRun:
             self.overrides, self.epochs, self.seed, self.min_clients, self.task_timeout, self.payload_log, self.allow,
         )
         job.to_server(controller)
-        # NVFlare's job config reads "{...}" in arguments as an expression: the overrides travel base64-encoded
-        encoded = base64.urlsafe_b64encode(json.dumps(self.overrides).encode()).decode()
-        args = ["--config", self.config_file, "--overrides", encoded,
-                "--workdir", str(self.output_dir / "sites")]
+        args = ["--config", self.config_file, "--workdir", str(self.output_dir / "sites")]
+        spaced = [a for a in args if " " in a]
+        if spaced:  # NVFlare splits a script's arguments on spaces, without quoting
+            raise ValueError(f"FederatedRun: paths with spaces cannot be passed to the sites: {spaced}.")
+        for key, value in self.overrides.items():
+            encoded = json.dumps(value, separators=(",", ":"))
+            # NVFlare's job config reads "{...}" in an argument as an expression and splits arguments on spaces
+            if "{" in encoded or " " in encoded:
+                raise ValueError(f"FederatedRun: override {key!r} must be a number, a string or a list without spaces "
+                                 f"or braces, got {value!r}.")
+            args += ["--set", f"{key}={encoded}"]
         for site in self.eval_sites:
-            job.to(ScriptRunner(script=str(CLIENT_SCRIPT), script_args=" ".join(shlex.quote(a) for a in args),
-                                framework=FrameworkType.NUMPY), site)
+            job.to(ScriptRunner(script=str(CLIENT_SCRIPT), script_args=" ".join(args), framework=FrameworkType.NUMPY), site)
         return job
 
     def run(self) -> dict[str, Any] | None:
