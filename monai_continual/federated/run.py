@@ -85,6 +85,7 @@ class FederatedRun:
         from nvflare.job_config.script_runner import ScriptRunner
 
         job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=self.min_clients)
+        job.set_app_packages(["monai_continual"])  # installed at every party: never copied into the job
         controller = StrategyController(
             self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), self.config_file,
             self.overrides, self.epochs, self.seed, self.min_clients, self.task_timeout, self.payload_log, self.allow,
@@ -120,7 +121,7 @@ class FederatedRun:
         else:
             from monai_continual.federated.poc import PocDeployment
 
-            with PocDeployment(self.output_dir / "poc", self.eval_sites) as poc:
+            with PocDeployment(self.output_dir / "poc", self.eval_sites, logs_dir=self.output_dir / "poc_logs") as poc:
                 poc.submit_and_wait(job)
         return self.summary()
 
