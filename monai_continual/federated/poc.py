@@ -92,6 +92,9 @@ class PocDeployment:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.workspace.exists():  # pid files of killed processes would make the next start think they still run
+            for marker in self.workspace.glob("*/prod_00/*/*.fl"):
+                marker.unlink(missing_ok=True)
         self._session = None
 
     def pids(self, participant: str | None = None) -> list[int]:
