@@ -198,3 +198,24 @@ def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
     else:
         averages = [r for r in state if r["action"] == "average"]
         assert len(averages) == 3 and any(len(r["details"]["inputs_used"]) == 1 for r in averages)
+
+
+@pytest.mark.slow
+def test_the_bundle_config_runs_and_exports_with_monai_bundle(datalist, tmp_path):
+    common = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--bundle_root", str(tmp_path),
+              "--datalist", str(datalist), "--channels", "4", "--dilations", "[1,2,1]", "--epochs", "1", "--mc_samples", "2",
+              "--threads", "1", "--device", "cpu", "--strategy", "federated_averaging", "--strategy_options", "{'rounds': 1}",
+              "--federated#config_file", str(CONFIG)]  # outputs under a temporary bundle_root, the config from the repository
+    export = subprocess.run([*common, "--export", str(tmp_path / "job")], capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    meta = json.loads((tmp_path / "job" / "monai_continual_federated_averaging" / "meta.json").read_text())
+    assert set(meta["deploy_map"]) == {"app_server", "app_alpha", "app_beta", "app_omega"}
+    # our package is installed at every party: the job ships only the sites' entry script
+    shipped = {p.relative_to(p.parents[3]).as_posix() for p in (tmp_path / "job").rglob("custom/**/*") if p.is_file()}
+    assert shipped == {"custom/monai_continual/federated/client.py"}
+    done = subprocess.run(common, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "outputs" / "federated" / "federated_averaging"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["strategies"]["federated_averaging"]["sites"]) == {"alpha", "beta"}
+    assert "federated_averaging" in done.stdout and (out / "summary.md").is_file() and (out / "heatmaps" / "federated_averaging.png").is_file()
