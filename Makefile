@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install --progress-bar off -c requirements/constraints.txt
 STAMP := $(VENV)/.installed
 BUNDLE := bundles/multisite_segmentation
 
-.PHONY: demo test env clean-env nnunet-demo
+.PHONY: demo test env clean-env nnunet-demo federated-demo
 
 env: $(STAMP)
 
@@ -37,6 +37,14 @@ nnunet-demo: $(STAMP)
 	$(NNUNET_CLI) sites cyclic_weight_transfer $(NNUNET_SITES) -o $(NNUNET)/runs/cyclic_weight_transfer --rounds 2 $(NNUNET_SCHEDULE)
 	$(NNUNET_CLI) sites fine_tuning $(NNUNET_SITES) -o $(NNUNET)/runs/fine_tuning --epochs 4 --iterations-per-epoch 15 --val-iterations-per-epoch 5 --disable-tta
 	$(NNUNET_CLI) sites replay $(NNUNET_SITES) -o $(NNUNET)/runs/replay --replay-capacity 3 --epochs 4 --iterations-per-epoch 15 --val-iterations-per-epoch 5 --disable-tta
+
+# NVIDIA FLARE in POC mode: the embedded sites as separate client processes with mutual TLS on this machine, running
+# cyclic weight transfer and DWC, each followed by its table (outputs in $(BUNDLE)/outputs/federated)
+FEDERATED := $(PY) -m monai.bundle run --config_file $(BUNDLE)/configs/federated.json --bundle_root $(BUNDLE) --engine poc --epochs 6
+
+federated-demo: $(STAMP)
+	$(FEDERATED) --strategy cyclic_weight_transfer --strategy_options "{'cycles': 2, 'epochs_per_visit': 3}"
+	$(FEDERATED) --strategy dwc
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
