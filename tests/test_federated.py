@@ -59,8 +59,8 @@ def _check_payloads(log: Path) -> None:
         assert "/" not in text and ".nii" not in text and "sub0" not in text, record
         if record["direction"] == "sent":
             assert record["metrics"] == {}  # a site never receives metrics, its own or another's
-            assert set(record["meta"]) == {"task", "roles", "stage", "kinds"}
-        elif record["task"] == "train":
+            assert set(record["meta"]) == ({"task"} if record["task"] == "initialize" else {"task", "roles", "stage", "kinds"})
+        elif record["task"] in ("train", "initialize"):
             assert set(record["meta"]) <= {"published", "num_examples", "details", "metadata"}
             assert record["params"] and all(p.startswith("published|") for p in record["params"]) and not record["metrics"]
         else:

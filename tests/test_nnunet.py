@@ -331,3 +331,24 @@ def test_nnunet_runs_crashed_at_step_boundaries_resume_exactly(nnunet, tmp_path,
     assert records(tmp_path / "crashed") == records(tmp_path / "reference")
     published = [p for _, p, _, _ in records(tmp_path / "reference") if p]
     assert len(set(published)) == len(published)
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("nvflare"), reason="needs nvflare")
+def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_path):
+    """One short cyclic weight transfer over two tiny nnU-Net datasets in NVFlare's simulator: each site trains with
+    nnU-Net's own trainer on its own dataset; the stages publish the same models as run_sites in one process."""
+    from monai_continual.federated import FederatedRun
+
+    names = list(nnunet["names"].values())[:2]
+    settings = {"iterations_per_epoch": 1, "val_iterations_per_epoch": 1, "device": "cpu", "mirroring": False}
+    run = FederatedRun.nnunet(names, "cyclic_weight_transfer", tmp_path / "federated", options={"cycles": 1},
+                              settings=settings, payload_log=str(tmp_path / "payloads.jsonl"))
+    summary = run.run()
+    assert set(summary["strategies"]["cyclic_weight_transfer"]["sites"]) == set(names)
+    reference = run_sites(names, "cyclic_weight_transfer", tmp_path / "in_process", rounds=1, epochs=1,
+                          iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
+    federated = json.loads((run.run_dir / "state.json").read_text())["stages"]
+    assert [(r["number"], r["published"], r["loaded"]) for r in federated] == \
+        [(r["number"], r["published"], r["loaded"]) for r in reference.stages]
+    received = [json.loads(line) for line in (tmp_path / "payloads.jsonl").read_text().splitlines() if '"received"' in line]
+    assert received and all("/" not in json.dumps(r["meta"]) for r in received)

@@ -18,6 +18,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> None:
     import nvflare.client as flare
 
+    from monai_continual.engines.monai_executor import MonaiStageExecutor
     from monai_continual.federated.config import parse_config
     from monai_continual.federated.site_worker import SiteWorker
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     site_dir = Path(args.workdir) / site
     overrides = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
     config = parse_config(args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")})
-    worker = SiteWorker(config.get_parsed_content("site_runner"), site, site_dir / "stages")
+    runner = config.get_parsed_content("site_runner")
+    worker = SiteWorker(lambda stages: MonaiStageExecutor(runner, site_dir / "stages", stages), site)
     while flare.is_running():
         model = flare.receive()
         if model is None:

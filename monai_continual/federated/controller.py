@@ -51,8 +51,7 @@ class StrategyController(ModelController):
         sites: training sites (NVFlare client names), in their listed order.
         eval_sites: every site that evaluates (training and held-out sites).
         run_dir: the server's run directory.
-        config_file: the bundle config (``network``: the initial weights).
-        overrides: config overrides (the same the sites get).
+        settings: what else determines the run's result (config overrides, nnU-Net options): part of its identity.
         epochs: default epochs of a site stage.
         seed: seeds schedules (random orders).
         min_clients: fewest answers a consolidation goes on with.
@@ -61,8 +60,8 @@ class StrategyController(ModelController):
         allow_data_to_leave_sites: must be set for strategies that move data (replay).
     """
 
-    def __init__(self, strategy: str, options: dict, sites: list, eval_sites: list, run_dir: str, config_file: str,
-                 overrides: dict | None = None, epochs: int = 1, seed: int = 0, min_clients: int = 1, task_timeout: int = 0,
+    def __init__(self, strategy: str, options: dict, sites: list, eval_sites: list, run_dir: str,
+                 settings: dict | None = None, epochs: int = 1, seed: int = 0, min_clients: int = 1, task_timeout: int = 0,
                  payload_log: str = "", allow_data_to_leave_sites: bool = False) -> None:
         super().__init__()
         refuse_data_transfer(strategy, allow_data_to_leave_sites)
@@ -71,18 +70,12 @@ class StrategyController(ModelController):
         self.sites = list(sites)
         self.eval_sites = list(eval_sites)
         self.run_dir = str(run_dir)
-        self.config_file = str(config_file)
-        self.overrides = dict(overrides or {})
+        self.settings = dict(settings or {})
         self.epochs = int(epochs)
         self.seed = int(seed)
         self.min_clients = int(min_clients)
         self.task_timeout = int(task_timeout)
         self.payload_log = payload_log
-
-    def _initial_weights(self) -> dict:
-        from monai_continual.federated.config import parse_config
-
-        return dict(parse_config(self.config_file, self.overrides).get_parsed_content("network").state_dict())
 
     def _audit(self, direction: str, task: str, site: str, meta: dict, params: dict, metrics: dict) -> None:
         if self.payload_log:
@@ -99,7 +92,7 @@ class StrategyController(ModelController):
             return None
         reply = results[0]
         if not reply.params and not reply.metrics and not (reply.meta or {}).get("published"):
-            raise RuntimeError(f"site {site!r} failed the {task} task of stage {meta['stage']['number']} "
+            raise RuntimeError(f"site {site!r} failed the {task} task of stage {meta.get('stage', {}).get('number', 0)} "
                                "(its own log has the error); the run stops here and resumes when resubmitted.")
         reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in _REPLY_KEYS}
         reply_params, metrics = dict(reply.params or {}), dict(reply.metrics or {})
@@ -113,9 +106,9 @@ class StrategyController(ModelController):
         run_dir = Path(self.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         config = {"strategy": run_name(name), "stages": [s.to_dict() for s in stages], "sites": self.sites,
-                  "eval_sites": self.eval_sites, "overrides": self.overrides, "engine": "federated"}
+                  "eval_sites": self.eval_sites, "settings": self.settings, "engine": "federated"}
         state = RunState.open(run_dir, run_name(name), config)
-        executor = FederatedStageExecutor(run_dir, stages, self._initial_weights, self._send, self.min_clients)
+        executor = FederatedStageExecutor(run_dir, stages, self._send, self.min_clients)
         try:
             run_stages(stages, executor, state, self.eval_sites, log=self.info)
         except (PayloadError, RuntimeError, ValueError) as err:

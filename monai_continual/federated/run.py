@@ -20,6 +20,7 @@ __all__ = ["FederatedRun", "ENGINES"]
 
 ENGINES = ("simulator", "poc")
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
+NNUNET_CLIENT_SCRIPT = Path(__file__).with_name("nnunet_client.py")
 
 
 class FederatedRun:
@@ -46,6 +47,8 @@ class FederatedRun:
         >>> FederatedRun("configs/federated.json", "cyclic_weight_transfer", "sites/datalist.json", "out/cwt",
         ...              options={"cycles": 2}).run()
     """
+
+    script = CLIENT_SCRIPT
 
     def __init__(self, config_file: str | os.PathLike, strategy: str, datalist: str | os.PathLike,
                  output_dir: str | os.PathLike, options: Mapping[str, Any] | None = None,
@@ -74,6 +77,40 @@ class FederatedRun:
         self.allow = bool(allow_data_to_leave_sites)
         self.payload_log = payload_log
 
+    @classmethod
+    def nnunet(cls, datasets: Sequence[str], strategy: str, output_dir: str | os.PathLike,
+               eval_datasets: Sequence[str] = (), options: Mapping[str, Any] | None = None,
+               settings: Mapping[str, Any] | None = None, **kwargs: Any) -> FederatedRun:
+        """The nnU-Net backend: one client per nnU-Net dataset (planned with shared plans), named after it.
+
+        ``settings`` are :func:`~monai_continual.nnunet.sites.run_sites`' nnU-Net options (``configuration``,
+        ``plans``, ``fold``, ``iterations_per_epoch``, ``val_iterations_per_epoch``, ``device``, ``mirroring``,
+        ``mc_samples``); each site needs ``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results`` of its own.
+
+        Example::
+
+            >>> FederatedRun.nnunet(["Dataset501_site_a", "Dataset502_site_b"], "cyclic_weight_transfer", "out",
+            ...                     options={"cycles": 2}, settings={"iterations_per_epoch": 20}).run()
+        """
+        name = strategy_of(strategy)
+        run = cls.__new__(cls)
+        run.options = dict(options or {})
+        make_options(name, **run.options)
+        refuse_data_transfer(name.value, kwargs.pop("allow_data_to_leave_sites", False))
+        run.strategy, run.config_file, run.datalist = name.value, "", ""
+        run.sites, run.eval_sites = list(datasets), [*datasets, *eval_datasets]
+        run.output_dir = Path(output_dir).resolve()
+        run.overrides = dict(settings or {})
+        run.engine, run.export = kwargs.pop("engine", "simulator"), kwargs.pop("export", "")
+        run.epochs, run.seed = int(kwargs.pop("epochs", 1)), int(kwargs.pop("seed", 0))
+        run.min_clients = int(kwargs.pop("min_clients", None) or len(run.sites))
+        run.task_timeout, run.allow = int(kwargs.pop("task_timeout", 0)), False
+        run.payload_log = kwargs.pop("payload_log", "")
+        if kwargs:
+            raise TypeError(f"FederatedRun.nnunet: unexpected arguments {sorted(kwargs)}.")
+        run.script = NNUNET_CLIENT_SCRIPT
+        return run
+
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.strategy
@@ -87,11 +124,11 @@ class FederatedRun:
         job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=self.min_clients)
         job.set_app_packages(["monai_continual"])  # installed at every party: never copied into the job
         controller = StrategyController(
-            self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), self.config_file,
-            self.overrides, self.epochs, self.seed, self.min_clients, self.task_timeout, self.payload_log, self.allow,
+            self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), self.overrides, self.epochs,
+            self.seed, self.min_clients, self.task_timeout, self.payload_log, self.allow,
         )
         job.to_server(controller)
-        args = ["--config", self.config_file, "--workdir", str(self.output_dir / "sites")]
+        args = ["--workdir", str(self.output_dir / "sites")] + (["--config", self.config_file] if self.config_file else [])
         spaced = [a for a in args if " " in a]
         if spaced:  # NVFlare splits a script's arguments on spaces, without quoting
             raise ValueError(f"FederatedRun: paths with spaces cannot be passed to the sites: {spaced}.")
@@ -103,7 +140,7 @@ class FederatedRun:
                                  f"or braces, got {value!r}.")
             args += ["--set", f"{key}={encoded}"]
         for site in self.eval_sites:
-            job.to(ScriptRunner(script=str(CLIENT_SCRIPT), script_args=" ".join(args), framework=FrameworkType.NUMPY), site)
+            job.to(ScriptRunner(script=str(self.script), script_args=" ".join(args), framework=FrameworkType.NUMPY), site)
         return job
 
     def run(self) -> dict[str, Any] | None:

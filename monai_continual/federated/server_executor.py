@@ -9,11 +9,9 @@ asks each site for per-volume scores of its own test data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from monai_continual.consolidation.averaging import weighted_average
 from monai_continual.consolidation.dwc import consolidate_dwc
@@ -47,19 +45,19 @@ class FederatedStageExecutor:
     model it started from unchanged); a consolidation goes on with the inputs that arrived when at least
     ``min_clients`` did, otherwise the run stops with :class:`SiteUnavailable` (resubmit to continue).
 
+    The initial weights (stage 0) are made by the first training site, the way its executor makes them (the server
+    needs neither the network's code nor nnU-Net's plans).
+
     Args:
         run_dir: the server's run directory.
         stages: the schedule.
-        initial_weights: the network's initial state dict (stage 0).
         send: the transport.
         min_clients: fewest inputs a consolidation goes on with.
     """
 
-    def __init__(self, run_dir: str | Path, stages: Sequence[Stage], initial_weights: Callable[[], Mapping[str, torch.Tensor]],
-                 send: Send, min_clients: int = 1) -> None:
+    def __init__(self, run_dir: str | Path, stages: Sequence[Stage], send: Send, min_clients: int = 1) -> None:
         self.artifacts = StageArtifacts(run_dir, stages)
         self.stages = self.artifacts.stages
-        self.initial_weights = initial_weights
         self.send = send
         self.min_clients = int(min_clients)
         self.missing: set[int] = set()
@@ -112,7 +110,15 @@ class FederatedStageExecutor:
     def initialize(self, network: NetworkKind) -> StageOutput:
         entry = self.artifacts.store.entry(INITIAL_STAGE)
         if entry is None:
-            entry = self.artifacts.store.publish(self.initial_weights(), "init", INITIAL_STAGE)
+            first = next(s for s in self.stages.values() if s.sites).sites[0]
+            meta = {"task": "initialize"}
+            answer = self.send("initialize", first, {}, meta)
+            if answer is None:
+                raise SiteUnavailable(f"site {first!r} did not answer the request for the initial weights.")
+            params, reply, _ = answer
+            entry = self.artifacts.store.publish(params_to_weights(split_params(params)["published"]), "init", INITIAL_STAGE)
+            if entry.sha256 != reply.get("published"):
+                raise PayloadError(f"site {first!r}: the initial weights received do not match the hash it reported.")
         return StageOutput(entry.sha256)
 
     def train(self, stage: Stage) -> StageOutput:

@@ -8,8 +8,7 @@ per-volume scores of this site's test cases: no paths, no case names, no other s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -30,32 +29,37 @@ __all__ = ["SiteWorker"]
 
 
 class SiteWorker:
-    """Runs the stages a server sends to this site with a :class:`~monai_continual.engines.MonaiStageExecutor`.
+    """Runs the stages a server sends to this site with an in-process executor (MONAI's or nnU-Net's).
 
     Args:
-        runner: a :class:`~monai_continual.engines.ContinualRunner` over this site's data only.
+        make_executor: ``stages -> executor`` over this site's data only and its own working directory (received
+            models, its checkpoints and optimizer state), e.g. ``lambda stages: MonaiStageExecutor(runner, dir,
+            stages)``.
         site: this site's name.
-        run_dir: this site's working directory (its own disk): received models, its checkpoints and optimizer state.
 
     Example::
 
-        >>> worker = SiteWorker(runner, "site_b", "/data/site_b/federated")
+        >>> worker = SiteWorker(lambda stages: MonaiStageExecutor(runner, "/data/site_b/fl", stages), "site_b")
         >>> params, meta, metrics = worker.handle("train", meta, params)
     """
 
-    def __init__(self, runner: Any, site: str, run_dir: str | Path) -> None:
-        self.runner = runner
+    def __init__(self, make_executor: Callable[[list[Stage]], Any], site: str) -> None:
+        self.make_executor = make_executor
         self.site = site
-        self.run_dir = Path(run_dir)
         self.received: list[str] = []
 
     def handle(self, task: str, meta: Mapping[str, Any], params: Mapping[str, Any] | None) -> tuple[dict, dict, dict]:
-        """One task (``"train"`` or ``"evaluate"``); returns ``(params, meta, metrics)`` to send back."""
-        from monai_continual.engines.monai_executor import MonaiStageExecutor
-
+        """One task (``"initialize"``, ``"train"`` or ``"evaluate"``); returns ``(params, meta, metrics)``."""
+        if task == "initialize":  # the run's initial weights (stage 0), made the way this site's executor makes them
+            executor = self.make_executor([])
+            output = executor.initialize(NetworkKind.MAP)
+            out_meta = {"published": output.published}
+            out_params = model_to_params("published", executor.artifacts.weights(0))
+            check_payload(out_meta, out_params, {})
+            return out_params, out_meta, {}
         stage, kinds = stage_from_meta(meta)
         stages = _stand_ins(stage, kinds)
-        executor = MonaiStageExecutor(self.runner, self.run_dir, stages)
+        executor = self.make_executor(stages)
         self._receive(executor, meta, params or {}, kinds)
         if task == "train":
             if self.site not in stage.sites:
@@ -74,7 +78,7 @@ class SiteWorker:
             scores = [float(x) for x in executor.evaluate(stage, self.site)]
             out_params, out_meta, metrics = {}, {}, {"scores": scores}
         else:
-            raise PayloadError(f"unknown task {task!r}; tasks are 'train' and 'evaluate'.")
+            raise PayloadError(f"unknown task {task!r}; tasks are 'initialize', 'train' and 'evaluate'.")
         check_payload(out_meta, out_params, metrics)
         return out_params, out_meta, metrics
 

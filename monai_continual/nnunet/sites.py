@@ -154,11 +154,12 @@ class NnUNetStageExecutor:
         trainer: the strategy's trainer (or a subclass of it) for its deterministic or Bayesian stages.
         replay_capacity: K per earlier site.
         seed: seeds every stage.
+        first: the dataset that builds the networks (default: the first stage's).
     """
 
     def __init__(self, run_dir: Path, stages: Sequence[Stage], evaluator: _Evaluator, configuration: str, fold: Any,
                  plans: str, device: torch.device, iterations: Mapping[str, int | None], trainer: str,
-                 replay_capacity: int, seed: int) -> None:
+                 replay_capacity: int, seed: int, first: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.stages = {s.number: s for s in stages}
         self.evaluator = evaluator
@@ -173,7 +174,7 @@ class NnUNetStageExecutor:
         self._kind = self.artifacts.kind
         self._published_sha = self.artifacts.published_sha
         self._loaded = self.artifacts.loaded
-        self.first = next(iter(stages)).sites[0]
+        self.first = first or next(s for s in stages if s.sites).sites[0]
         self._model_cache: tuple[int, torch.nn.Module] | None = None
 
     def _trainer_for(self, stage: Stage) -> str:
@@ -191,11 +192,10 @@ class NnUNetStageExecutor:
 
     def model(self, number: int) -> torch.nn.Module:
         """Stage ``number``'s published model in a freshly built network: exactly what the next site receives."""
-        stage = self.stages.get(number)
-        dataset = stage.sites[0] if stage is not None else self.first
+        # the plans are shared: any dataset of the run builds the same network
         if self._kind(number) == NetworkKind.BAYES:
-            return Posterior.load(self.posterior_file(number)).to_model(self._network(self._bayes_trainer(), dataset))
-        network = self._network(_MAP_TRAINER, dataset)
+            return Posterior.load(self.posterior_file(number)).to_model(self._network(self._bayes_trainer(), self.first))
+        network = self._network(_MAP_TRAINER, self.first)
         network.load_state_dict(self.store.load(self.store.entry(number)))
         return network
 
