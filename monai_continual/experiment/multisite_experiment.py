@@ -209,8 +209,9 @@ class MultiSiteExperiment:
             cells += [f"{row['held_out'][s]:.3f}" if s in row["held_out"] else "" for s in held]
             cells.append(f"{row['bwt']:+.3f}" if row["bwt"] is not None else "")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "## The papers' comparisons on these runs", "",
-                  "| claim | paper | A | B | volumes | mean A | mean B | holds? | t-test p | Wilcoxon p |", "|---" * 10 + "|"]
+        if summary["comparisons"]:
+            lines += ["", "## The papers' comparisons on these runs", "",
+                      "| claim | paper | A | B | volumes | mean A | mean B | holds? | t-test p | Wilcoxon p |", "|---" * 10 + "|"]
         for c in summary["comparisons"]:
             lines.append(
                 f"| {c['claim']} | {c['paper']} | {c['a']} | {c['b']} | {c['volumes']} ({c['n']}) | {c['mean_a']:.3f} | "
