@@ -275,9 +275,11 @@ def test_one_schedule_drives_both_backends(nnunet, tmp_path):
     plain = {"alpha": names[0], "beta": names[1], "gamma": names[2]}
     options = dict(epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
     runner = tiny_runner(nnunet["root"] / "data" / "datalist.json", tmp_path / "monai")
-    for strategy, kwargs in (("cyclic_weight_transfer", {"rounds": 2}), ("federated_averaging", {"rounds": 1})):
+    cases = (("cyclic_weight_transfer", {"rounds": 2}, {"cycles": 2}), ("federated_averaging", {"rounds": 1}, {"rounds": 1}),
+             ("fine_tuning", {}, {}), ("single_weight_transfer", {"options": {"patience": 1}}, {"patience": 1}),
+             ("vcl", {}, {}), ("dwc", {"rounds": 1}, {"rounds": 1}))
+    for strategy, kwargs, core_options in cases:
         nn_result = run_sites(names, strategy, tmp_path / strategy, **kwargs, **options)
-        core_options = {"cycles": 2} if strategy == "cyclic_weight_transfer" else {"rounds": 1}
         monai_result = runner.run(strategy, **core_options)
         schedule = runner.schedule(strategy, **core_options)
         monai_state = json.loads((monai_result.directory / "state.json").read_text())["stages"]
@@ -294,6 +296,18 @@ def test_one_schedule_drives_both_backends(nnunet, tmp_path):
                 assert (record["scores"] is not None) == stage.evaluate
                 if stage.evaluate:  # per-volume scores on both backends
                     assert all(isinstance(v, list) and v for v in record["scores"].values())
+                if stage.prior is not None:
+                    assert record["loaded"]["prior"] == by_number[stage.prior]["published"]
+    # bad options are refused before any work, with the valid values listed, as in the MONAI runner
+    with pytest.raises(ValueError, match="epochs_per_visit must be a number >= 1"):
+        run_sites(names, "cyclic_weight_transfer", tmp_path / "bad", options={"epochs_per_visit": 0}, **options)
+    with pytest.raises(ValueError, match=r"must list distinct sites.*unknown: \['nowhere'\]"):
+        run_sites(names, "fine_tuning", tmp_path / "bad", order=["nowhere"], **options)
+    with pytest.raises(TypeError, match=r"unexpected options \['cycles'\]"):
+        run_sites(names, "vcl", tmp_path / "bad", options={"cycles": 2}, **options)
+    with pytest.raises(ValueError, match="federated_magic.*Available options"):
+        run_sites(names, "federated_magic", tmp_path / "bad", **options)
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("strategy", ["cyclic_weight_transfer", "dwc"])

@@ -45,6 +45,7 @@ from monai_continual.strategies import (
     INITIAL_STAGE,
     Action,
     NetworkKind,
+    NonFiniteTrainingError,
     RunState,
     Stage,
     StageOutput,
@@ -255,6 +256,10 @@ class NnUNetStageExecutor:
                 instance.run_training()
             crash_point("mid_training", stage.number)
             network = getattr(instance.network, "_orig_mod", instance.network)
+            bad = [k for k, v in network.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise NonFiniteTrainingError(f"site {dataset!r}, stage {stage.number} ({stage.label}): non-finite weights in "
+                                             f"{bad[:5]}; nothing was published.")
             num_examples = int(getattr(instance, "num_training_cases", 0) or len(instance.do_split()[0]))
             details["replay_items"] = int(getattr(instance, "num_replayed", 0))
             if bayes:
