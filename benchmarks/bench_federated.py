@@ -32,29 +32,38 @@ def _bytes(params: dict) -> int:
     return int(sum(np.asarray(v).nbytes for v in params.values()))
 
 
+def _times(tmp: str, datalist: Path, rounds: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    parser = parse_config(CONFIG, {**OVERRIDES, "datalist": str(datalist), "output_dir": f"{tmp}/in_process{rounds}"})
+    parser.get_parsed_content("runner").run("federated_averaging", rounds=rounds)
+    in_process = time.perf_counter() - start
+    start = time.perf_counter()
+    FederatedRun(CONFIG, "federated_averaging", datalist, Path(tmp) / f"federated{rounds}", options={"rounds": rounds},
+                 overrides=OVERRIDES, payload_log=f"{tmp}/payloads{rounds}.jsonl").run()
+    return in_process, time.perf_counter() - start
+
+
 def main(rounds: int = 2) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sites = [SiteProfile("site_a", 6, "t1", noise=0.02), SiteProfile("site_b", 6, "t2", noise=0.03, scale=50.0)]
         datalist = make_sites(Path(tmp) / "data", sites=sites, seed=0, shape=(24, 28, 24), figure=False, progress=False)
-        start = time.perf_counter()
-        parser = parse_config(CONFIG, {**OVERRIDES, "datalist": str(datalist), "output_dir": f"{tmp}/in_process"})
-        parser.get_parsed_content("runner").run("federated_averaging", rounds=rounds)
-        in_process = time.perf_counter() - start
-        start = time.perf_counter()
-        FederatedRun(CONFIG, "federated_averaging", datalist, Path(tmp) / "federated", options={"rounds": rounds},
-                     overrides=OVERRIDES, payload_log=f"{tmp}/payloads.jsonl").run()
-        federated = time.perf_counter() - start
+        parser = parse_config(CONFIG, {**OVERRIDES, "datalist": str(datalist)})
+        in_process, federated = _times(tmp, datalist, rounds)
+        in_process_more, federated_more = _times(tmp, datalist, rounds + 2)
+        per_round = ((federated_more - in_process_more) - (federated - in_process)) / 2
+        fixed = (federated - in_process) - rounds * per_round
 
         network = parser.get_parsed_content("network")
         plain = _bytes(model_to_params("m", network.state_dict()))
         bayes = bayesianize(network)
         full_bayes = _bytes(model_to_params("m", bayes.state_dict()))
         posterior = _bytes(model_to_params("m", Posterior.from_model(bayes)))
-        sent = [json.loads(line) for line in Path(f"{tmp}/payloads.jsonl").read_text().splitlines()]
-    per_round = (federated - in_process) / rounds
-    print(f"2 clients, {rounds} rounds of FedAvg, MeshNet 16 channels, 24x28x24 volumes, 1 local epoch")
-    print(f"  in-process {in_process:.1f} s, NVFlare simulator {federated:.1f} s (start/stop included): "
-          f"{per_round:.1f} s more per round, ratio {federated / in_process:.2f}")
+        sent = [json.loads(line) for line in Path(f"{tmp}/payloads{rounds}.jsonl").read_text().splitlines()]
+    print(f"2 clients, FedAvg, MeshNet 16 channels, 24x28x24 volumes, 1 local epoch per round")
+    print(f"  {rounds} rounds: in-process {in_process:.1f} s, NVFlare simulator {federated:.1f} s (ratio {federated / in_process:.1f})")
+    print(f"  {rounds + 2} rounds: in-process {in_process_more:.1f} s, NVFlare simulator {federated_more:.1f} s")
+    print(f"  the engine's overhead: {fixed:.1f} s fixed (start and stop), {per_round:.1f} s per round "
+          f"(2 training and 2 evaluation round trips)")
     print(f"  payloads per round: {len([p for p in sent if p['direction'] == 'sent']) // rounds} sent, "
           f"{len([p for p in sent if p['direction'] == 'received']) // rounds} received")
     print(f"  deterministic weights: {plain / 1e3:.1f} kB per model sent or received (the whole state dict)")
