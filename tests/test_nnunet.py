@@ -354,13 +354,20 @@ def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_pa
     from monai_continual.federated import FederatedRun
 
     names = list(nnunet["names"].values())[:2]
-    settings = {"iterations_per_epoch": 1, "val_iterations_per_epoch": 1, "device": "cpu", "mirroring": False}
+    # CPU results depend on torch's thread count: both sides train with one thread
+    settings = {"iterations_per_epoch": 1, "val_iterations_per_epoch": 1, "device": "cpu", "mirroring": False, "threads": 1}
     run = FederatedRun.nnunet(names, "cyclic_weight_transfer", tmp_path / "federated", options={"cycles": 1},
                               settings=settings, payload_log=str(tmp_path / "payloads.jsonl"))
     summary = run.run()
     assert set(summary["strategies"]["cyclic_weight_transfer"]["sites"]) == set(names)
-    reference = run_sites(names, "cyclic_weight_transfer", tmp_path / "in_process", rounds=1, epochs=1,
-                          iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = run_sites(names, "cyclic_weight_transfer", tmp_path / "in_process", rounds=1, epochs=1,
+                              iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu",
+                              progress=False)
+    finally:
+        torch.set_num_threads(threads)
     federated = json.loads((run.run_dir / "state.json").read_text())["stages"]
     assert [(r["number"], r["published"], r["loaded"]) for r in federated] == \
         [(r["number"], r["published"], r["loaded"]) for r in reference.stages]

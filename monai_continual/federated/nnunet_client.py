@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
 
+    if settings.get("threads"):  # CPU results depend on torch's thread count: match the run being compared with
+        torch.set_num_threads(int(settings["threads"]))
     flare.init()
     site = flare.get_site_name()
     configuration = settings.get("configuration", "3d_fullres")

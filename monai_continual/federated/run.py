@@ -85,7 +85,8 @@ class FederatedRun:
 
         ``settings`` are :func:`~monai_continual.nnunet.sites.run_sites`' nnU-Net options (``configuration``,
         ``plans``, ``fold``, ``iterations_per_epoch``, ``val_iterations_per_epoch``, ``device``, ``mirroring``,
-        ``mc_samples``); each site needs ``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results`` of its own.
+        ``mc_samples``, ``threads``: torch's CPU threads); each site needs its own ``nnUNet_raw``,
+        ``nnUNet_preprocessed`` and ``nnUNet_results``.
 
         Example::
 
