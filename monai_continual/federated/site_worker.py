@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
 from monai_continual.consolidation.weight_store import DirectoryWeightStore
 from monai_continual.federated.payload import (
     PayloadError,
@@ -69,8 +67,6 @@ class SiteWorker:
                               else executor.artifacts.weights(stage.number))
             out_meta = {"published": output.published, "num_examples": int(output.num_examples),
                         "details": {k: v for k, v in output.details.items() if isinstance(v, (int, float, bool))}}
-            if isinstance(published, torch.nn.Module):  # pragma: no cover - weights are a dict
-                published = published.state_dict()
             if stage.network == NetworkKind.BAYES:
                 out_meta["metadata"] = dict(published.metadata)
             out_params, metrics = model_to_params("published", published), {}
