@@ -11,7 +11,6 @@ Nothing but the published model, its hash and counts, and per-volume scores is s
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -20,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from monai_continual.engines.monai_executor import MonaiStageExecutor
     from monai_continual.federated.config import parse_config
-    from monai_continual.federated.site_worker import SiteWorker
+    from monai_continual.federated.site_worker import SiteWorker, parse_settings, serve
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="the bundle config of the run")
@@ -32,16 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     flare.init()
     site = flare.get_site_name()
     site_dir = Path(args.workdir) / site
-    overrides = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
+    overrides = parse_settings(args.set)
     config = parse_config(args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")})
     runner = config.get_parsed_content("site_runner")
-    worker = SiteWorker(lambda stages: MonaiStageExecutor(runner, site_dir / "stages", stages), site)
-    while flare.is_running():
-        model = flare.receive()
-        if model is None:
-            break
-        params, meta, metrics = worker.handle(flare.get_task_name(), dict(model.meta or {}), model.params)
-        flare.send(flare.FLModel(params=params, meta=meta, metrics=metrics))
+    serve(SiteWorker(lambda stages: MonaiStageExecutor(runner, site_dir / "stages", stages), site))
 
 
 if __name__ == "__main__":

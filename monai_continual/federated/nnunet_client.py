@@ -10,7 +10,6 @@ site's own::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -18,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     import nvflare.client as flare
     import torch
 
-    from monai_continual.federated.site_worker import SiteWorker
+    from monai_continual.federated.site_worker import SiteWorker, parse_settings, serve
     from monai_continual.nnunet.launcher import default_device
     from monai_continual.nnunet.sites import NnUNetStageExecutor, _Evaluator
 
@@ -26,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", required=True, help="this site's working directory (its own disk)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="an nnU-Net setting, repeated")
     args = parser.parse_args(argv)
-    settings = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
+    settings = parse_settings(args.set)
 
     if settings.get("threads"):  # CPU results depend on torch's thread count: match the run being compared with
         torch.set_num_threads(int(settings["threads"]))
@@ -45,13 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                                    device, iterations, "nnUNetTrainer", int(settings.get("replay_capacity", 5)),
                                    int(settings.get("seed", 0)), first=site)
 
-    worker = SiteWorker(make_executor, site)
-    while flare.is_running():
-        model = flare.receive()
-        if model is None:
-            break
-        params, meta, metrics = worker.handle(flare.get_task_name(), dict(model.meta or {}), model.params)
-        flare.send(flare.FLModel(params=params, meta=meta, metrics=metrics))
+    serve(SiteWorker(make_executor, site))
 
 
 if __name__ == "__main__":

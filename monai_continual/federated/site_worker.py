@@ -8,6 +8,7 @@ per-volume scores of this site's test cases: no paths, no case names, no other s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ from monai_continual.federated.payload import (
 )
 from monai_continual.strategies.stage import Action, NetworkKind, Stage
 
-__all__ = ["SiteWorker"]
+__all__ = ["SiteWorker", "parse_settings", "serve"]
 
 
 class SiteWorker:
@@ -102,3 +103,20 @@ def _stand_ins(stage: Stage, kinds: Mapping[int, NetworkKind]) -> list[Stage]:
     """The stage plus placeholders for the stages it names, carrying only their kinds."""
     others = [Stage(n, Action.TRAIN, network=k, start=None, evaluate=False) for n, k in kinds.items() if n not in (0, stage.number)]
     return sorted([stage, *others], key=lambda s: s.number)
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``["key=<JSON>", ...]`` (a client script's ``--set`` arguments) as a dict."""
+    return {key: json.loads(value) for key, _, value in (item.partition("=") for item in items)}
+
+
+def serve(worker: SiteWorker) -> None:
+    """Answer the server's tasks through NVFlare's Client API until the job ends (after ``flare.init()``)."""
+    import nvflare.client as flare
+
+    while flare.is_running():
+        model = flare.receive()
+        if model is None:
+            break
+        params, meta, metrics = worker.handle(flare.get_task_name(), dict(model.meta or {}), model.params)
+        flare.send(flare.FLModel(params=params, meta=meta, metrics=metrics))
