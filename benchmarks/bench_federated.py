@@ -59,7 +59,7 @@ def main(rounds: int = 2) -> None:
         full_bayes = _bytes(model_to_params("m", bayes.state_dict()))
         posterior = _bytes(model_to_params("m", Posterior.from_model(bayes)))
         sent = [json.loads(line) for line in Path(f"{tmp}/payloads{rounds}.jsonl").read_text().splitlines()]
-    print(f"2 clients, FedAvg, MeshNet 16 channels, 24x28x24 volumes, 1 local epoch per round")
+    print("2 clients, FedAvg, MeshNet 16 channels, 24x28x24 volumes, 1 local epoch per round")
     print(f"  {rounds} rounds: in-process {in_process:.1f} s, NVFlare simulator {federated:.1f} s (ratio {federated / in_process:.1f})")
     print(f"  {rounds + 2} rounds: in-process {in_process_more:.1f} s, NVFlare simulator {federated_more:.1f} s")
     print(f"  the engine's overhead: {fixed:.1f} s fixed (start and stop), {per_round:.1f} s per round "

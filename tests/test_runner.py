@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc
 from monai_continual.data import DatalistError, load_multisite_datalist
@@ -87,7 +86,7 @@ def test_dwc_output_is_eq_17_of_the_site_posteriors(sites, tmp_path):
     result = tiny_runner(sites, tmp_path, optimizer_state="site").run("dwc")
     names = {p.name for p in (result.directory / "sites" / "alpha").glob("optimizer_*")}
     # MAP stage 1, q0 stage 2, fine-tuning stage 6 (which continued stage 2's Bayesian optimizer)
-    assert names == {f"optimizer_map_stage0001.safetensors", "optimizer_bayes_stage0002.safetensors", "optimizer_bayes_stage0006.safetensors"}
+    assert names == {"optimizer_map_stage0001.safetensors", "optimizer_bayes_stage0002.safetensors", "optimizer_bayes_stage0006.safetensors"}
     shared = result.directory / "posteriors"
     prior = Posterior.load(shared / "stage0002.safetensors")
     site_files = [shared / f"stage{n:04d}.safetensors" for n in (3, 4)]

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
-from monai.inferers import Inferer
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from monai_continual.bayes import MCInferer, bayesianize
+from monai_continual.bayes import bayesianize
 from monai_continual.consolidation import EnsembleModel, Posterior, consolidate_dwc, weighted_average
 from monai_continual.data import ReplayBuffer, ReplayDataset
 from monai_continual.data.datalist import DatalistError

@@ -60,7 +60,7 @@ from monai_continual.strategies.artifacts import StageArtifacts
 from monai_continual.utils.atomic import atomic_copy
 from monai_continual.utils.seeding import seed_everything
 
-__all__ = ["SITE_STRATEGIES", "SiteStage", "SitesResult", "run_sites"]
+__all__ = ["SITE_STRATEGIES", "NnUNetStageExecutor", "SitesResult", "run_sites"]
 
 #: strategy -> the trainer of its stages (Bayesian stages of any strategy use ``nnUNetTrainerVCL``)
 SITE_STRATEGIES = {
