@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class PocDeployment:
         clients: the client (site) names.
         logs_dir: where every participant's logs are copied before the workspace is removed.
         start_timeout: seconds to wait for the services to be ready.
+        stop_timeout: seconds :meth:`stop` keeps killing processes of the workspace before it raises.
 
     Example::
 
@@ -41,11 +43,12 @@ class PocDeployment:
     """
 
     def __init__(self, workspace: str | os.PathLike, clients: Sequence[str], logs_dir: str | os.PathLike | None = None,
-                 start_timeout: int = 60) -> None:
+                 start_timeout: int = 60, stop_timeout: float = 30.0) -> None:
         self.workspace = Path(workspace).resolve()
         self.clients = list(clients)
         self.logs_dir = None if logs_dir is None else Path(logs_dir)
         self.start_timeout = int(start_timeout)
+        self.stop_timeout = float(stop_timeout)
         self._session: Any = None
 
     # ------------------------------------------------------------------------------------------------ commands
@@ -87,11 +90,19 @@ class PocDeployment:
             self._nvflare("poc", "stop", timeout=120)
         except (RuntimeError, subprocess.TimeoutExpired):
             pass
-        for pid in self.pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # a killed process stays listed until the kernel has torn it down, and a client may fork a job process while
+        # being stopped: kill until nothing of this workspace is left (bounded)
+        deadline = time.monotonic() + self.stop_timeout
+        while (alive := self.pids()) and time.monotonic() < deadline:
+            for pid in alive:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+        if alive:
+            raise RuntimeError(f"processes {alive} of the POC workspace {self.workspace} survived SIGKILL for "
+                               f"{self.stop_timeout} s.")
         if self.workspace.exists():  # pid files of killed processes would make the next start think they still run
             for marker in self.workspace.glob("*/prod_00/*/*.fl"):
                 marker.unlink(missing_ok=True)
@@ -105,9 +116,11 @@ class PocDeployment:
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
             try:
+                if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    continue  # dead, waiting to be reaped by its parent
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 cwd = os.readlink(proc / "cwd")
-            except (OSError, PermissionError):
+            except (OSError, PermissionError, IndexError):
                 continue
             if marker in cmdline or cwd.startswith(marker):
                 found.append(int(proc.name))
