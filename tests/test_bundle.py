@@ -32,7 +32,8 @@ def bundle(command: str, configs, root: Path, *overrides: str, check: bool = Tru
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     strategies = "['single_site','ensemble','cyclic_weight_transfer','fine_tuning','dwc']"
-    result = bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1", "--mc_samples", "2")
+    result = bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1", "--mc_samples", "2",
+                    "--orders", "2")
     return root, result
 
 
@@ -49,7 +50,18 @@ def test_experiment_writes_summary_and_figures(experiment):
         assert 0 <= row["weighted_average"] <= 1
         assert (row["bwt"] is None) == (name not in ("cyclic_weight_transfer", "fine_tuning"))
     assert {c["a"] for c in summary["comparisons"]} >= {"dwc_finetuned", "cyclic_weight_transfer"}
-    assert "| strategy |" in (out / "summary.md").read_text()
+    markdown = (out / "summary.md").read_text()
+    assert "| strategy |" in markdown and "## Training budget and convergence" in markdown and "## Goals" in markdown
+    # two site orders of each order-dependent strategy: the datalist's and a permutation of it, each its own run
+    for name in ("cyclic_weight_transfer", "fine_tuning"):
+        orders = summary["orders"][name]["orders"]
+        assert orders[0] == ["site_a", "site_b", "site_c", "site_d"] and sorted(orders[1]) == orders[0] != orders[1]
+        assert (out / "runs" / f"{name}@order2" / "state.json").is_file()
+        assert summary["orders"][name]["bwt_std"] >= 0
+    assert summary["budget"]["fine_tuning"]["epochs_per_site"] == 1 and summary["budget"]["dwc"]["judged"] == 0
+    goals = {g["goal"]: g for g in summary["goals"]}
+    assert goals["DWC (fine-tuned) beats the ensemble"]["mean_a"] == pytest.approx(
+        np.mean([v for s in ("site_a", "site_b", "site_c", "site_d") for v in summary["per_volume_dice"]["dwc_finetuned"][s]]))
     assert "weighted" in result.stdout and "dwc_finetuned" in result.stdout  # the table is printed
     for png in ["heatmaps/cyclic_weight_transfer.png", "heatmaps/dwc.png", "predictions.png"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
@@ -62,7 +74,8 @@ def test_experiment_resumes_instead_of_starting_over(experiment):
     before = json.loads((out / "summary.json").read_text())
     stamp = (out / "runs" / "fine_tuning" / "final_model.safetensors").stat().st_mtime_ns
     strategies = "['single_site','ensemble','cyclic_weight_transfer','fine_tuning','dwc']"
-    bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1", "--mc_samples", "2")
+    bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1", "--mc_samples", "2",
+           "--orders", "2")
     after = json.loads((out / "summary.json").read_text())
     assert after["strategies"] == before["strategies"]
     assert after["seconds"] < before["seconds"]

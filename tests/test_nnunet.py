@@ -83,7 +83,9 @@ def test_bayesian_trainer_trains_predicts_and_keeps_priors(nnunet):
     model = nnunet["nnUNet_results"] / name / "nnUNetTrainerBayesian__nnUNetPlans__3d_fullres"
     weights = _checkpoint(model / "fold_all")["network_weights"]
     prior_std = {k: v for k, v in weights.items() if k.endswith(".prior_std")}
-    assert len(prior_std) > 10 and all(torch.all(v == 1.0) for v in prior_std.values())  # N(0, 1) prior, in the checkpoint
+    # the He prior N(0, 2 / fan_in), in the checkpoint (fan_in: the input channels times the kernel's voxels)
+    assert len(prior_std) > 10
+    assert all(torch.allclose(v, torch.full_like(v, (2.0 / v[0].numel()) ** 0.5)) for v in prior_std.values())
     assert all(torch.all(weights[k.replace("prior_std", "prior_mean")] == 0) for k in prior_std)
     posterior = Posterior.load(model / "fold_all" / "posterior.safetensors")
     assert posterior.num_examples == len(list((nnunet["nnUNet_raw"] / name / "imagesTr").glob("*.nii.gz")))
@@ -196,7 +198,16 @@ def test_vcl_and_dwc_across_sites(nnunet):
     names = list(nnunet["names"].values())
     options = dict(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
     vcl = run_sites(names[:2], "vcl", nnunet["root"] / "runs" / "vcl", **options)
-    assert vcl.stages[2]["loaded"] == {"start": vcl.stages[1]["published"], "prior": vcl.stages[1]["published"]}
+    assert vcl.matrix.labels == [f"map:{names[0]}", f"1:{names[0]}", f"2:{names[1]}"]
+    assert vcl.stages[2]["loaded"] == {"start": vcl.stages[1]["published"]}  # means from the MAP network
+    assert vcl.stages[3]["loaded"] == {"start": vcl.stages[2]["published"], "prior": vcl.stages[2]["published"]}
+    for number in (2, 3):  # every std set from the data at the start, never above the prior's
+        std = vcl.stages[number]["details"]["std"]
+        assert std["before"]["median"] != std["after"]["median"]
+        assert std["after"]["ratio_p95"] <= 1 + 1e-6 and std["trained"]["ratio_p95"] <= 1 + 1e-6
+        data_term, kl_over_n = vcl.stages[number]["details"]["elbo"][0]
+        assert data_term > 0 and kl_over_n >= 0
+    assert vcl.stages[2]["details"]["std"]["before"]["median"] == pytest.approx(1e-3)  # the conversion's placeholder
     dwc = run_sites(names, "dwc", nnunet["root"] / "runs" / "dwc", rounds=1, dwc_finetune=True, **options)
     files = sorted((dwc.directory / "posteriors").glob("stage*.safetensors"))
     assert len(files) == 5
@@ -213,7 +224,9 @@ def test_vcl_and_dwc_across_sites(nnunet):
     # the fine-tuning stage starts from the consolidated posterior as prior, with the data weighted as one example
     assert dwc.stages[6]["loaded"]["prior"] == dwc.stages[5]["published"] and dwc.stages[6]["sites"] == [names[0]]
     log = next((dwc.directory / "stages" / f"006_{names[0]}").rglob("training_log_*.txt")).read_text()
-    assert "divided by N = 1 in the loss" in log
+    patch = json.loads(next((dwc.directory / "stages" / f"006_{names[0]}").rglob("plans.json")).read_text())
+    voxels = int(np.prod(patch["configurations"]["3d_fullres"]["patch_size"]))
+    assert f"N = {voxels})" in log  # one example's voxels
 
 
 def test_sites_with_other_labels_or_channels_are_refused_before_training(nnunet, tmp_path):

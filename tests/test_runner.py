@@ -70,12 +70,14 @@ def test_replay_stages_see_the_buffer(sites, tmp_path):
 
 def test_vcl_stages_carry_the_previous_posterior_as_prior(sites, tmp_path):
     result = tiny_runner(sites, tmp_path).run("vcl")
-    posteriors = [Posterior.load(result.directory / "posteriors" / f"stage{n:04d}.safetensors") for n in (1, 2, 3)]
-    assert [t["published"] for t in result.transfers] == [p.sha256() for p in posteriors]
-    # stage 1 starts from the shared initial weights with the N(0, 1) prior; every later stage's prior (and start)
-    # is exactly the posterior the previous stage published
-    assert result.transfers[0]["loaded"] == {"start": DirectoryWeightStore(result.directory / "store").entry(0).sha256}
-    for previous, current in zip(result.transfers, result.transfers[1:]):
+    store = DirectoryWeightStore(result.directory / "store")
+    posteriors = [Posterior.load(result.directory / "posteriors" / f"stage{n:04d}.safetensors") for n in (2, 3, 4)]
+    assert [t["published"] for t in result.transfers[1:]] == [p.sha256() for p in posteriors]
+    # stage 1 is the MAP network of the first site; stage 2 starts from it with the He prior N(0, 2 / fan_in); every
+    # later stage's prior (and start) is exactly the posterior the previous stage published
+    assert result.transfers[0]["loaded"] == {"start": store.entry(0).sha256}
+    assert result.transfers[1]["loaded"] == {"start": store.entry(1).sha256}
+    for previous, current in zip(result.transfers[1:], result.transfers[2:]):
         assert current["loaded"] == {"start": previous["published"], "prior": previous["published"]}
     assert not torch.equal(posteriors[1].mean["layers.0.weight"], posteriors[2].mean["layers.0.weight"])
     assert result.bayesian

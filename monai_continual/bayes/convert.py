@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from monai_continual.bayes.bayes_conv import (
 )
 from monai_continual.bayes.bayes_linear import BayesLinear
 
-__all__ = ["bayesianize", "bayesian_layers", "posterior_to_prior", "LAYER_GROUPS"]
+__all__ = ["bayesianize", "bayesian_layers", "posterior_to_prior", "he_std", "LAYER_GROUPS"]
 
 #: Layer groups ``bayesianize`` can convert, by name.
 LAYER_GROUPS: dict[str, dict[type[nn.Module], type[BayesianModule]]] = {
@@ -61,7 +62,7 @@ def bayesianize(
     model: nn.Module,
     std_init: float = 1e-3,
     prior_mean: float | str = 0.0,
-    prior_std: float = 1.0,
+    prior_std: float | str = 1.0,
     layers: Sequence[str | type[nn.Module]] = ("conv", "conv_transpose"),
     exclude: Sequence[str] = (),
     weight_norm: bool = False,
@@ -80,7 +81,9 @@ def bayesianize(
         std_init: initial posterior std of every weight (McClure et al.: 1e-3).
         prior_mean: a number (McClure et al.: 0 for the first network), or ``"weights"`` to centre the prior on the
             existing weights (a MAP network used as the prior).
-        prior_std: prior std of every weight (McClure et al.: 1).
+        prior_std: prior std of every weight (McClure et al.: 1), or ``"he"``: per layer ``sqrt(2 / fan_in)``, the
+            scale of He initialization (a draw from this prior is a sound initialization of the layer; a weight the
+            data do not constrain keeps that scale instead of N(0, 1)'s, which would swamp the layer's output).
         layers: what to convert: group names from :data:`LAYER_GROUPS` (``"conv"``, ``"conv_transpose"``,
             ``"linear"``) or torch layer classes.
         exclude: qualified module names (as in ``model.named_modules()``) to leave deterministic, and everything
@@ -114,6 +117,8 @@ def bayesianize(
         raise ValueError(f"bayesianize: exclude names {missing} are not modules of {type(model).__name__}.")
     if isinstance(prior_mean, str) and prior_mean != "weights":
         raise ValueError(f"bayesianize: prior_mean must be a number or 'weights', got {prior_mean!r}.")
+    if isinstance(prior_std, str) and prior_std != "he":
+        raise ValueError(f"bayesianize: prior_std must be a positive number or 'he', got {prior_std!r}.")
 
     def excluded(name: str) -> bool:
         return any(name == ex or name.startswith(ex + ".") for ex in exclude)
@@ -131,7 +136,7 @@ def bayesianize(
             continue
         kwargs: dict[str, Any] = {
             "std_init": std_init,
-            "prior_std": prior_std,
+            "prior_std": he_std(module) if prior_std == "he" else prior_std,
             "weight_norm": weight_norm,
             "bound_std": bound_std,
             "sample_mode": sample_mode,
@@ -155,6 +160,17 @@ def bayesianize(
             if id(child) in converted:
                 setattr(parent, child_name, converted[id(child)])
     return model
+
+
+def he_std(module: nn.Module) -> float:
+    """``sqrt(2 / fan_in)`` of a convolution or linear layer (He et al.'s initialization scale).
+
+    Example::
+
+        >>> he_std(torch.nn.Conv3d(12, 4, 3))  # sqrt(2 / (12 * 27))
+    """
+    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)  # PyTorch's own convention
+    return math.sqrt(2.0 / max(fan_in, 1))
 
 
 @torch.no_grad()

@@ -34,9 +34,11 @@ from monai_continual.strategies import (
     strategy_of,
 )
 
-__all__ = ["ContinualRunner", "StrategyResult", "OPTIMIZER_STATE_POLICIES"]
+__all__ = ["ContinualRunner", "StrategyResult", "OPTIMIZER_STATE_POLICIES", "ELBO_EXAMPLES"]
 
 OPTIMIZER_STATE_POLICIES = ("fresh", "site", "transfer")
+#: what the ELBO's N counts: every labelled voxel (the likelihood is a product over voxels), or whole volumes
+ELBO_EXAMPLES = ("voxels", "volumes")
 
 
 @dataclass
@@ -100,7 +102,15 @@ class ContinualRunner:
         batch_size: mini-batch size.
         inferer: prediction inferer (e.g. ``SlidingWindowInferer``); Bayesian models wrap it in ``MCInferer``.
         mc_samples: Monte Carlo samples of Bayesian models at evaluation (McClure et al.: 10).
-        std_init, prior_std, weight_norm: Bayesian conversion settings.
+        std_init: initial posterior std of a Bayesian stage: ``"laplace"`` (default) computes it from the site's data
+            and the stage's prior at the starting means, ``(N F + 1 / prior_std^2) ** -1/2`` with F the diagonal
+            empirical Fisher of the voxels' cross-entropy (:func:`~monai_continual.bayes.laplace.calibrate_posterior_std`);
+            a number sets every std to it (McClure et al.: 1e-3).
+        prior_std: prior std of the first Bayesian stage, N(0, prior_std^2): ``"he"`` (default, per layer
+            ``sqrt(2 / fan_in)``, see :func:`~monai_continual.bayes.bayesianize`) or a number (McClure et al.: 1).
+        weight_norm: weight-normalize the Bayesian means.
+        elbo_examples: what the ELBO's N counts (:data:`ELBO_EXAMPLES`): ``"voxels"`` (default; N = training volumes
+            x voxels per volume as the loss sees them, the data term being a mean over voxels) or ``"volumes"``.
         optimizer_state: one of :data:`OPTIMIZER_STATE_POLICIES`.
         sites: training sites in their default order (default: the datalist's non-held-out sites).
         device: training device.
@@ -133,9 +143,10 @@ class ContinualRunner:
         batch_size: int = 2,
         inferer: Inferer | None = None,
         mc_samples: int = 10,
-        std_init: float = 1e-3,
-        prior_std: float = 1.0,
+        std_init: float | str = "laplace",
+        prior_std: float | str = "he",
         weight_norm: bool = False,
+        elbo_examples: str = "voxels",
         optimizer_state: str = "fresh",
         sites: Sequence[str] | None = None,
         device: str | torch.device = "cpu",
@@ -175,7 +186,15 @@ class ContinualRunner:
         self.batch_size = int(batch_size)
         self.inferer = inferer or SimpleInferer()
         self.mc_samples = int(mc_samples)
-        self.bayes_kwargs = {"std_init": std_init, "prior_std": prior_std, "weight_norm": weight_norm}
+        if not (std_init == "laplace" or (isinstance(std_init, (int, float)) and not isinstance(std_init, bool) and std_init > 0)):
+            raise ValueError(f"ContinualRunner: std_init must be 'laplace' or a positive number, got {std_init!r}.")
+        if elbo_examples not in ELBO_EXAMPLES:
+            raise ValueError(f"ContinualRunner: elbo_examples must be one of {ELBO_EXAMPLES}, got {elbo_examples!r}.")
+        self.std_init = std_init
+        self.elbo_examples = elbo_examples
+        # a Laplace-calibrated std is written at the start of each stage; the conversion needs a placeholder
+        self.bayes_kwargs = {"std_init": 1e-3 if std_init == "laplace" else float(std_init), "prior_std": prior_std,
+                             "weight_norm": weight_norm}
         self.optimizer_state = optimizer_state
         self.device = torch.device(device)
         self.seed = int(seed)
@@ -201,9 +220,12 @@ class ContinualRunner:
         """The stages ``run(strategy, **options)`` would run (see :func:`~monai_continual.strategies.build_schedule`)."""
         return build_schedule(strategy, self.sites, make_options(strategy, **options), self.epochs, self.seed)
 
-    def run(self, strategy: str | Strategy, **options: Any) -> StrategyResult:
+    def run(self, strategy: str | Strategy, directory: str | None = None, **options: Any) -> StrategyResult:
         """Run (or resume) ``strategy`` with its options (the fields of its options dataclass, e.g.
         :class:`~monai_continual.strategies.options.CyclicWeightTransferOptions`).
+
+        ``directory`` names the run's folder under ``output_dir`` (default: the strategy's name; give one per
+        variant, e.g. per site order, to keep several runs of one strategy).
 
         Raises:
             ValueError: an unknown strategy (the valid ones are listed) or an invalid option value.
@@ -214,7 +236,9 @@ class ContinualRunner:
         stages = build_schedule(name, self.sites, opts, self.epochs, self.seed)
         self.replay_options = opts if isinstance(opts, ReplayOptions) else ReplayOptions()
         run = run_name(name)
-        run_dir = self.output_dir / run
+        if directory is not None and (not directory or Path(directory).name != directory or directory.startswith(".")):
+            raise ValueError(f"ContinualRunner.run: directory must be a plain folder name, got {directory!r}.")
+        run_dir = self.output_dir / (directory or run)
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.rglob(".*.tmp"):  # temporary files of a killed process: never complete, never read
             stale.unlink(missing_ok=True)
@@ -234,7 +258,7 @@ class ContinualRunner:
             "eval_sites": self.eval_sites,
             "batch_size": self.batch_size,
             "seed": self.seed,
-            "bayes": self.bayes_kwargs,
+            "bayes": dict(self.bayes_kwargs, std_init=self.std_init, elbo_examples=self.elbo_examples),
             "optimizer_state": self.optimizer_state,
             "mc_samples": self.mc_samples,
             "network": {k: list(v.shape) for k, v in self.init_state.items()},

@@ -16,6 +16,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from monai_continual.bayes import bayesianize
+from monai_continual.bayes.laplace import calibrate_posterior_std, std_summary
 from monai_continual.consolidation import EnsembleModel, Posterior, consolidate_dwc, weighted_average
 from monai_continual.data import ReplayBuffer, ReplayDataset
 from monai_continual.data.datalist import DatalistError
@@ -157,7 +158,7 @@ class MonaiStageExecutor:
             dataset = Dataset(items, transform=runner.train_transform)
         sampler = EpochSampler(len(dataset), seed=runner.seed * 31 + stage.number)
         loader = DataLoader(dataset, batch_size=runner.batch_size, sampler=sampler, num_workers=0)
-        n_elbo = stage.num_examples if stage.num_examples is not None else len(dataset)
+        n_elbo = (stage.num_examples if stage.num_examples is not None else len(dataset)) * self._voxels(items)
         loss = ELBOLoss(runner.loss, network, n_elbo) if bayes else runner.loss
         optimizer = (runner.bayes_optimizer_fn if bayes else runner.optimizer_fn)(network.parameters())
         site_dir = self.run_dir / "sites" / stage.site
@@ -165,11 +166,14 @@ class MonaiStageExecutor:
         plateau = None
         if stage.patience:
             plateau = PlateauStopper(self._validation_score(stage, network), network, stage.patience)
-        checkpoint = EpochCheckpoint(site_dir / f"checkpoint_stage{stage.number:04d}.pt", network, optimizer,
-                                     {"plateau": plateau} if plateau else {})
+        losses = _EpochLosses(loss)
+        extra = {k: v for k, v in (("plateau", plateau), ("losses", losses)) if v is not None}
+        checkpoint = EpochCheckpoint(site_dir / f"checkpoint_stage{stage.number:04d}.pt", network, optimizer, extra)
         resumed = checkpoint.load()
         if resumed is None:
             self._start(stage, network)
+            if bayes and runner.std_init == "laplace":
+                losses.std = calibrate_posterior_std(network, lambda: self._batches(items), seed=runner.seed + stage.number)
             source = self._optimizer_file(stage, stage.start if runner.optimizer_state == "transfer" else stage.previous_visit)
             if source is not None and source.exists():
                 optimizer.load_state_dict(load_optimizer_state(source))
@@ -177,6 +181,7 @@ class MonaiStageExecutor:
         # the finiteness guard runs before the checkpoint, so a diverged epoch is never saved to resume from
         handlers: list[Any] = [EpochSeeder(runner.seed * 104_729 + stage.number, runner.train_transform),
                                _FiniteGuard(stage, network), checkpoint, _CrashAfterEpoch(stage.number)]
+        handlers.append(losses)
         if plateau is not None:
             handlers.append(plateau)  # restores the best weights on completion, before they are published
         handlers.append(ProgressBar(f"{stage.number}/{stage.label}", disable=not runner.progress))
@@ -196,6 +201,9 @@ class MonaiStageExecutor:
             details.update(epochs_run=len(plateau.history), plateau=plateau.bad_epochs >= plateau.patience)
 
         _check_finite_weights(network, stage)
+        details["loss"] = [h[0] for h in losses.history]
+        if bayes:
+            details.update(elbo=[h[1:] for h in losses.history], std=dict(losses.std, trained=std_summary(network)))
         # side outputs first, under this stage's number; the model last: publishing commits the stage
         target = self._optimizer_file(stage, stage.number)
         if target is not None:
@@ -212,6 +220,18 @@ class MonaiStageExecutor:
             published = transfer.publish_weights().sha256
         checkpoint.path.unlink(missing_ok=True)
         return StageOutput(published, self._loaded(stage), len(items), details)
+
+    def _voxels(self, items: Sequence[dict[str, Any]]) -> int:
+        """Voxels per training example when the ELBO counts voxels (the default), else 1."""
+        if self.runner.elbo_examples == "volumes":
+            return 1
+        return int(self.runner.train_transform(dict(items[0]))["label"].shape[1:].numel())
+
+    def _batches(self, items: Sequence[dict[str, Any]]):
+        loader = DataLoader(Dataset(items, transform=self.runner.train_transform), batch_size=self.runner.batch_size,
+                            num_workers=0)
+        for batch in loader:
+            yield batch["image"].to(self.runner.device), batch["label"].to(self.runner.device)
 
     def _start(self, stage: Stage, network: nn.Module) -> None:
         """Load the stage's start (and prior) by stage number."""
@@ -271,6 +291,42 @@ class MonaiStageExecutor:
         )
         handler()
         return handler.last_scores[site]
+
+
+class _EpochLosses:
+    """Per epoch, the mean training loss and, for the ELBO, its mean data term and KL / N; and the std statistics of
+    a Bayesian stage's start. Kept in the epoch checkpoint, so that a resumed stage reports the same."""
+
+    def __init__(self, loss: Any) -> None:
+        self.loss = loss
+        self.history: list[tuple[float, ...]] = []
+        self.std: dict[str, Any] = {}
+        self._sums: list[float] = []
+        self._count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [list(h) for h in self.history], "std": self.std}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [tuple(h) for h in state["history"]]
+        self.std = dict(state["std"])
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._step)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+
+    def _step(self, engine: Any) -> None:
+        output = engine.state.output
+        values = [float(output["loss"]) if isinstance(output, dict) else float("nan")]
+        if isinstance(self.loss, ELBOLoss) and self.loss.last_data_loss is not None:
+            values += [float(self.loss.last_data_loss), float(self.loss.last_kl) / self.loss.num_examples]
+        self._sums = [a + b for a, b in zip(self._sums, values)] if self._sums else values
+        self._count += 1
+
+    def _epoch(self, engine: Any) -> None:
+        if self._count:
+            self.history.append(tuple(v / self._count for v in self._sums))
+        self._sums, self._count = [], 0
 
 
 class _CrashAfterEpoch:

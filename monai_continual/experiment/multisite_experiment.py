@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from monai_continual.data import load_multisite_datalist, make_sites
 from monai_continual.engines import STRATEGIES, ContinualRunner, StrategyResult
 from monai_continual.strategies import SEQUENTIAL
 from monai_continual.experiment.comparisons import run_comparisons
+from monai_continual.experiment.goals import check_goals, order_spread, training_budget
 from monai_continual.experiment.figures import plot_predictions
 from monai_continual.metrics import backward_transfer, weighted_average
 from monai_continual.utils.atomic import atomic_write_text
@@ -32,6 +34,8 @@ ROW_ORDER = (
     "single_site", "ensemble", "centrally_hosted", "single_weight_transfer", "cyclic_weight_transfer",
     "fine_tuning", "replay", "vcl", "dwc", "dwc_finetuned", "federated_averaging",
 )
+#: Strategies whose result depends on the site order: run in several orders.
+ORDER_STRATEGIES = ("fine_tuning", "replay", "vcl", "cyclic_weight_transfer")
 _RUN_ORDER = (
     "single_site", "ensemble", "centrally_hosted", "single_weight_transfer", "cyclic_weight_transfer", "fine_tuning",
     "replay", "vcl", "dwc", "federated_averaging",
@@ -53,6 +57,11 @@ class MultiSiteExperiment:
         strategy_options: per-strategy options for :meth:`ContinualRunner.run`.
         runner_options: further :class:`ContinualRunner` arguments (epochs, batch_size, optimizer, mc_samples...).
         inferer: prediction inferer (sliding window for large volumes).
+        orders: K, the site orders each order-dependent strategy (fine-tuning, replay, VCL, cyclic transfer) runs
+            in: the datalist's order (its row in the table) and K - 1 seeded random permutations; the summary gives
+            mean and standard deviation over them. 1: the datalist's order only. A strategy whose options fix an
+            ``order`` runs once.
+        size_orders: also run VCL with the sites in increasing and in decreasing training-set size (McClure et al.).
 
     Example::
 
@@ -75,6 +84,8 @@ class MultiSiteExperiment:
         runner_options: Mapping[str, Any] | None = None,
         inferer: Inferer | None = None,
         progress: bool = True,
+        orders: int = 3,
+        size_orders: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
@@ -96,6 +107,10 @@ class MultiSiteExperiment:
         self.runner_options = dict(runner_options or {})
         self.inferer = inferer
         self.progress = progress
+        if isinstance(orders, bool) or int(orders) < 1:
+            raise ValueError(f"MultiSiteExperiment: orders must be an integer >= 1, got {orders!r}.")
+        self.orders = int(orders)
+        self.size_orders = bool(size_orders)
 
     def run(self) -> dict[str, Any]:
         start = time.time()
@@ -106,16 +121,82 @@ class MultiSiteExperiment:
             data, self.output_dir / "runs", self.network, self.train_transform, self.eval_transform, self.num_classes,
             inferer=self.inferer, progress=self.progress, **self.runner_options,
         )
+        plan = self._plan(runner, data)
         results: dict[str, StrategyResult] = {}
-        for number, strategy in enumerate(self.strategies, start=1):
-            print(f"[{number}/{len(self.strategies)}] {strategy} ({time.time() - start:.0f} s so far)", flush=True)
-            results[strategy] = runner.run(strategy, **self.strategy_options.get(strategy, {}))
+        variants: dict[str, StrategyResult] = {}
+        for number, (key, strategy, directory, options) in enumerate(plan, start=1):
+            print(f"[{number}/{len(plan)}] {key} ({time.time() - start:.0f} s so far)", flush=True)
+            result = runner.run(strategy, directory=directory, **options)
+            if key == strategy:
+                results[strategy] = result
+            variants[key] = result
         summary = self._summarize(results, runner, data, time.time() - start)
+        self._add_orders(summary, variants, runner, data)
         self._write(summary, results, runner, data)
         print(self.table(summary))
         return summary
 
     # ----------------------------------------------------------------------------------------------------------------
+
+    def _site_orders(self, sites: list[str]) -> list[list[str]]:
+        """The datalist's order and ``orders - 1`` seeded random permutations, distinct while there are enough."""
+        rng = np.random.default_rng(self.dataset_seed + 7)
+        found = [list(sites)]
+        for _ in range(100 * self.orders):
+            if len(found) >= self.orders:
+                break
+            candidate = [sites[i] for i in rng.permutation(len(sites))]
+            if candidate not in found or len(found) >= math.factorial(len(sites)):
+                found.append(candidate)
+        return found
+
+    def _plan(self, runner: ContinualRunner, data) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+        """(key, strategy, run directory, options) of every run, the table's rows first for each strategy."""
+        plan = []
+        orders = self._site_orders(runner.sites)
+        for strategy in self.strategies:
+            options = self.strategy_options.get(strategy, {})
+            plan.append((strategy, strategy, None, options))
+            if strategy not in ORDER_STRATEGIES or "order" in options:
+                continue
+            for k, order in enumerate(orders[1:], start=2):
+                plan.append((f"{strategy}@order{k}", strategy, f"{strategy}@order{k}", dict(options, order=order)))
+            if strategy == "vcl" and self.size_orders:
+                sizes = {s: len(data.site(s).training) for s in runner.sites}
+                for name, reverse in (("increasing", False), ("decreasing", True)):
+                    order = sorted(runner.sites, key=lambda s: (sizes[s], s), reverse=reverse)
+                    plan.append((f"vcl@{name}", strategy, f"vcl@{name}", dict(options, order=order)))
+        return plan
+
+    def _add_orders(self, summary: dict[str, Any], variants: Mapping[str, StrategyResult], runner: ContinualRunner,
+                    data) -> None:
+        training = runner.sites
+        sizes = {s: len(data.site(s).test) for s in training}
+
+        def describe(result: StrategyResult) -> dict[str, Any]:
+            means = {s: float(np.mean(result.scores[s])) for s in training}
+            order = [t["site"] for t in result.transfers if t.get("site") in training]
+            return {"order": list(dict.fromkeys(order)), "weighted": weighted_average(means, sizes),
+                    "bwt": float(backward_transfer(result.matrix)), "scores": result.scores}
+
+        spreads = {}
+        for strategy in ORDER_STRATEGIES:
+            runs = [describe(r) for k, r in variants.items() if k == strategy or k.startswith(f"{strategy}@order")]
+            if len(runs) > 1:
+                spreads[strategy] = order_spread(runs)
+        sized = {name: describe(variants[f"vcl@{name}"]) for name in ("increasing", "decreasing") if f"vcl@{name}" in variants}
+        summary["orders"] = spreads
+        summary["vcl_size_orders"] = {k: {kk: vv for kk, vv in v.items() if kk != "scores"} for k, v in sized.items()}
+        scores = dict(summary["per_volume_dice"])
+        single = variants.get("single_site")
+        if single is not None:
+            members = [v for k, v in single.extra.items() if k.startswith("single_site[")]
+            scores["single_site_mean"] = {s: list(np.mean([m[s] for m in members], axis=0)) for s in training}
+        summary["goals"] = check_goals(scores, training, spreads, sized)
+        summary["budget"] = {
+            key: training_budget(json.loads((result.directory / "state.json").read_text())["stages"], len(training))
+            for key, result in variants.items() if key in summary["strategies"] or key in ("single_site", "dwc")
+        }
 
     def _rows(self, results: Mapping[str, StrategyResult]) -> dict[str, tuple[dict[str, list[float]], StrategyResult]]:
         rows = {}
@@ -188,6 +269,50 @@ class MultiSiteExperiment:
             lines.append(f"{name:<24}{cells}")
         return "\n".join(lines)
 
+    @staticmethod
+    def _markdown_extras(summary: Mapping[str, Any]) -> list[str]:
+        lines: list[str] = []
+        if summary.get("budget"):
+            lines += ["", "## Training budget and convergence", "",
+                      "Every strategy trains each site's data for the same number of epochs per stage (DWC's first site "
+                      "also trains its MAP network and, with fine-tuning, a third stage; single weight transfer stops "
+                      "early at a validation plateau). A stage has plateaued when the mean training loss of its last 3 "
+                      "epochs fell by less than 5% against the 3 before (McClure et al.: trained until the loss "
+                      "oscillated around a stable value); short stages (cyclic visits, federated rounds) are judged per "
+                      "site over their concatenation.", "",
+                      "| run | epochs per training site | plateaued / judged |", "|---|---|---|"]
+            for key, b in summary["budget"].items():
+                lines.append(f"| {key} | {b['epochs_per_site']:.1f} | {b['plateaued']} / {b['judged']}"
+                             + (f" ({b['unjudged']} too short to judge)" if b["unjudged"] else "") + " |")
+        if summary.get("orders"):
+            lines += ["", "## Site order", "",
+                      "Each order-dependent strategy ran in the datalist's order and in seeded random permutations; "
+                      "mean and standard deviation over the orders.", "",
+                      "| strategy | orders | weighted Dice | BWT |", "|---|---|---|---|"]
+            for name, o in summary["orders"].items():
+                orders = "; ".join(" > ".join(order) for order in o["orders"])
+                lines.append(f"| {name} | {orders} | {o['weighted_mean']:.3f} ± {o['weighted_std']:.3f} | "
+                             f"{o['bwt_mean']:+.3f} ± {o['bwt_std']:.3f} |")
+        sized = summary.get("vcl_size_orders") or {}
+        if sized:
+            lines += ["", "## VCL in increasing and decreasing site size", "", "| order | sites | weighted Dice | BWT |",
+                      "|---|---|---|---|"]
+            for name, o in sized.items():
+                lines.append(f"| {name} | {' > '.join(o['order'])} | {o['weighted']:.3f} | {o['bwt']:+.3f} |")
+            if {"increasing", "decreasing"} <= set(sized):
+                diff = sized["increasing"]["weighted"] - sized["decreasing"]["weighted"]
+                lines += ["", f"Increasing minus decreasing: {diff:+.3f} weighted Dice."]
+        if summary.get("goals"):
+            lines += ["", "## Goals", "",
+                      "The papers' directions on this benchmark; p: the stated test. A direction that does not hold "
+                      "is reported as such.", "",
+                      "| goal | paper | A | B | mean A | mean B | holds? | p | test |", "|---" * 9 + "|"]
+            for g in summary["goals"]:
+                margin = f" (+{g['margin']:.2f})" if g["margin"] else ""
+                lines.append(f"| {g['goal']} | {g['paper']} | {g['a']}{margin} | {g['b']} | {g['mean_a']:.3f} | "
+                             f"{g['mean_b']:.3f} | {'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} | {g['test']} |")
+        return lines
+
     @classmethod
     def markdown(cls, summary: Mapping[str, Any]) -> str:
         training, held = summary["training_sites"], summary["held_out_sites"]
@@ -217,6 +342,7 @@ class MultiSiteExperiment:
                 f"| {c['claim']} | {c['paper']} | {c['a']} | {c['b']} | {c['volumes']} ({c['n']}) | {c['mean_a']:.3f} | "
                 f"{c['mean_b']:.3f} | {'yes' if c['direction_holds'] else 'no'} | {c['t_pvalue']:.3g} | {c['wilcoxon_pvalue']:.3g} |"
             )
+        lines += cls._markdown_extras(summary)
         lines += ["", f"Wall time: {summary['seconds'] / 60:.1f} min.", "",
                   "Heatmaps of every R matrix are in `heatmaps/`; `predictions.png` shows one subject per site with the "
                   "Bayesian model's prediction and uncertainty.", ""]

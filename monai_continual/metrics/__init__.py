@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monai_continual.metrics.continual_matrix import ContinualMatrix
+from monai_continual.metrics.convergence import loss_plateaued
 from monai_continual.metrics.paired_tests import PairedTestResult, paired_tests
 from monai_continual.metrics.site_evaluation import evaluate_sites
 from monai_continual.metrics.segmentation import mean_dice, segmentation_volume, volume_correlation, weighted_average
@@ -15,6 +16,7 @@ __all__ = [
     "evaluate_sites",
     "forgetting",
     "forward_transfer",
+    "loss_plateaued",
     "mean_dice",
     "paired_tests",
     "segmentation_volume",

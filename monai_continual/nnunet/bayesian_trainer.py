@@ -2,13 +2,14 @@
 
 The network nnU-Net plans is built as usual and its convolutions are replaced by their Bayesian twins
 (:func:`monai_continual.bayes.bayesianize`); the loss is nnU-Net's own (Dice + CE with deep supervision) plus the KL
-divergence divided by N, the number of training cases (:class:`monai_continual.losses.ELBOLoss`). Priors are buffers
+divergence divided by N, the number of training voxels (cases x patch voxels; :class:`monai_continual.losses.ELBOLoss`). Priors are buffers
 of the network, so nnU-Net's checkpoints hold them. When training ends the posterior is also written as
 ``posterior.safetensors`` next to the checkpoints: the file that may cross a site boundary.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from monai_continual.bayes import bayesianize
+from monai_continual.bayes.laplace import calibrate_posterior_std
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses import ELBOLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -32,8 +34,12 @@ PRIOR_ENV = "MONAI_CONTINUAL_PRIOR"
 class nnUNetTrainerBayesian(nnUNetTrainer):
     """nnUNetTrainer with a Bayesian network (FFG posterior, local reparameterization) and the ELBO loss.
 
-    Settings (class attributes, so that variants are one-line subclasses): ``std_init`` (1e-3), ``prior_std`` (1.0),
-    ``bound_std`` (False), ``kl_weight`` (1.0), ``mc_samples`` (10, used by our ``predict``).
+    Settings (class attributes, so that variants are one-line subclasses), the same defaults as the MONAI runner:
+    ``std_init`` (``"laplace"``: at the start of training every posterior std is set from the site's data, see
+    :func:`~monai_continual.bayes.laplace.calibrate_posterior_std`; or a number, McClure et al.: 1e-3),
+    ``prior_std`` (``"he"``: per layer sqrt(2 / fan_in); or a number, McClure et al.: 1), ``elbo_examples``
+    (``"voxels"``: N = training cases x patch voxels; or ``"volumes"``), ``bound_std`` (False), ``kl_weight`` (1.0),
+    ``mc_samples`` (10, used by our ``predict``).
 
     Example::
 
@@ -41,11 +47,19 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
         nnUNetv2_train 501 3d_fullres all -tr nnUNetTrainerBayesian   # with nnUNet_extTrainer set
     """
 
-    std_init: float = 1e-3
-    prior_std: float = 1.0
+    std_init: float | str = "laplace"
+    prior_std: float | str = "he"
     bound_std: bool = False
     kl_weight: float = 1.0
     mc_samples: int = 10
+    elbo_examples: str = "voxels"
+
+    @classmethod
+    def bayes_kwargs(cls) -> dict:
+        """Arguments of :func:`~monai_continual.bayes.bayesianize` for this trainer's network."""
+        # a Laplace-calibrated std is written when training starts; the conversion needs a placeholder
+        return {"std_init": 1e-3 if cls.std_init == "laplace" else cls.std_init, "prior_std": cls.prior_std,
+                "bound_std": cls.bound_std}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
@@ -53,6 +67,9 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
         self.num_training_cases: int | None = None
         #: N of the KL term when set (1 weights the data as one example: McClure et al.'s DWC fine-tuning)
         self.kl_num_examples: float | None = None
+        #: per epoch: (mean data term, mean KL / N)
+        self.elbo_history: list[tuple[float, float]] = []
+        self.std_stats: dict | None = None
 
     @classmethod
     def build_network_architecture(
@@ -66,23 +83,52 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
         network = nnUNetTrainer.build_network_architecture(
             plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision
         )
-        return bayesianize(network, std_init=cls.std_init, prior_std=cls.prior_std, bound_std=cls.bound_std, inplace=True)
+        return bayesianize(network, inplace=True, **cls.bayes_kwargs())
 
     def _build_loss(self) -> nn.Module:
         train_keys, _ = self.do_split()
         self.num_training_cases = len(train_keys)
         n = self.kl_num_examples if self.kl_num_examples is not None else self.num_training_cases
-        return ELBOLoss(super()._build_loss(), self.network, num_examples=n, kl_weight=self.kl_weight)
+        return ELBOLoss(super()._build_loss(), self.network, num_examples=n * self.voxels_per_example(),
+                        kl_weight=self.kl_weight)
+
+    def voxels_per_example(self) -> int:
+        """Voxels of one training patch when the ELBO counts voxels (the default), else 1."""
+        if self.elbo_examples == "volumes":
+            return 1
+        return int(math.prod(self.configuration_manager.patch_size))
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.std_init != "laplace" or self.current_epoch > 0:
+            return
+        # as many random patches as the site has cases, from nnU-Net's own training loader
+        batches, seen = [], 0
+        while seen < self.num_training_cases:
+            batch = next(self.dataloader_train)
+            target = batch["target"]
+            target = [t.to(self.device) for t in target] if isinstance(target, list) else target.to(self.device)
+            batches.append((batch["data"].to(self.device), target))
+            seen += int(batch["data"].shape[0])
+        network = getattr(self.network, "_orig_mod", self.network)
+        self.std_stats = calibrate_posterior_std(network, batches, seed=self.current_epoch,
+                                                 scale=self.num_training_cases / seen)
+        self.print_to_log_file(f"Posterior std from the data (diagonal Laplace): median {self.std_stats['after']['median']:.3g}, "
+                               f"5-95% {self.std_stats['after']['p05']:.3g}-{self.std_stats['after']['p95']:.3g}")
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)
         result["kl"] = self.loss.last_kl.cpu().numpy()
+        result["data_term"] = self.loss.last_data_loss.cpu().numpy()
         return result
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
         kl = float(sum(float(o["kl"]) for o in train_outputs) / max(1, len(train_outputs)))
-        self.print_to_log_file(f"KL divergence to the prior: {kl:.4g} (divided by N = {self.loss.num_examples:g} in the loss)")
+        data = float(sum(float(o["data_term"]) for o in train_outputs) / max(1, len(train_outputs)))
+        self.elbo_history.append((data, kl / self.loss.num_examples))
+        self.print_to_log_file(f"ELBO terms: data {data:.4g}, KL / N {kl / self.loss.num_examples:.4g} (KL {kl:.4g}, "
+                               f"N = {self.loss.num_examples:g})")
 
     def posterior(self) -> Posterior:
         """The network's current posterior, labelled with this dataset and its number of training cases."""

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from monai_continual.bayes import bayesianize
+from monai_continual.bayes.laplace import std_summary
 from monai_continual.consolidation.averaging import weighted_average
 from monai_continual.consolidation.dwc import consolidate_dwc
 from monai_continual.consolidation.posterior import Posterior
@@ -195,7 +196,9 @@ class NnUNetStageExecutor:
         """Stage ``number``'s published model in a freshly built network: exactly what the next site receives."""
         # the plans are shared: any dataset of the run builds the same network
         if self._kind(number) == NetworkKind.BAYES:
-            return Posterior.load(self.posterior_file(number)).to_model(self._network(self._bayes_trainer(), self.first))
+            # prior = posterior: a fresh network's own prior (and, bounded, its std cap) must not clip what was published
+            return Posterior.load(self.posterior_file(number)).to_prior(self._network(self._bayes_trainer(), self.first),
+                                                                        init_posterior=True)
         network = self._network(_MAP_TRAINER, self.first)
         network.load_state_dict(self.store.load(self.store.entry(number)))
         return network
@@ -247,8 +250,7 @@ class NnUNetStageExecutor:
                     plain = self._network(_MAP_TRAINER, dataset)
                     plain.load_state_dict(state)
                     trainer_class = type(instance)
-                    state = bayesianize(plain, std_init=trainer_class.std_init, prior_std=trainer_class.prior_std,
-                                        bound_std=trainer_class.bound_std, inplace=True).state_dict()
+                    state = bayesianize(plain, inplace=True, **trainer_class.bayes_kwargs()).state_dict()
                 network.load_state_dict(state)
             if stage.patience:
                 details.update(run_training_to_plateau(instance, stage.patience))
@@ -261,6 +263,8 @@ class NnUNetStageExecutor:
                 raise NonFiniteTrainingError(f"site {dataset!r}, stage {stage.number} ({stage.label}): non-finite weights in "
                                              f"{bad[:5]}; nothing was published.")
             num_examples = int(getattr(instance, "num_training_cases", 0) or len(instance.do_split()[0]))
+            if bayes:
+                details.update(std=dict(instance.std_stats or {}, trained=std_summary(network)), elbo=instance.elbo_history)
             details["replay_items"] = int(getattr(instance, "num_replayed", 0))
             if bayes:
                 atomic_copy(Path(instance.output_folder) / POSTERIOR_FILE, self.posterior_file(stage.number))

@@ -153,7 +153,15 @@ class ReplayOptions(_Ordered):
 
 @dataclass
 class VCLOptions(_Ordered):
-    """``vcl``: Bayesian networks; each site's posterior is the next site's prior (McClure et al. Eq. 8)."""
+    """``vcl``: Bayesian networks; each site's posterior is the next site's prior (McClure et al. Eq. 8).
+
+    Attributes:
+        map_stage: train a deterministic (MAP) network on the first site first and start the first posterior's means
+            from it. A posterior std calibrated from the data (``std_init="laplace"``) needs a mode to be computed
+            at: at untrained weights the curvature is near zero and the std would be the prior's.
+    """
+
+    map_stage: bool = True
 
 
 @dataclass

@@ -108,7 +108,13 @@ def _replay(sites, options, epochs, seed) -> list[Stage]:
 
 def _vcl(sites, options, epochs, seed) -> list[Stage]:
     stages = _sequential(sites, options, epochs, seed, network=NetworkKind.BAYES)
-    return [dataclasses.replace(s, prior=s.start if s.number > 1 else None) for s in stages]
+    stages = [dataclasses.replace(s, prior=s.start if s.number > 1 else None) for s in stages]
+    if not options.map_stage:
+        return stages
+    first = stages[0].sites[0]
+    shifted = [dataclasses.replace(s, number=s.number + 1, start=s.start + 1,
+                                   prior=None if s.prior is None else s.prior + 1) for s in stages]
+    return [Stage(1, sites=(first,), epochs=epochs, start=0, label=f"map:{first}")] + shifted
 
 
 def _cyclic(sites, options, epochs, seed) -> list[Stage]:
