@@ -159,13 +159,16 @@ class MultiSiteExperiment:
             plan.append((strategy, strategy, None, options))
             if strategy not in ORDER_STRATEGIES or "order" in options:
                 continue
+            runs = {tuple(orders[0]): (None, options)}  # order -> (directory, options) of the run that has it
             for k, order in enumerate(orders[1:], start=2):
-                plan.append((f"{strategy}@order{k}", strategy, f"{strategy}@order{k}", dict(options, order=order)))
+                runs.setdefault(tuple(order), (f"{strategy}@order{k}", dict(options, order=order)))
+                plan.append((f"{strategy}@order{k}", strategy, *runs[tuple(order)]))
             if strategy == "vcl" and self.size_orders:
                 sizes = {s: len(data.site(s).training) for s in runner.sites}
                 for name, reverse in (("increasing", False), ("decreasing", True)):
                     order = sorted(runner.sites, key=lambda s: (sizes[s], s), reverse=reverse)
-                    plan.append((f"vcl@{name}", strategy, f"vcl@{name}", dict(options, order=order)))
+                    runs.setdefault(tuple(order), (f"vcl@{name}", dict(options, order=order)))
+                    plan.append((f"vcl@{name}", strategy, *runs[tuple(order)]))  # an order already run is reused
         return plan
 
     def _add_orders(self, summary: dict[str, Any], variants: Mapping[str, StrategyResult], runner: ContinualRunner,

@@ -6,6 +6,7 @@ needs to know nothing of sites.
 
 from __future__ import annotations
 
+from monai_continual.handlers.bayesian_site import BayesianSiteHandler, PosteriorEntry
 from monai_continual.handlers.consolidation_handler import ConsolidationHandler
 from monai_continual.handlers.continual_evaluation import ContinualEvaluationHandler
 from monai_continual.handlers.epoch_checkpoint import EpochCheckpoint
@@ -14,9 +15,11 @@ from monai_continual.handlers.plateau_stopper import PlateauStopper
 from monai_continual.handlers.prior_handler import PriorHandler
 from monai_continual.handlers.progress import ProgressBar
 from monai_continual.handlers.replay_handler import ReplayBufferHandler
+from monai_continual.handlers.site_score import SiteScoreRecorder, assemble_site_scores
 from monai_continual.handlers.weight_transfer import WeightTransferHandler
 
 __all__ = [
+    "BayesianSiteHandler",
     "ConsolidationHandler",
     "ContinualEvaluationHandler",
     "EpochCheckpoint",
@@ -24,6 +27,9 @@ __all__ = [
     "PlateauStopper",
     "ProgressBar",
     "PriorHandler",
+    "PosteriorEntry",
     "ReplayBufferHandler",
+    "SiteScoreRecorder",
     "WeightTransferHandler",
+    "assemble_site_scores",
 ]
