@@ -25,7 +25,7 @@ CASES = {
     "cyclic_weight_transfer": ({"cycles": 2, "epochs": 2, "epochs_per_visit": 2},
                                ["mid_training:2", "after_publish:3", "during_evaluation:4", "before_state_save:5"]),
     "replay": ({"capacity_per_site": 1, "epochs": 2}, ["after_publish:1", "mid_training:2", "before_state_save:3"]),
-    "vcl": ({"epochs": 2}, ["mid_training:1", "after_publish:2", "during_evaluation:3"]),
+    "vcl": ({"epochs": 2}, ["mid_training:2", "after_publish:3", "during_evaluation:4"]),
     "dwc": ({"epochs": 2}, ["after_publish:2", "mid_training:3", "mid_consolidation:5", "before_state_save:5",
                             "after_publish:6"]),
     "federated_averaging": ({"rounds": 2, "local_epochs": 2},

@@ -93,7 +93,7 @@ def test_federated_runs_equal_the_in_process_runs(datalist, tmp_path, strategy, 
 @pytest.mark.parametrize("strategy,options,rows", [
     ("single_weight_transfer", {"patience": 1, "epochs": 2}, 2),
     ("federated_averaging", {"rounds": 2}, 2),
-    ("vcl", {}, 2),
+    ("vcl", {}, 3),  # the MAP network of the first site, then one posterior per site
 ])
 def test_strategies_fill_r_matrices_in_the_simulator(datalist, tmp_path, strategy, options, rows):
     run, summary = _federated(datalist, tmp_path, strategy, options)

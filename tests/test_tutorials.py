@@ -13,6 +13,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.i
 EXPECTED = {
     "01_bayesian_layers_and_dwc.ipynb": "max difference:",
     "02_forgetting_replay_and_cyclic_transfer.ipynb": "every visit starts from the previous one's weights: True",
+    "03_nnunet_across_sites.ipynb": "each visit started from the previous one's weights: True",
+    "04_federated_sites_in_the_simulator.ipynb": "largest difference between the federated and the in-process R matrix:",
+    "05_continual_learning_in_your_own_bundle.ipynb": "hospital 2 started from hospital 1's model:",
 }
 
 

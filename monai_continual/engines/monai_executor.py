@@ -317,7 +317,7 @@ class _EpochLosses:
 
     def _step(self, engine: Any) -> None:
         output = engine.state.output
-        values = [float(output["loss"]) if isinstance(output, dict) else float("nan")]
+        values = [float(torch.as_tensor(output["loss"]).detach()) if isinstance(output, dict) else float("nan")]
         if isinstance(self.loss, ELBOLoss) and self.loss.last_data_loss is not None:
             values += [float(self.loss.last_data_loss), float(self.loss.last_kl) / self.loss.num_examples]
         self._sums = [a + b for a, b in zip(self._sums, values)] if self._sums else values

@@ -21,8 +21,9 @@ from monai_continual.engines import STRATEGIES, ContinualRunner, StrategyResult
 from monai_continual.strategies import SEQUENTIAL
 from monai_continual.experiment.comparisons import run_comparisons
 from monai_continual.experiment.goals import check_goals, order_spread, training_budget
+from monai_continual.experiment.tracking import TRACKERS, RunTracker
 from monai_continual.experiment.figures import plot_predictions
-from monai_continual.metrics import backward_transfer, weighted_average
+from monai_continual.metrics import backward_transfer, forward_transfer, weighted_average
 from monai_continual.utils.atomic import atomic_write_text
 
 __all__ = ["MultiSiteExperiment", "SEQUENTIAL_STRATEGIES", "ROW_ORDER"]
@@ -62,6 +63,10 @@ class MultiSiteExperiment:
             mean and standard deviation over them. 1: the datalist's order only. A strategy whose options fix an
             ``order`` runs once.
         size_orders: also run VCL with the sites in increasing and in decreasing training-set size (McClure et al.).
+        tracking: ``"tensorboard"`` or ``"mlflow"`` to log every run as it finishes (:class:`RunTracker`: per-site
+            Dice after every stage, training loss and the ELBO's data term and KL / N per epoch, weighted Dice, BWT,
+            FWT against the single-site models, the R matrix); ``None``/``""``: no tracking.
+        tracking_uri: MLflow tracking URI (default: the directory store ``<output_dir>/tracking/mlruns``).
 
     Example::
 
@@ -86,6 +91,8 @@ class MultiSiteExperiment:
         progress: bool = True,
         orders: int = 3,
         size_orders: bool = True,
+        tracking: str | None = None,
+        tracking_uri: str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
@@ -111,6 +118,10 @@ class MultiSiteExperiment:
             raise ValueError(f"MultiSiteExperiment: orders must be an integer >= 1, got {orders!r}.")
         self.orders = int(orders)
         self.size_orders = bool(size_orders)
+        if tracking and tracking not in TRACKERS:
+            raise ValueError(f"MultiSiteExperiment: tracking must be one of {TRACKERS} or empty, got {tracking!r}.")
+        self.tracking = tracking or None
+        self.tracking_uri = tracking_uri or None
 
     def run(self) -> dict[str, Any]:
         start = time.time()
@@ -122,6 +133,8 @@ class MultiSiteExperiment:
             inferer=self.inferer, progress=self.progress, **self.runner_options,
         )
         plan = self._plan(runner, data)
+        tracker = None if self.tracking is None else RunTracker(self.tracking, self.output_dir / "tracking",
+                                                                tracking_uri=self.tracking_uri)
         results: dict[str, StrategyResult] = {}
         variants: dict[str, StrategyResult] = {}
         for number, (key, strategy, directory, options) in enumerate(plan, start=1):
@@ -130,6 +143,8 @@ class MultiSiteExperiment:
             if key == strategy:
                 results[strategy] = result
             variants[key] = result
+            if tracker is not None:
+                self._track(tracker, key, result, results.get("single_site"), runner, data)
         summary = self._summarize(results, runner, data, time.time() - start)
         self._add_orders(summary, variants, runner, data)
         self._write(summary, results, runner, data)
@@ -200,6 +215,19 @@ class MultiSiteExperiment:
             key: training_budget(json.loads((result.directory / "state.json").read_text())["stages"], len(training))
             for key, result in variants.items() if key in summary["strategies"] or key in ("single_site", "dwc")
         }
+
+    def _track(self, tracker: RunTracker, key: str, result: StrategyResult, single: StrategyResult | None,
+               runner: ContinualRunner, data) -> None:
+        training = runner.sites
+        sizes = {s: len(data.site(s).test) for s in training}
+        means = {s: float(np.mean(result.scores[s])) for s in training if s in result.scores}
+        numbers: dict[str, float | None] = {"weighted_dice": weighted_average(means, {s: sizes[s] for s in means})}
+        if result.name in SEQUENTIAL_STRATEGIES:
+            numbers["bwt"] = float(backward_transfer(result.matrix))
+            if single is not None:  # b_i: site i's own single-site model
+                numbers["fwt"] = float(forward_transfer(result.matrix, {s: float(np.mean(single.scores[s])) for s in training}))
+        records = json.loads((result.directory / "state.json").read_text())["stages"]
+        tracker.log_run(key, [r for r in records if r["number"] > 0], result.matrix, numbers)
 
     def _rows(self, results: Mapping[str, StrategyResult]) -> dict[str, tuple[dict[str, list[float]], StrategyResult]]:
         rows = {}

@@ -192,11 +192,9 @@ class ContinualMatrix:
             matrix.add_stage(trained, scores, row[1])
         return matrix
 
-    def plot(self, path: str | os.PathLike, title: str | None = None, vmin: float = 0.0, vmax: float = 1.0) -> Path:
-        """Save a heatmap PNG: stages down, evaluation sites across, trained site(s) outlined."""
+    def figure(self, title: str | None = None, vmin: float = 0.0, vmax: float = 1.0) -> Any:
+        """The heatmap as a matplotlib figure: stages down, evaluation sites across, trained site(s) outlined."""
         import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         # matplotlib's defaults, whatever style the process has set (nnU-Net's progress plot sets seaborn's)
@@ -219,9 +217,19 @@ class ContinualMatrix:
                         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
             ax.set_title(title or "R matrix (red: site trained at that stage)")
-            with atomic_write(path) as tmp:  # "tight" fits long stage labels, which tight_layout() cannot
-                fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-            plt.close(fig)
+        return fig
+
+    def plot(self, path: str | os.PathLike, title: str | None = None, vmin: float = 0.0, vmax: float = 1.0) -> Path:
+        """Save :meth:`figure` as a PNG, atomically."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = self.figure(title, vmin, vmax)
+        with atomic_write(path) as tmp:  # "tight" fits long stage labels, which tight_layout() cannot
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
         return Path(path)
 
     def __repr__(self) -> str:

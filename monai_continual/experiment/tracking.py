@@ -1,0 +1,114 @@
+"""Experiment tracking of the main job: TensorBoard or MLflow, through the writers MONAI's handlers use."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TRACKERS", "RunTracker"]
+
+#: the tracking back ends (``tracking`` in the bundle configs; ``""`` or ``None``: none)
+TRACKERS = ("tensorboard", "mlflow")
+
+
+class RunTracker:
+    """Writes every run of the main job to TensorBoard or MLflow.
+
+    Per run (one TensorBoard log folder, or one MLflow run, per strategy run): ``dice/<site>`` after every evaluated
+    stage (step: the stage number), ``elbo/data_term`` and ``elbo/kl_over_n`` of Bayesian stages per epoch (step:
+    the run's epoch count), ``loss/train`` per epoch, ``summary/weighted_dice``, ``summary/bwt`` and
+    ``summary/fwt``, and the R matrix as a figure. TensorBoard goes through ``torch.utils.tensorboard.SummaryWriter``
+    (what MONAI's ``TensorBoardStatsHandler`` writes with), MLflow through its fluent API (as MONAI's
+    ``MLFlowHandler``); a local MLflow store is a directory (``file:`` URI).
+
+    Args:
+        kind: one of :data:`TRACKERS`.
+        directory: where TensorBoard's event files go (``<directory>/<run>``), or the MLflow store when
+            ``tracking_uri`` is not given (``<directory>/mlruns``).
+        experiment_name: the MLflow experiment.
+        tracking_uri: an MLflow tracking URI (a server, or ``file:/path``).
+
+    Example::
+
+        >>> tracker = RunTracker("tensorboard", "outputs/experiment/tracking")
+        >>> tracker.log_run("vcl", state_records, matrix, {"weighted_dice": 0.67, "bwt": -0.01})
+        >>> tracker.close()
+    """
+
+    def __init__(self, kind: str, directory: str | os.PathLike, experiment_name: str = "monai_continual",
+                 tracking_uri: str | None = None) -> None:
+        if kind not in TRACKERS:
+            raise ValueError(f"RunTracker: tracking must be one of {TRACKERS} (or empty for none), got {kind!r}.")
+        self.kind = kind
+        self.directory = Path(directory)
+        self.experiment_name = experiment_name
+        self.tracking_uri = tracking_uri or (self.directory / "mlruns").resolve().as_uri()
+        if kind == "mlflow":
+            import mlflow
+
+            if self.tracking_uri.startswith("file:"):
+                # MLflow keeps a directory store working but asks to be told so
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_experiment(experiment_name)
+        else:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (fails early when tensorboard is missing)
+
+    def log_run(self, name: str, records: Sequence[Mapping[str, Any]], matrix: Any,
+                summary: Mapping[str, float | None]) -> None:
+        """Log one run: its stage records (``state.json``'s ``stages``), R matrix and summary numbers."""
+        scalars: list[tuple[str, float, int]] = []
+        epoch = 0
+        for record in records:
+            details = record.get("details") or {}
+            for value in details.get("loss") or []:
+                epoch += 1
+                scalars.append(("loss/train", value, epoch))
+            first = epoch - len(details.get("loss") or []) + 1
+            for offset, (data, kl) in enumerate(details.get("elbo") or []):
+                scalars += [("elbo/data_term", data, first + offset), ("elbo/kl_over_n", kl, first + offset)]
+            for site, scores in (record.get("scores") or {}).items():
+                if scores:
+                    scalars.append((f"dice/{site}", sum(scores) / len(scores), int(record["number"])))
+        last = int(records[-1]["number"]) if records else 0
+        scalars += [(f"summary/{k}", v, last) for k, v in summary.items() if v is not None and math.isfinite(v)]
+        figure = matrix.figure(title=f"{name}: R matrix")
+        try:
+            if self.kind == "tensorboard":
+                self._tensorboard(name, scalars, figure, matrix)
+            else:
+                self._mlflow(name, scalars, figure, matrix)
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+    def _tensorboard(self, name: str, scalars, figure, matrix) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(self.directory / name))
+        try:
+            for tag, value, step in scalars:
+                writer.add_scalar(tag, float(value), step)
+            writer.add_text("R matrix", json.dumps(matrix.to_dict()))
+            if figure is not None:
+                writer.add_figure("R matrix", figure)
+        finally:
+            writer.close()
+
+    def _mlflow(self, name: str, scalars, figure, matrix) -> None:
+        import mlflow
+
+        with mlflow.start_run(run_name=name):
+            for tag, value, step in scalars:
+                mlflow.log_metric(tag, float(value), step=step)
+            mlflow.log_dict(matrix.to_dict(), "R.json")
+            if figure is not None:
+                mlflow.log_figure(figure, "R.png")
+
+    def close(self) -> None:
+        """Nothing stays open between runs; kept for symmetry with MONAI's handlers."""

@@ -1,0 +1,64 @@
+"""Experiment tracking: what a run logs to TensorBoard and MLflow, read back from the event files and the store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from monai_continual.experiment.tracking import RunTracker
+from runner_utils import tiny_runner, tiny_sites
+
+
+@pytest.fixture(scope="module")
+def vcl_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracking")
+    result = tiny_runner(tiny_sites(root / "data"), root / "runs", epochs=2).run("vcl")
+    records = [r for r in json.loads((result.directory / "state.json").read_text())["stages"] if r["number"] > 0]
+    return result, records
+
+
+def _expected(records):
+    dice = {(f"dice/{site}", r["number"]): float(np.mean(v)) for r in records for site, v in (r["scores"] or {}).items()}
+    elbo = [term for r in records for term in r["details"].get("elbo", [])]
+    return dice, elbo
+
+
+def test_tensorboard_event_files_hold_the_run(vcl_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, records = vcl_run
+    RunTracker("tensorboard", tmp_path).log_run("vcl", records, result.matrix, {"bwt": -0.1, "fwt": float("nan")})
+    events = EventAccumulator(str(tmp_path / "vcl"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    dice, elbo = _expected(records)
+    for (tag, step), value in dice.items():
+        assert {e.step: e.value for e in events.Scalars(tag)}[step] == pytest.approx(value, rel=1e-6)
+    assert [e.value for e in events.Scalars("elbo/kl_over_n")] == pytest.approx([kl for _, kl in elbo], rel=1e-6)
+    assert len(events.Scalars("loss/train")) == sum(len(r["details"]["loss"]) for r in records)
+    assert events.Scalars("summary/bwt")[0].value == pytest.approx(-0.1)
+    assert "summary/fwt" not in events.Tags()["scalars"]  # NaN is not logged
+    assert events.Tags()["images"] == ["R matrix"]
+
+
+def test_mlflow_store_holds_the_run(vcl_run, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    result, records = vcl_run
+    tracker = RunTracker("mlflow", tmp_path, experiment_name="tracking_test")
+    tracker.log_run("vcl", records, result.matrix, {"weighted_dice": 0.5})
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("tracking_test").experiment_id])[0]
+    dice, elbo = _expected(records)
+    for (tag, step), value in dice.items():
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, tag)}
+        assert history[step] == pytest.approx(value, rel=1e-6)
+    data_terms = sorted(client.get_metric_history(run.info.run_id, "elbo/data_term"), key=lambda m: m.step)
+    assert [m.value for m in data_terms] == pytest.approx([d for d, _ in elbo], rel=1e-6)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"R.json", "R.png"} <= artifacts
+
+
+def test_unknown_tracking_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="tracking must be one of"):
+        RunTracker("wandb", tmp_path)
