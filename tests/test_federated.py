@@ -69,7 +69,8 @@ def _check_payloads(log: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,options", [("cyclic_weight_transfer", {"cycles": 2}), ("dwc", {})])
+# cyclic weight transfer: tutorials/04 asserts the same (hashes stage by stage, R matrix, payloads), run by test_tutorials
+@pytest.mark.parametrize("strategy,options", [("dwc", {})])
 def test_federated_runs_equal_the_in_process_runs(datalist, tmp_path, strategy, options):
     run, summary = _federated(datalist, tmp_path / "federated", strategy, options)
     reference = _in_process(datalist, tmp_path / "in_process", strategy, options)
@@ -168,7 +169,7 @@ def test_poc_server_killed_mid_run_and_the_job_resubmitted_ends_with_the_uninter
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,options", [("cyclic_weight_transfer", {"cycles": 3}), ("federated_averaging", {"rounds": 3})])
+@pytest.mark.parametrize("strategy,options", [("cyclic_weight_transfer", {"cycles": 2}), ("federated_averaging", {"rounds": 2})])
 def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
     """Weight transfer skips the dead site's later visits and records them; FedAvg goes on with min_clients."""
     run = FederatedRun(CONFIG, strategy, datalist, tmp_path, options=options, overrides=OVERRIDES, min_clients=1,
@@ -197,7 +198,7 @@ def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
             assert all(torch.equal(same[0][k], same[1][k]) for k in same[0])
     else:
         averages = [r for r in state if r["action"] == "average"]
-        assert len(averages) == 3 and any(len(r["details"]["inputs_used"]) == 1 for r in averages)
+        assert len(averages) == 2 and any(len(r["details"]["inputs_used"]) == 1 for r in averages)
 
 
 @pytest.mark.slow

@@ -21,9 +21,13 @@ class ELBOLoss(_Loss):
 
     - the data term is the usual **mean over the mini-batch** (what MONAI losses return with ``reduction="mean"``);
       do not multiply it by N;
-    - the KL is **divided by N, the number of training examples at this site** (volumes, or patches when patches
-      are the examples), not by the batch size and not by the number of batches. Dividing by the number of batches,
-      as some libraries do, weighs the prior N / (N / M) = M times more, i.e. by the batch size.
+    - the KL is **divided by N, the number of training examples at this site**, not by the batch size and not by
+      the number of batches. Dividing by the number of batches, as some libraries do, weighs the prior N / (N / M) = M
+      times more, i.e. by the batch size.
+    - for segmentation the examples are **voxels** (the package's default everywhere): the categorical likelihood is
+      a product over voxels and the data term averages over them, so N = training volumes x voxels per volume (per
+      patch when training on patches). Counting volumes (N = tens) weighs the prior by the number of voxels more and
+      pins every site to its prior; McClure et al. counted 32^3 patches.
     - to give the data the weight of a single example (the paper's DWC fine-tuning step), use ``num_examples=1``.
     - ``kl_weight`` scales the KL further (1 is the true ELBO; < 1 is a "cold posterior"/KL annealing).
 
