@@ -44,7 +44,9 @@ def _run(sites: Path, output: Path, strategy: str, crash: str | None) -> subproc
 
 def _final(run_dir: Path) -> tuple[dict, list]:
     state = json.loads((run_dir / "state.json").read_text())
-    published = [(r["number"], r["published"], r["loaded"]) for r in state["stages"]]
+    # what each stage loaded and published, and what it recorded: per-epoch losses, ELBO terms, std statistics
+    published = [(r["number"], r["published"], r["loaded"], {k: v for k, v in r["details"].items() if k != "seconds"})
+                 for r in state["stages"]]
     return json.loads((run_dir / "R.json").read_text()), published
 
 
@@ -59,7 +61,7 @@ def test_a_crash_at_every_step_boundary_resumes_exactly(sites, tmp_path, strateg
     reference = _run(sites, tmp_path / "reference", strategy, None)
     assert reference.returncode == 0, reference.stderr[-2000:]
     expected_matrix, expected_published = _final(tmp_path / "reference" / strategy)
-    models = [p for _, p, _ in expected_published if p is not None]
+    models = [p for _, p, _, _ in expected_published if p is not None]
     assert len(set(models)) == len(models)  # every stage published a new model: a wrong input would show
 
     for crash in CASES[strategy][1]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from monai_continual.losses import ELBOLoss
 from monai_continual.metrics import ContinualMatrix, evaluate_sites
 from monai_continual.strategies.artifacts import StageArtifacts
 from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, NonFiniteTrainingError, Stage, StageOutput, crash_point
+from monai_continual.utils.atomic import atomic_write_text
 from monai_continual.utils.optimizer_files import load_optimizer_state, save_optimizer_state
 from monai_continual.utils.seeding import seed_everything
 
@@ -143,7 +145,10 @@ class MonaiStageExecutor:
         num_examples = len(items) + replayed
         details = {"dataset_size": num_examples, "replay_items": replayed}
         published = self._published_sha(stage.number)
+        record = self.run_dir / "sites" / stage.site / f"details_stage{stage.number:04d}.json"
         if published is not None:  # published before an interruption: the stage is done
+            if record.exists():  # what it recorded while training (losses, ELBO terms, stds)
+                details.update(json.loads(record.read_text()))
             return StageOutput(published, self._loaded(stage), len(items), details)
 
         bayes = stage.network == NetworkKind.BAYES
@@ -179,9 +184,9 @@ class MonaiStageExecutor:
                 optimizer.load_state_dict(load_optimizer_state(source))
 
         # the finiteness guard runs before the checkpoint, so a diverged epoch is never saved to resume from
+        # the epoch's losses are recorded before the checkpoint saves them
         handlers: list[Any] = [EpochSeeder(runner.seed * 104_729 + stage.number, runner.train_transform),
-                               _FiniteGuard(stage, network), checkpoint, _CrashAfterEpoch(stage.number)]
-        handlers.append(losses)
+                               _FiniteGuard(stage, network), losses, checkpoint, _CrashAfterEpoch(stage.number)]
         if plateau is not None:
             handlers.append(plateau)  # restores the best weights on completion, before they are published
         handlers.append(ProgressBar(f"{stage.number}/{stage.label}", disable=not runner.progress))
@@ -205,6 +210,8 @@ class MonaiStageExecutor:
         if bayes:
             details.update(elbo=[h[1:] for h in losses.history], std=dict(losses.std, trained=std_summary(network)))
         # side outputs first, under this stage's number; the model last: publishing commits the stage
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(details))
         target = self._optimizer_file(stage, stage.number)
         if target is not None:
             save_optimizer_state(target, optimizer.state_dict(), site=stage.site, stage=stage.number)
