@@ -15,6 +15,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from monai_continual.bayes import MCInferer, bayesianize
+from monai_continual.bayes.laplace import conversion_std_init
 from monai_continual.consolidation import save_weights
 from monai_continual.data import MultiSiteDatalist, check_sites, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
@@ -192,9 +193,7 @@ class ContinualRunner:
             raise ValueError(f"ContinualRunner: elbo_examples must be one of {ELBO_EXAMPLES}, got {elbo_examples!r}.")
         self.std_init = std_init
         self.elbo_examples = elbo_examples
-        # a Laplace-calibrated std is written at the start of each stage; the conversion needs a placeholder
-        self.bayes_kwargs = {"std_init": 1e-3 if std_init == "laplace" else float(std_init), "prior_std": prior_std,
-                             "weight_norm": weight_norm}
+        self.bayes_kwargs = {"std_init": conversion_std_init(std_init), "prior_std": prior_std, "weight_norm": weight_norm}
         self.optimizer_state = optimizer_state
         self.device = torch.device(device)
         self.seed = int(seed)

@@ -33,7 +33,7 @@ from monai_continual.handlers import (
     ReplayBufferHandler,
     WeightTransferHandler,
 )
-from monai_continual.losses import ELBOLoss
+from monai_continual.losses import ELBOLoss, voxels_per_item
 from monai_continual.metrics import ContinualMatrix, evaluate_sites
 from monai_continual.strategies.artifacts import StageArtifacts
 from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, NonFiniteTrainingError, Stage, StageOutput, crash_point
@@ -232,7 +232,7 @@ class MonaiStageExecutor:
         """Voxels per training example when the ELBO counts voxels (the default), else 1."""
         if self.runner.elbo_examples == "volumes":
             return 1
-        return int(self.runner.train_transform(dict(items[0]))["label"].shape[1:].numel())
+        return voxels_per_item(self.runner.train_transform(dict(items[0])))
 
     def _batches(self, items: Sequence[dict[str, Any]]):
         loader = DataLoader(Dataset(items, transform=self.runner.train_transform), batch_size=self.runner.batch_size,

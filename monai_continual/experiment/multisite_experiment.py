@@ -191,9 +191,8 @@ class MultiSiteExperiment:
         sizes = {s: len(data.site(s).test) for s in training}
 
         def describe(result: StrategyResult) -> dict[str, Any]:
-            means = {s: float(np.mean(result.scores[s])) for s in training}
             order = [t["site"] for t in result.transfers if t.get("site") in training]
-            return {"order": list(dict.fromkeys(order)), "weighted": weighted_average(means, sizes),
+            return {"order": list(dict.fromkeys(order)), "weighted": _weighted_dice(result, sizes),
                     "bwt": float(backward_transfer(result.matrix)), "scores": result.scores}
 
         spreads = {}
@@ -218,9 +217,7 @@ class MultiSiteExperiment:
     def _track(self, tracker: RunTracker, key: str, result: StrategyResult, single: StrategyResult | None,
                runner: ContinualRunner, data) -> None:
         training = runner.sites
-        sizes = {s: len(data.site(s).test) for s in training}
-        means = {s: float(np.mean(result.scores[s])) for s in training if s in result.scores}
-        numbers: dict[str, float | None] = {"weighted_dice": weighted_average(means, {s: sizes[s] for s in means})}
+        numbers: dict[str, float | None] = {"weighted_dice": _weighted_dice(result, {s: len(data.site(s).test) for s in training})}
         if result.name in SEQUENTIAL_STRATEGIES:
             numbers["bwt"] = float(backward_transfer(result.matrix))
             if single is not None:  # b_i: site i's own single-site model
@@ -377,3 +374,9 @@ class MultiSiteExperiment:
                   "Heatmaps of every R matrix are in `heatmaps/`; `predictions.png` shows one subject per site with the "
                   "Bayesian model's prediction and uncertainty.", ""]
         return "\n".join(lines)
+
+
+def _weighted_dice(result: StrategyResult, test_sizes: Mapping[str, int]) -> float:
+    """The test-size-weighted mean Dice of a run's final model over the given training sites it was scored on."""
+    means = {s: float(np.mean(result.scores[s])) for s in test_sizes if s in result.scores}
+    return weighted_average(means, {s: test_sizes[s] for s in means})

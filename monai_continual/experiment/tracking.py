@@ -36,7 +36,6 @@ class RunTracker:
 
         >>> tracker = RunTracker("tensorboard", "outputs/experiment/tracking")
         >>> tracker.log_run("vcl", state_records, matrix, {"weighted_dice": 0.67, "bwt": -0.01})
-        >>> tracker.close()
     """
 
     def __init__(self, kind: str, directory: str | os.PathLike, experiment_name: str = "monai_continual",
@@ -109,6 +108,3 @@ class RunTracker:
             mlflow.log_dict(matrix.to_dict(), "R.json")
             if figure is not None:
                 mlflow.log_figure(figure, "R.png")
-
-    def close(self) -> None:
-        """Nothing stays open between runs; kept for symmetry with MONAI's handlers."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from monai_continual.bayes.laplace import calibrate_posterior_std
 from monai_continual.consolidation.posterior import Posterior
-from monai_continual.losses import ELBOLoss
+from monai_continual.losses import ELBOLoss, voxels_per_item
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -103,11 +103,6 @@ class BayesianSiteHandler:
                 found.append(PosteriorEntry(int(match.group(1)), match.group(2), path))
         return sorted(found, key=lambda e: e.stage)
 
-    def _examples(self) -> tuple[int, int]:
-        """(training items, voxels per item as the loss sees them; random crops: per crop times crops)."""
-        first = self.dataset[0]
-        crops = first if isinstance(first, (list, tuple)) else [first]
-        return len(self.dataset), int(crops[0]["label"].shape[1:].numel()) * len(crops)
 
     def _batches(self):
         device = next(self.network.parameters()).device
@@ -115,7 +110,7 @@ class BayesianSiteHandler:
             yield batch["image"].to(device), batch["label"].to(device)
 
     def load_prior(self, engine: Engine | None = None) -> PosteriorEntry | None:
-        items, voxels = self._examples()
+        items, voxels = len(self.dataset), voxels_per_item(self.dataset[0])
         if self.loss is not None:
             self.loss.num_examples = float(items * voxels)
         if self.prior is not None:
@@ -143,7 +138,7 @@ class BayesianSiteHandler:
             stage += 1
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"stage{stage:04d}_{self.site}.safetensors"
-        Posterior.from_model(self.network, site=self.site, num_examples=self._examples()[0]).save(path)
+        Posterior.from_model(self.network, site=self.site, num_examples=len(self.dataset)).save(path)
         self.published = PosteriorEntry(stage, self.site, path)
         if engine is not None:
             engine.logger.info(f"site {self.site!r}: posterior published as {path.name}")

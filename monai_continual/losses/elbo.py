@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from torch.nn.modules.loss import _Loss
 
 from monai_continual.bayes.kl import kl_divergence
 
-__all__ = ["ELBOLoss"]
+__all__ = ["ELBOLoss", "voxels_per_item"]
 
 
 class ELBOLoss(_Loss):
@@ -72,3 +73,16 @@ class ELBOLoss(_Loss):
         kl = kl_divergence(self._model)
         self.last_data_loss, self.last_kl = data.detach(), kl.detach()
         return data + self.kl_weight * kl / self.num_examples
+
+
+def voxels_per_item(sample: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> int:
+    """Voxels one training item contributes to the data term: its label's spatial size, times the crops when a
+    transform returns several (e.g. ``RandCropByPosNegLabeld``). N of the ELBO counting voxels is the training items
+    times this.
+
+    Example::
+
+        >>> voxels_per_item(train_transform(items[0]))  # e.g. 16 * 20 * 16
+    """
+    crops = sample if isinstance(sample, (list, tuple)) else [sample]
+    return int(crops[0]["label"].shape[1:].numel()) * len(crops)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from monai_continual.bayes import bayesianize
-from monai_continual.bayes.laplace import calibrate_posterior_std
+from monai_continual.bayes.laplace import calibrate_posterior_std, conversion_std_init
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses import ELBOLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -57,9 +57,7 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
     @classmethod
     def bayes_kwargs(cls) -> dict:
         """Arguments of :func:`~monai_continual.bayes.bayesianize` for this trainer's network."""
-        # a Laplace-calibrated std is written when training starts; the conversion needs a placeholder
-        return {"std_init": 1e-3 if cls.std_init == "laplace" else cls.std_init, "prior_std": cls.prior_std,
-                "bound_std": cls.bound_std}
+        return {"std_init": conversion_std_init(cls.std_init), "prior_std": cls.prior_std, "bound_std": cls.bound_std}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:

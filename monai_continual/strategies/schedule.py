@@ -86,10 +86,12 @@ def _centrally_hosted(sites, options, epochs, seed) -> list[Stage]:
     return [Stage(1, sites=tuple(_kept(sites, options)), epochs=epochs, start=0, label="pooled")]
 
 
-def _sequential(sites, options, epochs, seed, **kwargs) -> list[Stage]:
+def _sequential(sites, options, epochs, seed, offset: int = 0, **kwargs) -> list[Stage]:
+    """One stage per site in order, each from the previous; numbered after ``offset`` earlier stages."""
     order = round_orders(sites, options.order, 1, seed, options.skip)[0]
     return [
-        Stage(i, sites=(s,), epochs=epochs, start=i - 1, label=f"{i}:{s}", **kwargs) for i, s in enumerate(order, 1)
+        Stage(offset + i, sites=(s,), epochs=epochs, start=offset + i - 1, label=f"{i}:{s}", **kwargs)
+        for i, s in enumerate(order, 1)
     ]
 
 
@@ -107,14 +109,14 @@ def _replay(sites, options, epochs, seed) -> list[Stage]:
 
 
 def _vcl(sites, options, epochs, seed) -> list[Stage]:
-    stages = _sequential(sites, options, epochs, seed, network=NetworkKind.BAYES)
-    stages = [dataclasses.replace(s, prior=s.start if s.number > 1 else None) for s in stages]
-    if not options.map_stage:
-        return stages
-    first = stages[0].sites[0]
-    shifted = [dataclasses.replace(s, number=s.number + 1, start=s.start + 1,
-                                   prior=None if s.prior is None else s.prior + 1) for s in stages]
-    return [Stage(1, sites=(first,), epochs=epochs, start=0, label=f"map:{first}")] + shifted
+    offset = 1 if options.map_stage else 0
+    stages = _sequential(sites, options, epochs, seed, offset=offset, network=NetworkKind.BAYES)
+    # every posterior is the next site's prior; the first Bayesian stage has the network's own prior
+    stages = [dataclasses.replace(s, prior=s.start if i > 0 else None) for i, s in enumerate(stages)]
+    if offset:
+        first = stages[0].sites[0]
+        stages.insert(0, Stage(1, sites=(first,), epochs=epochs, start=0, label=f"map:{first}"))
+    return stages
 
 
 def _cyclic(sites, options, epochs, seed) -> list[Stage]:
