@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_continual.utils.names import check_site_name
+
 __all__ = ["SiteData", "MultiSiteDatalist", "load_multisite_datalist", "DatalistError", "SPLITS"]
 
 SPLITS = ("training", "validation", "test")
@@ -71,6 +73,14 @@ class MultiSiteDatalist:
     name: str = ""
     source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # site names become folder and file names downstream (exchange records, replay exports, nnU-Net datasets)
+        for name in self.sites:
+            try:
+                check_site_name(name, what=f"datalist {self.source!r}: site" if self.source else "datalist site")
+            except ValueError as err:
+                raise DatalistError(str(err)) from None
 
     @property
     def num_classes(self) -> int:
@@ -148,7 +158,8 @@ def load_multisite_datalist(
 
     Raises:
         DatalistError: naming the site and the file at fault (missing file, empty site, unknown site, label values
-            outside the declared classes, malformed entries).
+            outside the declared classes, malformed entries, a site name that does not match ``^[A-Za-z0-9_-]+$``,
+            see :func:`~monai_continual.utils.check_site_name`).
 
     Example::
 
@@ -164,6 +175,11 @@ def load_multisite_datalist(
         raise DatalistError(f"datalist {str(path)!r} is not valid JSON: {err}") from err
     if not isinstance(raw, Mapping) or not isinstance(raw.get("sites"), Mapping) or not raw["sites"]:
         raise DatalistError(f"datalist {str(path)!r} needs a non-empty 'sites' object.")
+    for name in raw["sites"]:  # every site of the file, also those not selected: a name must never become a path
+        try:
+            check_site_name(name, what=f"datalist {str(path)!r}: site")
+        except ValueError as err:
+            raise DatalistError(str(err)) from None
     base = Path(base_dir) if base_dir is not None else path.parent
     try:
         declared = raw.get("labels") or {}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.names import check_site_name
 
 __all__ = ["ReplayBuffer", "REPLAY_POLICIES"]
 
@@ -73,7 +74,12 @@ class ReplayBuffer:
         """Stream one item of ``site`` past the buffer; return whether it is now kept.
 
         For ``"random"`` this behaves as reservoir sampling too (a uniform sample of what was offered).
+
+        Raises:
+            ValueError: ``site`` is not a valid site name (``^[A-Za-z0-9_-]+$``; :meth:`export_data` makes a folder
+                of it).
         """
+        check_site_name(site, "ReplayBuffer: site")
         kept = self._kept.setdefault(site, [])
         seen = self._seen.get(site, 0) + 1
         self._seen[site] = seen
@@ -92,8 +98,12 @@ class ReplayBuffer:
         return False
 
     def add_site(self, site: str, items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Keep up to K of ``items`` for ``site`` by the policy and return what is kept for that site."""
-        site = str(site)
+        """Keep up to K of ``items`` for ``site`` by the policy and return what is kept for that site.
+
+        Raises:
+            ValueError: ``site`` is not a valid site name (``^[A-Za-z0-9_-]+$``) or has no items.
+        """
+        site = check_site_name(site, "ReplayBuffer.add_site: site")
         items = [dict(item) for item in items]
         if not items:
             raise ValueError(f"ReplayBuffer.add_site: site {site!r} has no items to add.")
@@ -162,6 +172,8 @@ class ReplayBuffer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != _MANIFEST_VERSION:
             raise ValueError(f"ReplayBuffer: unsupported manifest version {state.get('version')!r}.")
+        for site in (*state["kept"], *state["seen"], *state.get("rng_state", {})):  # a manifest is read from disk
+            check_site_name(site, "ReplayBuffer: manifest site")
         self.capacity_per_site = int(state["capacity_per_site"])
         self.policy = str(state["policy"])
         self.seed = int(state["seed"])
@@ -209,11 +221,12 @@ class ReplayBuffer:
         exported = ReplayBuffer(self.capacity_per_site, self.policy, self.seed)
         exported.load_state_dict(self.state_dict())
         for site, items in exported._kept.items():
+            folder = destination / check_site_name(site, "ReplayBuffer.export_data: site")
             for index, item in enumerate(items):
                 for key in keys:
                     if key in item:
                         source = Path(item[key])
-                        target = destination / site / f"{index:03d}_{key}_{source.name}"
+                        target = folder / f"{index:03d}_{key}_{source.name}"
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(source, target)
                         item[key] = str(target)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from monai_continual.utils.atomic import atomic_save_nifti, atomic_write, atomic_write_text
 from monai_continual.utils.hashing import config_sha256
+from monai_continual.utils.names import check_site_name
 
 __all__ = ["SiteProfile", "DEFAULT_SITES", "BRAIN_LABELS", "make_sites", "plot_sites", "GENERATOR_VERSION"]
 
@@ -260,7 +261,7 @@ def _select_sites(sites: Sequence[SiteProfile | str] | None) -> list[SiteProfile
             profiles.append(by_name[item])
         else:
             raise ValueError(f"make_sites: unknown site {item!r}; default sites are {list(by_name)}.")
-    names = [p.name for p in profiles]
+    names = [check_site_name(p.name, "make_sites: site") for p in profiles]  # a folder per site under out_dir
     if len(set(names)) != len(names) or not profiles:
         raise ValueError(f"make_sites: site names must be unique and at least one site given, got {names}.")
     return profiles

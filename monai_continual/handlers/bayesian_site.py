@@ -16,6 +16,7 @@ from torch import nn
 from monai_continual.bayes.laplace import calibrate_posterior_std
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses import ELBOLoss, voxels_per_item
+from monai_continual.utils.names import check_site_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -55,7 +56,7 @@ class BayesianSiteHandler:
     Args:
         network: the Bayesian network (:func:`~monai_continual.bayes.bayesianize` of the bundle's network).
         exchange_dir: the directory the sites share.
-        site: this site's name.
+        site: this site's name (``^[A-Za-z0-9_-]+$``, it becomes part of a file name).
         dataset: the site's training dataset (the bundle's ``train#dataset``): for the std and for N.
         loss: the trainer's :class:`~monai_continual.losses.ELBOLoss`, whose N is set; ``None``: the trainer's own
             loss function is wrapped in one when training starts (any MONAI loss with mean reduction).
@@ -72,9 +73,7 @@ class BayesianSiteHandler:
                  loss: ELBOLoss | None = None, prior: str | os.PathLike | None = None, calibrate: bool = True) -> None:
         self.network = network
         self.directory = Path(exchange_dir) / "posteriors"
-        self.site = str(site)
-        if not self.site or Path(self.site).name != self.site:
-            raise ValueError(f"BayesianSiteHandler: site must be a plain name, got {site!r}.")
+        self.site = check_site_name(site, "BayesianSiteHandler: site")
         self.dataset = dataset
         self.loss = loss
         self.prior = None if prior in (None, "") else Path(prior)
@@ -136,8 +135,9 @@ class BayesianSiteHandler:
         taken = {e.stage for e in entries if e.site != self.site}
         while stage in taken:  # sites trained in parallel from one prior (DWC) take the next free numbers
             stage += 1
+        site = check_site_name(self.site, "BayesianSiteHandler: site")  # here too: the name becomes a file name
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"stage{stage:04d}_{self.site}.safetensors"
+        path = self.directory / f"stage{stage:04d}_{site}.safetensors"
         Posterior.from_model(self.network, site=self.site, num_examples=len(self.dataset)).save(path)
         self.published = PosteriorEntry(stage, self.site, path)
         if engine is not None:

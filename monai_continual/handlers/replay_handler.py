@@ -10,6 +10,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_continual.data.replay_buffer import ReplayBuffer
 from monai_continual.handlers._events import resolve_event
+from monai_continual.utils.names import check_site_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -27,7 +28,7 @@ class ReplayBufferHandler:
     Args:
         buffer: the replay buffer (or a directory holding a saved one, loaded on attach; a new buffer is made when
             the directory has none).
-        site: the name of the site being trained on.
+        site: the name of the site being trained on (``^[A-Za-z0-9_-]+$``: an exported buffer has a folder per site).
         items: the site's training datalist items.
         directory: where to save the buffer afterwards (the site's own disk); ``None`` keeps it in memory only.
         event: the ignite event that triggers it.
@@ -49,6 +50,7 @@ class ReplayBufferHandler:
         policy: str = "random",
         seed: int = 0,
     ) -> None:
+        site = check_site_name(site, "ReplayBufferHandler: site")
         if isinstance(buffer, ReplayBuffer):
             self.buffer = buffer
         else:

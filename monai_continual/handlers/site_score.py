@@ -12,6 +12,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_continual.metrics.continual_matrix import ContinualMatrix
 from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.names import check_site_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -36,7 +37,7 @@ class SiteScoreRecorder:
     Args:
         evaluator: the site's evaluator (a bundle's ``validate#evaluator``); its key metric is the score.
         exchange_dir: the directory the sites share (where the transfer handler's store lives too).
-        site: this site's name.
+        site: this site's name (``^[A-Za-z0-9_-]+$``, it becomes part of a file name).
         transfer: the handler that loads and publishes the model, with ``loaded`` and ``published`` entries that
             have ``stage`` and ``site`` (:class:`~monai_continual.handlers.WeightTransferHandler`,
             :class:`~monai_continual.handlers.BayesianSiteHandler`); attach it first.
@@ -53,9 +54,7 @@ class SiteScoreRecorder:
                  metric: str | None = None) -> None:
         self.evaluator = evaluator
         self.directory = Path(exchange_dir) / "scores"
-        self.site = str(site)
-        if not self.site or Path(self.site).name != self.site:
-            raise ValueError(f"SiteScoreRecorder: site must be a plain name, got {site!r}.")
+        self.site = check_site_name(site, "SiteScoreRecorder: site")
         self.transfer = transfer
         self.metric = metric
 
@@ -73,8 +72,9 @@ class SiteScoreRecorder:
 
     def _write(self, entry: Any, when: str) -> Path:
         name, score = self._score()
+        site = check_site_name(self.site, "SiteScoreRecorder: site")  # here too: the name becomes a file name
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"stage{int(entry.stage):04d}_{self.site}.json"
+        path = self.directory / f"stage{int(entry.stage):04d}_{site}.json"
         record = {"stage": int(entry.stage), "trained_on": str(entry.site), "site": self.site, "metric": name,
                   "score": score, "when": when, "model_sha256": getattr(entry, "sha256", None)}
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")

@@ -11,6 +11,7 @@ from torch import nn
 
 from monai_continual.consolidation.weight_store import DirectoryWeightStore, WeightEntry, WeightStore
 from monai_continual.handlers._events import resolve_event
+from monai_continual.utils.names import check_site_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -30,7 +31,7 @@ class WeightTransferHandler:
 
     Args:
         store: a ``WeightStore`` or a directory path.
-        site: this site's name.
+        site: this site's name (``^[A-Za-z0-9_-]+$``, it becomes part of the published file's name).
         network: the network whose weights travel.
         stage: stage number to publish under; ``None`` means one more than the latest entry in the store.
         load: load weights at ``load_event`` (an empty store leaves the network as it is).
@@ -58,8 +59,8 @@ class WeightTransferHandler:
         publish_event: Any = "COMPLETED",
         source_stage: int | None = None,
     ) -> None:
+        self.site = check_site_name(site, "WeightTransferHandler: site")
         self.store = store if isinstance(store, WeightStore) else DirectoryWeightStore(store)
-        self.site = str(site)
         self.network = network
         self.stage = stage
         self.load = load

@@ -15,6 +15,7 @@ from typing import Any
 
 from monai_continual.data.datalist import MultiSiteDatalist, load_multisite_datalist
 from monai_continual.utils.atomic import atomic_copy, atomic_write_text
+from monai_continual.utils.names import check_site_name
 
 __all__ = ["NnUNetDatasetError", "export_nnunet_datasets", "check_datasets_compatible", "raw_dataset_folder"]
 
@@ -24,17 +25,29 @@ class NnUNetDatasetError(ValueError):
 
 
 def raw_dataset_folder(raw_root: str | os.PathLike, dataset: str | int) -> Path:
-    """The folder of ``dataset`` (``"Dataset501_site_a"`` or ``501``) under ``raw_root``."""
+    """The folder of ``dataset`` (``"Dataset501_site_a"`` or ``501``) under ``raw_root``.
+
+    A dataset's name is a site's name (it becomes part of folder names of a run), so it must match
+    ``^[A-Za-z0-9_-]+$`` (:func:`~monai_continual.utils.check_site_name`): ``NnUNetDatasetError`` otherwise.
+    """
     raw_root = Path(raw_root)
     if isinstance(dataset, int) or str(dataset).isdigit():
         matches = sorted(raw_root.glob(f"Dataset{int(dataset):03d}_*"))
         if len(matches) != 1:
             raise NnUNetDatasetError(f"dataset id {dataset}: expected one folder Dataset{int(dataset):03d}_* in {raw_root}, found {len(matches)}.")
+        _check_dataset_name(matches[0].name)
         return matches[0]
-    folder = raw_root / str(dataset)
+    folder = raw_root / _check_dataset_name(dataset)
     if not folder.is_dir():
         raise NnUNetDatasetError(f"dataset {dataset!r}: no folder {folder}.")
     return folder
+
+
+def _check_dataset_name(name: Any) -> str:
+    try:
+        return check_site_name(name, "nnU-Net dataset")
+    except ValueError as err:
+        raise NnUNetDatasetError(str(err)) from None
 
 
 def export_nnunet_datasets(
@@ -71,6 +84,7 @@ def export_nnunet_datasets(
         raise ValueError(f"export_nnunet_datasets: dataset ids {first_id}..{first_id + len(chosen) - 1} must lie in 1..999.")
     names: dict[str, str] = {}
     for offset, site in enumerate(chosen):
+        site = check_site_name(site, f"export_nnunet_datasets: {data.source or 'datalist'}: site")
         site_data = data.site(site)
         name = f"Dataset{first_id + offset:03d}_{site}"
         folder = Path(raw_root) / name

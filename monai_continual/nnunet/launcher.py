@@ -21,6 +21,7 @@ from monai_continual.nnunet.planning import preprocessed_data_folder
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.short_trainers import shorten
 from monai_continual.nnunet.trainers import find_trainer, register_trainers
+from monai_continual.utils.names import check_site_name
 
 __all__ = ["default_device", "build_trainer", "train", "predict", "dataset_name"]
 
@@ -34,9 +35,10 @@ def dataset_name(dataset: str | int) -> str:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     try:
-        return maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else str(dataset))
+        name = maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else str(dataset))
     except RuntimeError as e:
         raise FileNotFoundError(f"dataset {dataset!r}: {e}") from None
+    return check_site_name(name, "nnU-Net dataset")  # it becomes a folder under nnUNet_preprocessed
 
 
 def build_trainer(

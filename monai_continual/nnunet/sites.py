@@ -59,6 +59,7 @@ from monai_continual.strategies import (
 )
 from monai_continual.strategies.artifacts import StageArtifacts
 from monai_continual.utils.atomic import atomic_copy
+from monai_continual.utils.names import check_site_name
 from monai_continual.utils.seeding import seed_everything
 
 __all__ = ["SITE_STRATEGIES", "NnUNetStageExecutor", "SitesResult", "run_sites"]
@@ -124,11 +125,12 @@ class _Evaluator:
 
         folder = self.folders[dataset]
         plans_manager, config, dataset_json = self.setup[dataset]
+        output = output / check_site_name(dataset, "nnU-Net dataset")
         predictor = MCnnUNetPredictor(mc_samples=self.mc_samples, use_mirroring=self.mirroring, device=self.device)
         axes = tuple(range(len(config.patch_size)))
         predictor.manual_initialization(network.to(self.device).eval(), plans_manager, config, [network.state_dict()],
                                         dataset_json, trainer, axes)
-        written = predictor.predict_files(folder / "imagesTs", output / dataset, uncertainty=False, progress=False)
+        written = predictor.predict_files(folder / "imagesTs", output, uncertainty=False, progress=False)
         num_classes = max(int(v) for v in dataset_json["labels"].values()) + 1
         dice = []
         for path in written:
@@ -214,9 +216,10 @@ class NnUNetStageExecutor:
         return StageOutput(entry.sha256)
 
     def train(self, stage: Stage) -> StageOutput:
-        dataset = stage.sites[0]
         if len(stage.sites) != 1:
             raise ValueError(f"stage {stage.number}: nnU-Net trains one dataset per stage, got {list(stage.sites)}.")
+        # the dataset names the stage folder, which is removed when it exists: never a path outside the run
+        dataset = check_site_name(stage.sites[0], f"stage {stage.number}: site")
         published = self._published_sha(stage.number)
         if published is not None:
             return StageOutput(published, self._loaded(stage), 0, {"redone": False})
@@ -288,6 +291,7 @@ class NnUNetStageExecutor:
         return StageOutput(merged.sha256(), loaded, int(sum(weights)))
 
     def evaluate(self, stage: Stage, site: str) -> list[float]:
+        check_site_name(site, f"stage {stage.number}: evaluated site")  # names the predictions folder
         if self._model_cache is None or self._model_cache[0] != stage.number:
             self._model_cache = (stage.number, self.model(stage.number))
         bayes = self._kind(stage.number) == NetworkKind.BAYES

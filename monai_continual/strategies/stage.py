@@ -7,6 +7,8 @@ from typing import Any
 
 from monai.utils import StrEnum
 
+from monai_continual.utils.names import check_site_name
+
 __all__ = ["Stage", "Action", "NetworkKind"]
 
 
@@ -35,7 +37,8 @@ class Stage:
     Attributes:
         number: 1, 2, ... in schedule order.
         action: see :class:`Action`.
-        sites: the sites whose training data a ``train`` stage uses (several: pooled, centrally hosted).
+        sites: the sites whose training data a ``train`` stage uses (several: pooled, centrally hosted); each name
+            must match ``^[A-Za-z0-9_-]+$`` (:func:`~monai_continual.utils.check_site_name`), ``ValueError`` otherwise.
         network: the kind of model the stage publishes.
         epochs: maximum epochs of a ``train`` stage.
         iterations: if set, a ``train`` stage is this many iterations instead of ``epochs`` whole epochs.
@@ -74,6 +77,12 @@ class Stage:
     label: str = ""
     result: str | None = None
     round: int | None = None
+
+    def __post_init__(self) -> None:
+        # site names become folder names of a run (``sites/<site>/``, ``stages/<number>_<site>/``), also where a
+        # stage arrives from elsewhere (a federated server): refuse anything but ``^[A-Za-z0-9_-]+$`` here
+        for site in self.sites:
+            check_site_name(site, f"stage {self.number}: site")
 
     @property
     def site(self) -> str:
