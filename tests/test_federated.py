@@ -36,6 +36,8 @@ def datalist(tmp_path_factory):
 
 
 def _federated(datalist, out, strategy, options=None, **kwargs):
+    # the in-process runner weights sites by their own counts; the federated default (equal weights) would differ
+    kwargs.setdefault("boundary", {"weighting": "reported"})
     run = FederatedRun(CONFIG, strategy, datalist, out, options=options, overrides=OVERRIDES,
                        payload_log=str(out / "payloads.jsonl"), **kwargs)
     return run, run.run()
@@ -59,7 +61,7 @@ def _check_payloads(log: Path) -> None:
         assert "/" not in text and ".nii" not in text and "sub0" not in text, record
         if record["direction"] == "sent":
             assert record["metrics"] == {}  # a site never receives metrics, its own or another's
-            assert set(record["meta"]) == ({"task"} if record["task"] == "initialize" else {"task", "roles", "stage", "kinds"})
+            assert set(record["meta"]) == ({"task", "run"} if record["task"] == "initialize" else {"task", "run", "roles", "stage", "kinds"})
         elif record["task"] in ("train", "initialize"):
             assert set(record["meta"]) <= {"published", "num_examples", "details", "metadata"}
             assert record["params"] and all(p.startswith("published|") for p in record["params"]) and not record["metrics"]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from monai_continual.utils.atomic import atomic_write_text
-from monai_continual.utils.tensor_files import TensorFileError, read_tensor_file, write_tensor_file
+from monai_continual.utils.tensor_files import TensorFileError, read_tensor_file, tensors_sha256, write_tensor_file
 
 __all__ = ["WeightEntry", "WeightStore", "DirectoryWeightStore", "WEIGHTS_FORMAT", "save_weights", "load_weights"]
 
@@ -42,6 +42,10 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     except RuntimeError as err:
         raise ValueError(f"model file {str(path)!r} does not fit {type(network).__name__}: {err}") from err
     return network
+
+
+def _entry_metadata(site: str, stage: int, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(metadata, site=str(site), stage=int(stage))
 
 
 @dataclass(frozen=True)
@@ -126,10 +130,15 @@ class DirectoryWeightStore(WeightStore):
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
             raise TensorFileError(f"weight store manifest {str(path)!r} is damaged: {err}") from err
 
+    @staticmethod
+    def content_sha256(state: Mapping[str, torch.Tensor], site: str, stage: int, **metadata: Any) -> str:
+        """The SHA-256 :meth:`publish` would give ``state``, computed in memory (to check before storing)."""
+        return tensors_sha256(state, _entry_metadata(site, stage, metadata))
+
     def publish(self, state: Mapping[str, torch.Tensor], site: str, stage: int, **metadata: Any) -> WeightEntry:
         safe_site = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(site))
         name = f"stage{int(stage):04d}_{safe_site}.safetensors"
-        meta = dict(metadata, site=str(site), stage=int(stage))
+        meta = _entry_metadata(site, stage, metadata)
         sha = write_tensor_file(self.root / name, state, meta, WEIGHTS_FORMAT, _VERSION)
         entry = WeightEntry(name, str(site), int(stage), sha, time.time(), dict(metadata))
         with self._locked():

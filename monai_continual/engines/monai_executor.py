@@ -146,10 +146,12 @@ class MonaiStageExecutor:
         details = {"dataset_size": num_examples, "replay_items": replayed}
         published = self._published_sha(stage.number)
         record = self.run_dir / "sites" / stage.site / f"details_stage{stage.number:04d}.json"
-        if published is not None:  # published before an interruption: the stage is done
-            if record.exists():  # what it recorded while training (losses, ELBO terms, stds)
-                details.update(json.loads(record.read_text()))
-            return StageOutput(published, self._loaded(stage), len(items), details)
+        loaded = self._loaded(stage)
+        recorded = json.loads(record.read_text()) if published is not None and record.exists() else {}
+        # published before an interruption from these very inputs: the stage is done (other inputs: train again)
+        if published is not None and recorded.pop("inputs", loaded) == loaded:
+            details.update(recorded)  # what it recorded while training (losses, ELBO terms, stds)
+            return StageOutput(published, loaded, len(items), details)
 
         bayes = stage.network == NetworkKind.BAYES
         network = self._bayesian(self._plain(), stage.bound_std) if bayes else self._plain()
@@ -211,7 +213,7 @@ class MonaiStageExecutor:
             details.update(elbo=[h[1:] for h in losses.history], std=dict(losses.std, trained=std_summary(network)))
         # side outputs first, under this stage's number; the model last: publishing commits the stage
         record.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record, json.dumps(details))
+        atomic_write_text(record, json.dumps({**details, "inputs": loaded}))
         target = self._optimizer_file(stage, stage.number)
         if target is not None:
             save_optimizer_state(target, optimizer.state_dict(), site=stage.site, stage=stage.number)
@@ -226,7 +228,7 @@ class MonaiStageExecutor:
             transfer = WeightTransferHandler(self.store, stage.site, network, stage=stage.number, load=False)
             published = transfer.publish_weights().sha256
         checkpoint.path.unlink(missing_ok=True)
-        return StageOutput(published, self._loaded(stage), len(items), details)
+        return StageOutput(published, loaded, len(items), details)
 
     def _voxels(self, items: Sequence[dict[str, Any]]) -> int:
         """Voxels per training example when the ELBO counts voxels (the default), else 1."""
@@ -267,6 +269,21 @@ class MonaiStageExecutor:
             return float(np.mean([x for v in values.values() for x in v]))
 
         return score
+
+    def validation_score(self, number: int, site: str) -> float:
+        """Mean Dice of stage ``number``'s published model on ``site``'s validation cases (NaN when its output is
+        not finite), seeded by stage and site: a site's check of a model it received before training from it."""
+        runner = self.runner
+        items = runner.data.items(site, "validation")
+        if not items:
+            raise DatalistError(f"site {site!r} has no validation cases to check a received model on.")
+        network = self.model(number)
+        if any(not bool(torch.isfinite(v).all()) for v in network.state_dict().values() if v.is_floating_point()):
+            return float("nan")
+        seed_everything(runner.seed * 15_485_863 + number * 7_919 + zlib.crc32(site.encode()))
+        values = evaluate_sites(network, {site: items}, runner.eval_transform, runner.num_classes,
+                                runner.inferer_for(self._kind(number) == NetworkKind.BAYES), runner.device)
+        return float(np.mean(values[site]))
 
     def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
         loaded = self._loaded(stage)

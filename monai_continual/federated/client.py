@@ -19,22 +19,27 @@ def main(argv: list[str] | None = None) -> None:
 
     from monai_continual.engines.monai_executor import MonaiStageExecutor
     from monai_continual.federated.config import parse_config
-    from monai_continual.federated.site_worker import SiteWorker, parse_settings, serve
+    from monai_continual.federated.overrides import MONAI_SITE_KEYS, parse_overrides
+    from monai_continual.federated.site_worker import SiteWorker, serve
+    from monai_continual.utils.names import check_site_name
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="the bundle config of the run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="a config override (the server's), repeated")
+                        help="a config override (the server's, one of MONAI_SITE_KEYS, a plain JSON value), repeated")
     parser.add_argument("--workdir", required=True, help="this site's working directory (its own disk)")
+    parser.add_argument("--accept-margin", type=float, default=None,
+                        help="check every received model on this site's validation cases before training from it")
     args = parser.parse_args(argv)
+    overrides = parse_overrides(args.set, MONAI_SITE_KEYS)  # data, never expressions: refused before anything runs
 
     flare.init()
-    site = flare.get_site_name()
+    site = check_site_name(flare.get_site_name(), "NVFlare site")
     site_dir = Path(args.workdir) / site
-    overrides = parse_settings(args.set)
     config = parse_config(args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")})
     runner = config.get_parsed_content("site_runner")
-    serve(SiteWorker(lambda stages: MonaiStageExecutor(runner, site_dir / "stages", stages), site))
+    serve(SiteWorker(lambda stages, run_dir: MonaiStageExecutor(runner, run_dir, stages), site, site_dir,
+                     accept_margin=args.accept_margin))
 
 
 if __name__ == "__main__":

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
+from monai_continual.federated.boundary import BoundaryPolicy
 from monai_continual.federated.payload import PayloadError, check_payload
-from monai_continual.federated.results import write_results
-from monai_continual.federated.server_executor import FederatedStageExecutor
-from monai_continual.strategies import RunState, Strategy, build_schedule, make_options, run_name, run_stages, strategy_of
-from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.federated.server_run import run_on_server
+from monai_continual.strategies import Strategy, strategy_of
 
 __all__ = ["StrategyController", "refuse_data_transfer"]
 
@@ -57,13 +54,16 @@ class StrategyController(ModelController):
         task_timeout: seconds to wait for a site's answer (0: forever).
         payload_log: optional JSON-lines file recording the keys of every payload received (for audits).
         allow_data_to_leave_sites: must be set for strategies that move data (replay).
+        boundary: the bounds on a site's influence, :class:`~monai_continual.federated.boundary.BoundaryPolicy`'s
+            fields as JSON (defaults: equal FedAvg weights, updates bounded to 3x the median norm, posteriors screened).
     """
 
-    def __init__(self, strategy: str, options: dict, sites: list, eval_sites: list, run_dir: str,
+    def __init__(self, strategy: str, options: dict, sites: list, eval_sites: list, run_dir: str, *,
                  settings: dict | None = None, epochs: int = 1, seed: int = 0, min_clients: int = 1, task_timeout: int = 0,
-                 payload_log: str = "", allow_data_to_leave_sites: bool = False) -> None:
+                 payload_log: str = "", allow_data_to_leave_sites: bool = False, boundary: dict | None = None) -> None:
         super().__init__()
         refuse_data_transfer(strategy, allow_data_to_leave_sites)
+        self.boundary = BoundaryPolicy.from_dict(boundary).to_dict()  # refused here, before the job runs
         self.strategy = strategy
         self.options = dict(options or {})
         self.sites = list(sites)
@@ -100,21 +100,11 @@ class StrategyController(ModelController):
         return reply_params, reply_meta, metrics
 
     def run(self) -> None:
-        name = strategy_of(self.strategy)
-        stages = build_schedule(name, self.sites, make_options(name, **self.options), self.epochs, self.seed)
-        run_dir = Path(self.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config = {"strategy": run_name(name), "stages": [s.to_dict() for s in stages], "sites": self.sites,
-                  "eval_sites": self.eval_sites, "settings": self.settings, "engine": "federated"}
-        state = RunState.open(run_dir, run_name(name), config)
-        executor = FederatedStageExecutor(run_dir, stages, self._send, self.min_clients)
         try:
-            run_stages(stages, executor, state, self.eval_sites, log=self.info)
+            run_on_server(self.strategy, self.options, self.sites, self.eval_sites, self.run_dir, self._send,
+                          settings=self.settings, epochs=self.epochs, seed=self.seed, min_clients=self.min_clients,
+                          boundary=self.boundary, log=self.info)
         except (PayloadError, RuntimeError, ValueError) as err:
-            self.error(f"federated {name.value} stopped: {err}")
-            atomic_write_text(run_dir / "error.txt", f"{type(err).__name__}: {err}\n")
+            self.error(f"federated {self.strategy} stopped: {err}")
             raise
-        (run_dir / "error.txt").unlink(missing_ok=True)
-        write_results(run_dir, name.value, stages, state, self.sites, [s for s in self.eval_sites if s not in self.sites],
-                      skipped=sorted(executor.missing))
-        self.info(f"federated {name.value}: done; results in {os.fspath(run_dir)}")
+        self.info(f"federated {self.strategy}: done; results in {self.run_dir}")

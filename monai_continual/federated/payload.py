@@ -29,8 +29,8 @@ __all__ = [
 
 _SEP = "|"
 _POSTERIOR_GROUPS = ("mean", "std", "deterministic")
-_ALLOWED_META_KEYS = {"task", "stage", "kinds", "roles", "site", "num_examples", "published", "details", "metadata",
-                      "scores", "error"}
+_ALLOWED_META_KEYS = {"task", "run", "stage", "kinds", "roles", "site", "num_examples", "published", "details",
+                      "metadata", "scores", "error"}
 
 
 class PayloadError(ValueError):

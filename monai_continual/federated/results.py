@@ -49,6 +49,7 @@ def write_results(run_dir: Path, strategy: str, stages: Sequence[Stage], state: 
         "comparisons": [],
         "per_volume_dice": {strategy: scores},
         "skipped_stages": list(skipped),
+        "boundary": {str(r.number): r.details["boundary"] for r in state.stage_records() if r.details.get("boundary")},
         "engine": "nvflare",
         "seconds": float(sum(r.details.get("seconds", 0.0) for r in state.stage_records())),
     }

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from monai_continual.data import load_multisite_datalist
+from monai_continual.federated.boundary import BoundaryPolicy
 from monai_continual.federated.controller import StrategyController, refuse_data_transfer
+from monai_continual.federated.overrides import MONAI_SITE_KEYS, NNUNET_SITE_KEYS, check_overrides
 from monai_continual.strategies import make_options, strategy_of
+from monai_continual.utils.names import check_site_name
 
 __all__ = ["FederatedRun", "ENGINES"]
 
@@ -29,7 +32,8 @@ class FederatedRun:
         datalist: the multi-site datalist; every site becomes a client named after it.
         output_dir: the server's run directory (state, R matrix, summary) and the sites' working directories
             (``sites/<name>``, standing in for each hospital's own disk in the simulator and POC mode).
-        overrides: config overrides every party applies (epochs, channels, seed...).
+        overrides: config overrides every party applies (keys of
+            :data:`~monai_continual.federated.overrides.MONAI_SITE_KEYS`, plain JSON values: never expressions).
         engine: ``"simulator"`` (one machine, NVFlare's simulator) or ``"poc"`` (separate processes with mutual TLS:
             ``nvflare poc prepare/start``, ``nvflare job submit``).
         export: a directory to write the job folder to (for ``nvflare job submit`` in production) instead of running.
@@ -38,6 +42,10 @@ class FederatedRun:
         task_timeout: seconds a site may take for one task before it counts as dead (0: forever).
         allow_data_to_leave_sites: required for strategies that move patient data (replay).
         payload_log: a JSON-lines audit of every payload the server received (keys and metrics only).
+        boundary: the bounds on a site's influence (:class:`~monai_continual.federated.boundary.BoundaryPolicy`'s
+            fields): FedAvg weighting, update-norm bound, robust aggregation, posterior screening.
+        accept_margin: every site checks a received model on its own validation cases before training from it
+            (:class:`~monai_continual.federated.SiteWorker`'s ``accept_margin``); ``None``: off.
 
     Example::
 
@@ -51,7 +59,8 @@ class FederatedRun:
                  output_dir: str | os.PathLike, options: Mapping[str, Any] | None = None,
                  overrides: Mapping[str, Any] | None = None, engine: str = "simulator", export: str = "",
                  epochs: int = 1, seed: int = 0, min_clients: int | None = None, task_timeout: int = 0,
-                 allow_data_to_leave_sites: bool = False, payload_log: str = "") -> None:
+                 allow_data_to_leave_sites: bool = False, payload_log: str = "",
+                 boundary: Mapping[str, Any] | None = None, accept_margin: float | None = None) -> None:
         name = strategy_of(strategy)
         self.options = dict(options or {})
         make_options(name, **self.options)  # bad options fail here, not in a server process
@@ -65,7 +74,7 @@ class FederatedRun:
         self.sites = data.training_sites()
         self.eval_sites = data.site_names
         self.output_dir = Path(output_dir).resolve()
-        self.overrides = {**dict(overrides or {}), "datalist": self.datalist}
+        self.overrides = check_overrides({**dict(overrides or {}), "datalist": self.datalist}, MONAI_SITE_KEYS)
         self.engine = engine
         self.export = export
         self.epochs, self.seed = int(epochs), int(seed)
@@ -73,6 +82,8 @@ class FederatedRun:
         self.task_timeout = int(task_timeout)
         self.allow = bool(allow_data_to_leave_sites)
         self.payload_log = payload_log
+        self.boundary = BoundaryPolicy.from_dict(boundary).to_dict()
+        self.accept_margin = None if accept_margin is None else float(accept_margin)
 
     @classmethod
     def nnunet(cls, datasets: Sequence[str], strategy: str, output_dir: str | os.PathLike,
@@ -96,14 +107,17 @@ class FederatedRun:
         make_options(name, **run.options)
         refuse_data_transfer(name.value, kwargs.pop("allow_data_to_leave_sites", False))
         run.strategy, run.config_file, run.datalist = name.value, "", ""
-        run.sites, run.eval_sites = list(datasets), [*datasets, *eval_datasets]
+        run.sites = [check_site_name(d, "FederatedRun.nnunet: dataset") for d in datasets]
+        run.eval_sites = [*run.sites, *(check_site_name(d, "FederatedRun.nnunet: dataset") for d in eval_datasets)]
         run.output_dir = Path(output_dir).resolve()
-        run.overrides = dict(settings or {})
+        run.overrides = check_overrides(dict(settings or {}), NNUNET_SITE_KEYS)
         run.engine, run.export = kwargs.pop("engine", "simulator"), kwargs.pop("export", "")
         run.epochs, run.seed = int(kwargs.pop("epochs", 1)), int(kwargs.pop("seed", 0))
         run.min_clients = int(kwargs.pop("min_clients", None) or len(run.sites))
         run.task_timeout, run.allow = int(kwargs.pop("task_timeout", 0)), False
         run.payload_log = kwargs.pop("payload_log", "")
+        run.boundary = BoundaryPolicy.from_dict(kwargs.pop("boundary", None)).to_dict()
+        run.accept_margin = None  # the nnU-Net executor does not score validation cases
         if kwargs:
             raise TypeError(f"FederatedRun.nnunet: unexpected arguments {sorted(kwargs)}.")
         run.script = NNUNET_CLIENT_SCRIPT
@@ -122,11 +136,14 @@ class FederatedRun:
         job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=self.min_clients)
         job.set_app_packages(["monai_continual"])  # installed at every party: never copied into the job
         controller = StrategyController(
-            self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), self.overrides, self.epochs,
-            self.seed, self.min_clients, self.task_timeout, self.payload_log, self.allow,
+            self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), settings=self.overrides,
+            epochs=self.epochs, seed=self.seed, min_clients=self.min_clients, task_timeout=self.task_timeout,
+            payload_log=self.payload_log, allow_data_to_leave_sites=self.allow, boundary=self.boundary,
         )
         job.to_server(controller)
         args = ["--workdir", str(self.output_dir / "sites")] + (["--config", self.config_file] if self.config_file else [])
+        if self.accept_margin is not None:
+            args += ["--accept-margin", repr(self.accept_margin)]
         spaced = [a for a in args if " " in a]
         if spaced:  # NVFlare splits a script's arguments on spaces, without quoting
             raise ValueError(f"FederatedRun: paths with spaces cannot be passed to the sites: {spaced}.")

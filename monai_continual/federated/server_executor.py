@@ -1,9 +1,12 @@
 """The server's side of a federated run: the strategy engine's executor that runs stages at the sites.
 
-Each training stage is sent to its site with the models it names (looked up on the server by stage number); what
-comes back is published on the server under the stage's number after its hash is checked. Consolidations (DWC,
-weighted averaging) run on the server from the published files, one site's model in memory at a time. Evaluation
-asks each site for per-volume scores of its own test data.
+Each training stage is sent to its site with the models it names (looked up on the server by stage number) and the
+run's identity; what comes back is checked in memory (hash, entries against the stage's start model, finiteness,
+size, counts; :mod:`~monai_continual.federated.boundary`) and only then published under the stage's number.
+Consolidations (DWC, averaging) run on the server from the published files with the site influence bounded by the
+run's :class:`~monai_continual.federated.boundary.BoundaryPolicy`. Evaluation asks each site for per-volume scores
+of its own test data, refused unless finite, in [0, 1] and one per test case. Everything clipped, left out, flagged
+or refused is listed under ``details["boundary"]`` of the stage's record.
 """
 
 from __future__ import annotations
@@ -13,8 +16,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_continual.consolidation.averaging import weighted_average
 from monai_continual.consolidation.dwc import consolidate_dwc
+from monai_continual.consolidation.posterior import Posterior
+from monai_continual.consolidation.robust import robust_average
+from monai_continual.consolidation.screening import posterior_shift
+from monai_continual.federated.boundary import (
+    BoundaryPolicy,
+    FedAvgWeighting,
+    PosteriorScreen,
+    check_count,
+    check_model,
+    check_posterior,
+    check_scores,
+)
 from monai_continual.federated.payload import (
     PayloadError,
     check_payload,
@@ -53,15 +67,33 @@ class FederatedStageExecutor:
         stages: the schedule.
         send: the transport.
         min_clients: fewest inputs a consolidation goes on with.
+        run_id: the run's identity (config hash), sent with every task: a site keys its stage outputs by it.
+        policy: the bounds on a site's influence (default :class:`BoundaryPolicy`).
+        test_sizes: site -> test cases, as known from earlier evaluations of this run (resume).
     """
 
-    def __init__(self, run_dir: str | Path, stages: Sequence[Stage], send: Send, min_clients: int = 1) -> None:
+    def __init__(self, run_dir: str | Path, stages: Sequence[Stage], send: Send, min_clients: int = 1, *,
+                 run_id: str = "", policy: BoundaryPolicy | None = None,
+                 test_sizes: dict[str, int] | None = None) -> None:
         self.artifacts = StageArtifacts(run_dir, stages)
         self.stages = self.artifacts.stages
         self.send = send
         self.min_clients = int(min_clients)
+        self.run_id = str(run_id)
+        self.policy = policy or BoundaryPolicy()
+        self.test_sizes = {**dict(test_sizes or {}), **dict(self.policy.declared_test_sizes)}
         self.missing: set[int] = set()
         self.dead: set[str] = set()
+        self.events: dict[int, list[dict[str, Any]]] = {}
+
+    def _event(self, number: int, **event: Any) -> None:
+        logger.warning(f"stage {number}: {event}")
+        self.events.setdefault(number, []).append(event)
+
+    def _output(self, number: int, published: str | None, loaded: dict, num_examples: int = 0,
+                details: dict | None = None) -> StageOutput:
+        # the same list object: refusals during the stage's evaluation, which the engine records after it, join it
+        return StageOutput(published, loaded, num_examples, {**(details or {}), "boundary": self.events.setdefault(number, [])})
 
     # ------------------------------------------------------------------------------------------------ what is sent
 
@@ -86,11 +118,11 @@ class FederatedStageExecutor:
             if self.artifacts.kind(number) == NetworkKind.BAYES:
                 posterior = self.artifacts.posterior(number)
                 params.update(model_to_params(role, posterior))
-                roles[role]["metadata"] = dict(posterior.metadata)
+                roles[role].update(metadata=dict(posterior.metadata), sha256=posterior.sha256())
             else:
                 entry = self.artifacts.store.entry(number)
                 params.update(model_to_params(role, self.artifacts.weights(number)))
-                roles[role].update(site=entry.site, sha256=entry.sha256)
+                roles[role].update(site=entry.site, sha256=entry.sha256, metadata=dict(entry.metadata))
         return params, roles, kinds
 
     def _request(self, task: str, stage: Stage, site: str) -> tuple[dict, dict, dict] | None:
@@ -98,7 +130,7 @@ class FederatedStageExecutor:
         if site in self.dead:
             return None
         params, roles, kinds = self._roles(stage, task)
-        meta = {"task": task, "roles": roles, **stage_to_meta(stage, kinds)}
+        meta = {"task": task, "run": self.run_id, "roles": roles, **stage_to_meta(stage, kinds)}
         check_payload(meta, params, None)
         answer = self.send(task, site, params, meta)
         if answer is None:
@@ -111,45 +143,109 @@ class FederatedStageExecutor:
         entry = self.artifacts.store.entry(INITIAL_STAGE)
         if entry is None:
             first = next(s for s in self.stages.values() if s.sites).sites[0]
-            meta = {"task": "initialize"}
-            answer = self.send("initialize", first, {}, meta)
+            answer = self.send("initialize", first, {}, {"task": "initialize", "run": self.run_id})
             if answer is None:
                 raise SiteUnavailable(f"site {first!r} did not answer the request for the initial weights.")
             params, reply, _ = answer
-            entry = self.artifacts.store.publish(params_to_weights(split_params(params)["published"]), "init", INITIAL_STAGE)
-            if entry.sha256 != reply.get("published"):
-                raise PayloadError(f"site {first!r}: the initial weights received do not match the hash it reported.")
+            weights = params_to_weights(split_params(params).get("published", {}))
+            what = f"site {first!r}, the initial weights"
+            check_model(weights, None, what, self.policy)
+            self._check_sha(self.artifacts.store.content_sha256(weights, "init", INITIAL_STAGE), reply, what)
+            entry = self.artifacts.store.publish(weights, "init", INITIAL_STAGE)
         return StageOutput(entry.sha256)
+
+    @staticmethod
+    def _check_sha(sha: str, reply: dict, what: str) -> None:
+        if sha != reply.get("published"):
+            raise PayloadError(f"{what}: the model received does not match the hash the site reported; nothing was stored.")
 
     def train(self, stage: Stage) -> StageOutput:
         if len(stage.sites) != 1:
             raise ValueError(f"stage {stage.number} ({stage.label}) pools the data of {list(stage.sites)}: data would "
                              "have to leave the sites; the federated engine runs only one site per stage.")
+        loaded = self.artifacts.loaded(stage)
         published = self.artifacts.published_sha(stage.number)
-        if published is not None:
-            return StageOutput(published, self.artifacts.loaded(stage))
+        if published is not None:  # published before an interruption: what arrived with it was recorded first
+            receipt = self.artifacts.receipt(stage.number, published)
+            return self._output(stage.number, published, loaded, int(receipt.get("num_examples", 0)),
+                                receipt.get("details", {}))
         site = stage.sites[0]
         answer = self._request("train", stage, site)
         if answer is None:
             return self._skip(stage, site)
         params, meta, _ = answer
-        tensors = split_params(params).get("published", {})
+        what = f"site {site!r}, stage {stage.number}"
+        try:
+            count = check_count(meta.get("num_examples"), f"{what}: num_examples")
+            details = _checked_details(meta.get("details", {}), what)
+            tensors = split_params(params).get("published", {})
+            if stage.network == NetworkKind.BAYES:
+                model: Any = self._checked_posterior(stage, tensors, meta, what)
+                if model is None:
+                    return self._skip(stage, site, refused=True)
+                sha = model.sha256()
+            else:
+                model = params_to_weights(tensors)
+                start = (self.artifacts.weights(stage.start)
+                         if stage.start is not None and self.artifacts.kind(stage.start) == NetworkKind.MAP else None)
+                check_model(model, start, what, self.policy)
+                sha = self.artifacts.store.content_sha256(model, site, stage.number)
+                self._check_sha(sha, meta, what)
+        except PayloadError as err:  # nothing of it is stored: the visit counts as skipped, the site as refused
+            self._event(stage.number, site=site, model="refused", reason=str(err))
+            return self._skip(stage, site, refused=True)
+        if self.policy.max_examples is not None and count > self.policy.max_examples:
+            self._event(stage.number, site=site, count="capped", reported=count, cap=self.policy.max_examples)
+            count = self.policy.max_examples
+        if details.get("refused_start"):
+            self._event(stage.number, site=site, start="refused by the site", sha256=loaded.get("start"))
+        self.artifacts.write_receipt(stage.number, sha, num_examples=count, details=details)
         if stage.network == NetworkKind.BAYES:
-            posterior = params_to_posterior(tensors, meta.get("metadata", {}))
-            if posterior.sha256() != meta.get("published"):
-                raise PayloadError(f"site {site!r}, stage {stage.number}: the posterior received does not match the hash it reported.")
-            posterior.save(self.artifacts.posterior_file(stage.number))
-            sha = posterior.sha256()
+            model.save(self.artifacts.posterior_file(stage.number))
         else:
-            entry = self.artifacts.store.publish(params_to_weights(tensors), site, stage.number)
-            if entry.sha256 != meta.get("published"):
-                raise PayloadError(f"site {site!r}, stage {stage.number}: the weights received do not match the hash it reported.")
-            sha = entry.sha256
-        return StageOutput(sha, self.artifacts.loaded(stage), int(meta.get("num_examples", 0)), dict(meta.get("details", {})))
+            self.artifacts.store.publish(model, site, stage.number)
+        return self._output(stage.number, sha, loaded, count, details)
 
-    def _skip(self, stage: Stage, site: str) -> StageOutput:
-        """Weight transfer past a site that did not answer: the stage publishes its start unchanged."""
-        logger.warning(f"site {site!r} did not answer stage {stage.number} ({stage.label}); the visit is skipped.")
+    def _reference(self, stage: Stage) -> Posterior | dict | None:
+        """What a stage's posterior must fit: its start's or prior's posterior, else its plain start model."""
+        for number in (stage.start, stage.prior):
+            if number is not None and self.artifacts.kind(number) == NetworkKind.BAYES:
+                return self.artifacts.posterior(number)
+        return self.artifacts.weights(stage.start) if stage.start is not None else None
+
+    def _checked_posterior(self, stage: Stage, tensors: dict, meta: dict, what: str) -> Posterior | None:
+        """The received posterior after the integrity checks; ``None`` when the screening leaves it out."""
+        try:
+            posterior = params_to_posterior(tensors, meta.get("metadata", {}))
+        except ValueError as err:  # non-finite values, std <= 0, mismatched means and stds
+            raise PayloadError(f"{what}: {err}") from err
+        reference = self._reference(stage)
+        check_posterior(posterior, reference, what, self.policy)
+        self._check_sha(posterior.sha256(), meta, what)
+        policy = self.policy
+        if policy.screen_posteriors == PosteriorScreen.OFF or not isinstance(reference, Posterior):
+            return posterior
+        prior = self.artifacts.posterior(stage.prior) if stage.prior is not None else reference
+        shift = posterior_shift(prior, posterior, policy.max_mean_shift)
+        reasons = []
+        if shift.fraction > policy.max_shift_fraction:
+            reasons.append(f"{shift.fraction:.1%} of its means moved more than {policy.max_mean_shift:g} prior stds "
+                           f"(bound {policy.max_shift_fraction:.1%})")
+        if policy.max_precision_ratio is not None and shift.max_precision_ratio > policy.max_precision_ratio:
+            reasons.append(f"it claims {shift.max_precision_ratio:.3g} times the prior's precision "
+                           f"(bound {policy.max_precision_ratio:g})")
+        if reasons:
+            action = "left out" if policy.screen_posteriors == PosteriorScreen.EXCLUDE else "flagged"
+            self._event(stage.number, site=stage.site, posterior=action, reason="; ".join(reasons), **shift.to_dict())
+            if policy.screen_posteriors == PosteriorScreen.EXCLUDE:
+                return None
+        return posterior
+
+    def _skip(self, stage: Stage, site: str, refused: bool = False) -> StageOutput:
+        """Past a site that did not answer (or whose model was left out): the stage publishes its start unchanged and
+        counts as missing for a consolidation."""
+        if not refused:
+            logger.warning(f"site {site!r} did not answer stage {stage.number} ({stage.label}); the visit is skipped.")
         self.missing.add(stage.number)
         if self.artifacts.kind(stage.start) != stage.network:
             raise SiteUnavailable(f"site {site!r} did not answer stage {stage.number} ({stage.label}), whose model kind "
@@ -160,34 +256,64 @@ class FederatedStageExecutor:
             sha = posterior.sha256()
         else:
             sha = self.artifacts.store.publish(self.artifacts.weights(stage.start), site, stage.number, skipped=True).sha256
-        return StageOutput(sha, self.artifacts.loaded(stage), 0, {"skipped": True})
+        self.artifacts.write_receipt(stage.number, sha, num_examples=0, details={"skipped": True, "refused": refused})
+        return self._output(stage.number, sha, self.artifacts.loaded(stage), 0, {"skipped": True, "refused": refused})
 
     def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
         loaded = self.artifacts.loaded(stage)
         if stage.action == Action.ENSEMBLE:
-            return StageOutput(None, loaded)
+            return self._output(stage.number, None, loaded)
+        # a skipped or left-out stage was recorded with no examples; every accepted one with a count > 0
         present = [(i, w) for i, w in zip(stage.inputs, weights) if i not in self.missing and w > 0]
         if len(present) < min(self.min_clients, len(stage.inputs)):
             raise SiteUnavailable(f"stage {stage.number} ({stage.label}): only {len(present)} of {len(stage.inputs)} "
-                                  f"sites answered, fewer than min_clients={self.min_clients}. Resubmit to continue.")
-        inputs, sizes = [i for i, _ in present], [w for _, w in present]
+                                  f"sites answered or were accepted, fewer than min_clients={self.min_clients}. "
+                                  "Resubmit to continue.")
+        inputs, reported = [i for i, _ in present], [w for _, w in present]
         names = [self.stages[i].site for i in inputs]
+        sizes = self.policy.fedavg_weights(names, reported)
         if stage.action == Action.AVERAGE:
             states = [self.artifacts.weights(i) for i in inputs]
+            reference = self.artifacts.weights(self.stages[inputs[0]].start)
+            merged, report = robust_average(states, reference, sizes, names, norm_bound=self.policy.norm_bound,
+                                            method=self.policy.aggregation, trim_fraction=self.policy.trim_fraction,
+                                            min_cosine=self.policy.min_cosine)
+            for site, cosine in report.left_out.items():
+                self._event(stage.number, site=site, update="left out", cosine=cosine, min_cosine=self.policy.min_cosine)
+            for site, factor in report.clipped.items():
+                self._event(stage.number, site=site, update="clipped", factor=factor, norm=report.norms[site],
+                            bound=report.bound)
             crash_point("mid_consolidation", stage.number)
-            entry = self.artifacts.store.publish(weighted_average(states, sizes, names), "average", stage.number, weights=sizes)
-            return StageOutput(entry.sha256, loaded, int(sum(sizes)), {"inputs_used": inputs})
-        merged = consolidate_dwc(self.artifacts.posterior_file(stage.prior), [self.artifacts.posterior_file(i) for i in inputs])
+            entry = self.artifacts.store.publish(merged, "average", stage.number, weights=sizes)
+            return self._output(stage.number, entry.sha256, loaded, int(sum(reported)),
+                                {"inputs_used": inputs, "weights": sizes, "aggregation": report.to_dict()})
+        merged = consolidate_dwc(self.artifacts.posterior_file(stage.prior), [self.artifacts.posterior_file(i) for i in inputs],
+                                 site_weights=None if self.policy.weighting == FedAvgWeighting.REPORTED else sizes)
         crash_point("mid_consolidation", stage.number)
         merged.save(self.artifacts.posterior_file(stage.number))
-        return StageOutput(merged.sha256(), loaded, int(sum(sizes)), {"inputs_used": inputs})
+        return self._output(stage.number, merged.sha256(), loaded, int(sum(reported)), {"inputs_used": inputs})
 
     def evaluate(self, stage: Stage, site: str) -> list[float]:
         answer = self._request("evaluate", stage, site)
         if answer is None:
             logger.warning(f"site {site!r} did not answer the evaluation of stage {stage.number}; its cell stays empty.")
             return []
-        scores = answer[2].get("scores")
-        if not isinstance(scores, list):
-            raise PayloadError(f"site {site!r} answered the evaluation of stage {stage.number} without scores.")
-        return [float(s) for s in scores]
+        try:
+            scores = check_scores(answer[2].get("scores"), self.test_sizes.get(site),
+                                  f"site {site!r}, evaluation of stage {stage.number}")
+        except PayloadError as err:
+            self._event(stage.number, site=site, scores="refused", reason=str(err))
+            return []
+        self.test_sizes.setdefault(site, len(scores))
+        return scores
+
+
+def _checked_details(details: Any, what: str, max_keys: int = 32) -> dict[str, Any]:
+    """A site's stage details (recorded in the run state): a few numbers and flags, nothing else."""
+    if not isinstance(details, dict) or len(details) > max_keys:
+        raise PayloadError(f"{what}: details must be a dict of at most {max_keys} numbers or flags.")
+    for key, value in details.items():
+        if not isinstance(key, str) or len(key) > 64 or not isinstance(value, (int, float, bool)) \
+                or (isinstance(value, float) and value != value):
+            raise PayloadError(f"{what}: detail {key!r} must be a number or a flag, got {value!r}.")
+    return dict(details)

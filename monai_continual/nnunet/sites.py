@@ -221,8 +221,10 @@ class NnUNetStageExecutor:
         # the dataset names the stage folder, which is removed when it exists: never a path outside the run
         dataset = check_site_name(stage.sites[0], f"stage {stage.number}: site")
         published = self._published_sha(stage.number)
-        if published is not None:
-            return StageOutput(published, self._loaded(stage), 0, {"redone": False})
+        if published is not None:  # published before an interruption: its count was recorded before publishing
+            receipt = self.artifacts.receipt(stage.number, published)
+            return StageOutput(published, self._loaded(stage), int(receipt.get("num_examples", 0)),
+                               {**receipt.get("details", {}), "redone": False})
         stage_dir = self.run_dir / "stages" / f"{stage.number:03d}_{dataset}"
         if stage_dir.exists():  # an interrupted stage starts again from its beginning
             shutil.rmtree(stage_dir)
@@ -270,10 +272,15 @@ class NnUNetStageExecutor:
                 details.update(std=dict(instance.std_stats or {}, trained=std_summary(network)), elbo=instance.elbo_history)
             details["replay_items"] = int(getattr(instance, "num_replayed", 0))
             if bayes:
+                posterior = Posterior.load(Path(instance.output_folder) / POSTERIOR_FILE)
+                self.artifacts.write_receipt(stage.number, posterior.sha256(), num_examples=num_examples, details=details)
                 atomic_copy(Path(instance.output_folder) / POSTERIOR_FILE, self.posterior_file(stage.number))
-                published = Posterior.load(self.posterior_file(stage.number)).sha256()
+                published = posterior.sha256()
             else:
-                published = self.store.publish(network.state_dict(), dataset, stage.number).sha256
+                state = network.state_dict()
+                sha = self.store.content_sha256(state, dataset, stage.number)
+                self.artifacts.write_receipt(stage.number, sha, num_examples=num_examples, details=details)
+                published = self.store.publish(state, dataset, stage.number).sha256
         return StageOutput(published, self._loaded(stage), num_examples, details)
 
     def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:

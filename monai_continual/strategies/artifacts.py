@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.weight_store import DirectoryWeightStore
 from monai_continual.strategies.stage import NetworkKind, Stage
+from monai_continual.utils.atomic import atomic_write_text
 
 __all__ = ["StageArtifacts"]
 
@@ -41,6 +43,28 @@ class StageArtifacts:
 
     def posterior_file(self, number: int) -> Path:
         return self.run_dir / "posteriors" / f"stage{number:04d}.safetensors"
+
+    def check_file(self, number: int) -> Path:
+        """A site's check of the model it received for stage ``number`` (see the federated site worker)."""
+        return self.run_dir / "checks" / f"stage{number:04d}.json"
+
+    def receipt_file(self, number: int) -> Path:
+        """What the run recorded about stage ``number``'s model when it arrived (its count), before publishing it."""
+        return self.run_dir / "receipts" / f"stage{number:04d}.json"
+
+    def write_receipt(self, number: int, sha256: str, **fields: Any) -> None:
+        """Record ``fields`` for the model of content ``sha256`` (written before the model is published)."""
+        path = self.receipt_file(number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"sha256": sha256, **fields}, sort_keys=True, default=str) + "\n")
+
+    def receipt(self, number: int, sha256: str) -> dict[str, Any]:
+        """The fields recorded for stage ``number``'s model of content ``sha256`` (empty when none match)."""
+        path = self.receipt_file(number)
+        if not path.exists():
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and data.get("sha256") == sha256 else {}
 
     def kind(self, number: int) -> NetworkKind:
         """The kind of model stage ``number`` publishes (stage 0: the deterministic initial weights)."""

@@ -31,6 +31,10 @@ def normalized_weights(weights: Sequence[float] | None, count: int, what: str = 
     if bad:
         raise ValueError(f"{what}: weights must be finite and >= 0; items {bad} are not ({[values[i] for i in bad]}).")
     total = sum(values)
+    if not math.isfinite(total):  # finite weights whose sum overflows (1e308 + 1e308): scale them first
+        largest = max(values)
+        values = [w / largest for w in values]
+        total = sum(values)
     if total <= 0:
         raise ValueError(f"{what}: weights sum to {total}; at least one must be positive.")
     return [w / total for w in values]
