@@ -23,6 +23,7 @@ from monai_continual.experiment.goals import check_goals, order_spread, training
 from monai_continual.experiment.tracking import TRACKERS, RunTracker
 from monai_continual.experiment.figures import plot_predictions
 from monai_continual.metrics import backward_transfer, forward_transfer, weighted_average
+from monai_continual.report import summary_markdown, summary_table
 from monai_continual.utils.atomic import atomic_write_text
 
 __all__ = ["MultiSiteExperiment", "SEQUENTIAL_STRATEGIES", "ROW_ORDER"]
@@ -147,7 +148,7 @@ class MultiSiteExperiment:
         summary = self._summarize(results, runner, data, time.time() - start)
         self._add_orders(summary, variants, runner, data)
         self._write(summary, results, runner, data)
-        print(self.table(summary))
+        print(summary_table(summary))
         return summary
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -281,99 +282,17 @@ class MultiSiteExperiment:
         model = results.get("dwc") or results.get("vcl")
         if model is not None:
             plot_predictions(runner, data, model, self.output_dir / "predictions.png")
-        atomic_write_text(self.output_dir / "summary.md", self.markdown(summary))
+        atomic_write_text(self.output_dir / "summary.md", summary_markdown(summary))
 
     @staticmethod
     def table(summary: Mapping[str, Any]) -> str:
-        """The plain-text table printed at the end of a run."""
-        training, held = summary["training_sites"], summary["held_out_sites"]
-        header = f"{'strategy':<24}" + "".join(f"{s[:10]:>11}" for s in training) + f"{'weighted':>10}" + "".join(f"{s[:10]:>11}" for s in held) + f"{'BWT':>8}"
-        lines = [header, "-" * len(header)]
-        for name, row in summary["strategies"].items():
-            cells = "".join(f"{row['sites'].get(s, float('nan')):>11.3f}" for s in training)
-            cells += f"{row['weighted_average']:>10.3f}" + "".join(f"{row['held_out'].get(s, float('nan')):>11.3f}" for s in held)
-            cells += f"{row['bwt']:>+8.3f}" if row["bwt"] is not None else f"{'':>8}"
-            lines.append(f"{name:<24}{cells}")
-        return "\n".join(lines)
+        """The plain-text table printed at the end of a run: :func:`monai_continual.report.summary_table`."""
+        return summary_table(summary)
 
     @staticmethod
-    def _markdown_extras(summary: Mapping[str, Any]) -> list[str]:
-        lines: list[str] = []
-        if summary.get("budget"):
-            lines += ["", "## Training budget and convergence", "",
-                      "Every strategy trains each site's data for the same number of epochs per stage (DWC's first site "
-                      "also trains its MAP network and, with fine-tuning, a third stage; single weight transfer stops "
-                      "early at a validation plateau). A stage has plateaued when the mean training loss of its last 3 "
-                      "epochs fell by less than 5% against the 3 before (McClure et al.: trained until the loss "
-                      "oscillated around a stable value); short stages (cyclic visits, federated rounds) are judged per "
-                      "site over their concatenation.", "",
-                      "| run | epochs per training site | plateaued / judged |", "|---|---|---|"]
-            for key, b in summary["budget"].items():
-                lines.append(f"| {key} | {b['epochs_per_site']:.1f} | {b['plateaued']} / {b['judged']}"
-                             + (f" ({b['unjudged']} too short to judge)" if b["unjudged"] else "") + " |")
-        if summary.get("orders"):
-            lines += ["", "## Site order", "",
-                      "Each order-dependent strategy ran in the datalist's order and in seeded random permutations; "
-                      "mean and standard deviation over the orders.", "",
-                      "| strategy | orders | weighted Dice | BWT |", "|---|---|---|---|"]
-            for name, o in summary["orders"].items():
-                orders = "; ".join(" > ".join(order) for order in o["orders"])
-                lines.append(f"| {name} | {orders} | {o['weighted_mean']:.3f} ± {o['weighted_std']:.3f} | "
-                             f"{o['bwt_mean']:+.3f} ± {o['bwt_std']:.3f} |")
-        sized = summary.get("vcl_size_orders") or {}
-        if sized:
-            lines += ["", "## VCL in increasing and decreasing site size", "", "| order | sites | weighted Dice | BWT |",
-                      "|---|---|---|---|"]
-            for name, o in sized.items():
-                lines.append(f"| {name} | {' > '.join(o['order'])} | {o['weighted']:.3f} | {o['bwt']:+.3f} |")
-            if {"increasing", "decreasing"} <= set(sized):
-                diff = sized["increasing"]["weighted"] - sized["decreasing"]["weighted"]
-                lines += ["", f"Increasing minus decreasing: {diff:+.3f} weighted Dice."]
-        if summary.get("goals"):
-            lines += ["", "## Goals", "",
-                      "The papers' directions on this benchmark; p: the stated test. A direction that does not hold "
-                      "is reported as such.", "",
-                      "| goal | paper | A | B | mean A | mean B | holds? | p | test |", "|---" * 9 + "|"]
-            for g in summary["goals"]:
-                margin = f" (+{g['margin']:.2f})" if g["margin"] else ""
-                lines.append(f"| {g['goal']} | {g['paper']} | {g['a']}{margin} | {g['b']} | {g['mean_a']:.3f} | "
-                             f"{g['mean_b']:.3f} | {'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} | {g['test']} |")
-        return lines
-
-    @classmethod
-    def markdown(cls, summary: Mapping[str, Any]) -> str:
-        training, held = summary["training_sites"], summary["held_out_sites"]
-        sizes = ", ".join(f"{s}: {summary['test_sizes'][s]}" for s in training)
-        cols = training + ["weighted average"] + [f"{s} (held out)" for s in held] + ["BWT"]
-        lines = [
-            "# Multi-site segmentation: strategies compared",
-            "",
-            "Mean Dice over CSF, GM and WM per test volume, averaged per site; the weighted average weighs training sites by "
-            f"test-set size ({sizes}). BWT: backward transfer "
-            "(last visit of each site, GEM definition). Bayesian rows use Monte Carlo inference.",
-            "",
-            "| strategy | " + " | ".join(cols) + " |",
-            "|---" * (len(cols) + 1) + "|",
-        ]
-        for name, row in summary["strategies"].items():
-            cells = [f"{row['sites'][s]:.3f}" if s in row["sites"] else "" for s in training]
-            cells.append(f"{row['weighted_average']:.3f}")
-            cells += [f"{row['held_out'][s]:.3f}" if s in row["held_out"] else "" for s in held]
-            cells.append(f"{row['bwt']:+.3f}" if row["bwt"] is not None else "")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        if summary["comparisons"]:
-            lines += ["", "## The papers' comparisons on these runs", "",
-                      "| claim | paper | A | B | volumes | mean A | mean B | holds? | t-test p | Wilcoxon p |", "|---" * 10 + "|"]
-        for c in summary["comparisons"]:
-            lines.append(
-                f"| {c['claim']} | {c['paper']} | {c['a']} | {c['b']} | {c['volumes']} ({c['n']}) | {c['mean_a']:.3f} | "
-                f"{c['mean_b']:.3f} | {'yes' if c['direction_holds'] else 'no'} | {c['t_pvalue']:.3g} | {c['wilcoxon_pvalue']:.3g} |"
-            )
-        lines += cls._markdown_extras(summary)
-        lines += ["", f"Wall time: {summary['seconds'] / 60:.1f} min.", "",
-                  "Heatmaps of every R matrix are in `heatmaps/`; `predictions.png` shows one subject per site with the "
-                  "Bayesian model's prediction and uncertainty.", ""]
-        return "\n".join(lines)
+    def markdown(summary: Mapping[str, Any]) -> str:
+        """The text of ``summary.md``: :func:`monai_continual.report.summary_markdown`."""
+        return summary_markdown(summary)
 
 
 def _weighted_dice(result: StrategyResult, test_sizes: Mapping[str, int]) -> float:

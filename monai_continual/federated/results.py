@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from monai_continual.metrics import backward_transfer, weighted_average
+from monai_continual.report import summary_markdown
 from monai_continual.strategies import SEQUENTIAL, RunState, Stage, strategy_of
 from monai_continual.utils.atomic import atomic_write_text
 
@@ -20,8 +21,6 @@ __all__ = ["write_results"]
 def write_results(run_dir: Path, strategy: str, stages: Sequence[Stage], state: RunState, training: Sequence[str],
                   held_out: Sequence[str], skipped: Sequence[int] = ()) -> dict[str, Any]:
     """``R.json``, ``R.csv``, ``R.png``, ``summary.json``, ``summary.md`` and ``heatmaps/`` from the run state."""
-    from monai_continual.experiment.multisite_experiment import MultiSiteExperiment
-
     sites = [*training, *held_out]
     matrix = state.matrix(stages, sites)
     matrix.save_json(run_dir / "R.json")
@@ -54,5 +53,5 @@ def write_results(run_dir: Path, strategy: str, stages: Sequence[Stage], state: 
         "seconds": float(sum(r.details.get("seconds", 0.0) for r in state.stage_records())),
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(run_dir / "summary.md", MultiSiteExperiment.markdown(summary))
+    atomic_write_text(run_dir / "summary.md", summary_markdown(summary))
     return summary

@@ -13,6 +13,7 @@ from monai_continual.data import load_multisite_datalist
 from monai_continual.federated.boundary import BoundaryPolicy
 from monai_continual.federated.controller import StrategyController, refuse_data_transfer
 from monai_continual.federated.overrides import MONAI_SITE_KEYS, NNUNET_SITE_KEYS, check_overrides
+from monai_continual.report import summary_table
 from monai_continual.strategies import make_options, strategy_of
 from monai_continual.utils.names import check_site_name
 
@@ -185,8 +186,6 @@ class FederatedRun:
         if not path.exists():
             raise RuntimeError(f"the federated run ended without results in {self.run_dir}; see the NVFlare logs in "
                                f"{self.output_dir}.")
-        from monai_continual.experiment.multisite_experiment import MultiSiteExperiment
-
         summary = json.loads(path.read_text())
-        print(MultiSiteExperiment.table(summary))
+        print(summary_table(summary))
         return summary
