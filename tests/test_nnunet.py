@@ -346,7 +346,8 @@ def test_nnunet_runs_crashed_at_step_boundaries_resume_exactly(nnunet, tmp_path,
 
     def records(directory: Path) -> list:
         state = json.loads((directory / "state.json").read_text())
-        return [(r["number"], r["published"], r["loaded"], r["scores"]) for r in state["stages"]]
+        # the example count too: a stage published before the crash keeps it on resume (FedAvg weights by it)
+        return [(r["number"], r["published"], r["loaded"], r["scores"], r["num_examples"]) for r in state["stages"]]
 
     reference = run(tmp_path / "reference", None)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -356,7 +357,7 @@ def test_nnunet_runs_crashed_at_step_boundaries_resume_exactly(nnunet, tmp_path,
     final = run(tmp_path / "crashed", None)
     assert final.returncode == 0, final.stderr[-3000:]
     assert records(tmp_path / "crashed") == records(tmp_path / "reference")
-    published = [p for _, p, _, _ in records(tmp_path / "reference") if p]
+    published = [p for _, p, _, _, _ in records(tmp_path / "reference") if p]
     assert len(set(published)) == len(published)
 
 
