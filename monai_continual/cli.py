@@ -17,7 +17,8 @@ def _consolidate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise SystemExit(f"error: --out {str(out)!r} is a directory; give a file path (e.g. consolidated.safetensors).")
-    merged = consolidate_dwc(args.prior, args.sites, fallback=args.fallback, progress=True)
+    merged = consolidate_dwc(args.prior, args.sites, fallback=args.fallback, progress=True,
+                             max_mean_shift=args.max_mean_shift or None)
     merged.save(out)
     meta = merged.metadata
     print(
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     cons.add_argument("--prior", required=True, help="posterior file of the shared prior the sites trained from")
     cons.add_argument("--out", required=True, help="where to write the consolidated posterior (.safetensors)")
     cons.add_argument("--fallback", choices=("raise", "prior"), default="raise", help="where precision <= 0")
+    cons.add_argument("--max-mean-shift", type=float, default=5.0,
+                      help="refuse a site posterior whose means moved more than this many prior stds on more than 0.1%% "
+                           "of its weights (0: no check; default: %(default)s)")
     cons.add_argument("sites", nargs="+", help="site posterior files")
     cons.set_defaults(func=_consolidate)
 

@@ -327,3 +327,26 @@ def test_the_policy_is_json_and_refuses_unknown_or_invalid_settings():
         BoundaryPolicy(weighting="declared")
     with pytest.raises(PayloadError):
         BoundaryPolicy(declared_sizes={"a": -1})
+
+
+def test_a_shifted_posterior_in_a_shared_exchange_directory_is_refused_by_name(tmp_path):
+    """The overlays' and the command line's consolidation read posteriors other parties wrote."""
+    import subprocess
+    import sys
+
+    prior = _posterior([0.0] * 4, [1.0] * 4, num_examples=1)
+    honest = _posterior([0.1] * 4, [0.5] * 4, num_examples=4, site="site_a")
+    hostile = _posterior([10.0] * 4, [0.5] * 4, num_examples=4, site="site_m")
+    for name, post in (("prior", prior), ("a", honest), ("m", hostile)):
+        post.save(tmp_path / f"{name}.safetensors")
+    files = [str(tmp_path / f"{n}.safetensors") for n in ("prior", "a", "m")]
+    with pytest.raises(ValueError, match=r"site posterior 1 \('site_m'\): 100.0% of its means moved more than 5 prior"):
+        consolidate_dwc(files[0], files[1:], max_mean_shift=5.0)
+    done = subprocess.run([sys.executable, "-m", "monai_continual.cli", "consolidate", "--prior", files[0], "--out",
+                           str(tmp_path / "out.safetensors"), *files[1:]], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "site_m" in done.stderr and not (tmp_path / "out.safetensors").exists()
+    from monai_continual.handlers import ConsolidationHandler
+
+    handler = ConsolidationHandler(torch.nn.Linear(1, 1), "consolidate", prior=files[0], site_posteriors=files[1:])
+    with pytest.raises(ValueError, match="site_m"):
+        handler()

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from monai_continual.consolidation.posterior import Posterior, PosteriorFileError
+from monai_continual.consolidation.screening import posterior_shift
 from monai_continual.utils.weights import normalized_weights
 
 __all__ = ["consolidate_dwc", "FALLBACKS", "SITE_POLICIES", "MAX_PRECISION_RATIO", "STD_RTOL"]
@@ -40,6 +41,8 @@ def consolidate_dwc(
     max_precision_ratio: float | None = MAX_PRECISION_RATIO,
     dominance: str = "raise",
     site_weights: Sequence[float] | None = None,
+    max_mean_shift: float | None = None,
+    max_shift_fraction: float = 0.001,
 ) -> Posterior:
     """Consolidate site posteriors trained from one shared prior into one posterior (McClure et al. Eq. 17).
 
@@ -75,6 +78,14 @@ def consolidate_dwc(
             mean alone. The default 1e4 allows a site std 100 times below the prior's.
         dominance: what to do beyond ``max_precision_ratio``: ``"raise"`` (naming the site and the number of
             weights) or ``"clip"`` the precision to the bound (counted in ``clipped_precision_weights``).
+        site_weights: weights of the sites' deterministic values, one per site, instead of each posterior's own
+            ``num_examples`` (a coordinator that does not let sites set their own influence passes them).
+        max_mean_shift: refuse (naming the site) a site posterior whose means moved more than this many prior stds
+            on more than ``max_shift_fraction`` of its weights (see
+            :func:`~monai_continual.consolidation.screening.posterior_shift`): training on data from the prior does
+            not do that (honest sites of the main job: at most 3.6 prior stds on any weight); a broken or hostile site
+            does. ``None``: not checked.
+        max_shift_fraction: see ``max_mean_shift``.
 
     Returns:
         The consolidated ``Posterior``; metadata holds ``method``, ``num_sites``, ``sites``, ``num_examples`` (sum over
@@ -111,6 +122,14 @@ def consolidate_dwc(
     for index, item in enumerate(tqdm(items, desc="consolidating sites", disable=not progress)):
         post = _as_posterior(item)
         prior.check_compatible(post)
+        if max_mean_shift is not None:
+            shift = posterior_shift(prior, post, max_mean_shift)
+            if shift.fraction > max_shift_fraction:
+                raise ValueError(
+                    f"consolidate_dwc: site posterior {index} ({post.site or item!r}): {shift.fraction:.1%} of its means "
+                    f"moved more than {max_mean_shift:g} prior stds from the shared prior (bound "
+                    f"{max_shift_fraction:.1%} of the weights); it did not come from training from this prior. Refused."
+                )
         if index == 0:
             det_first = {k: v.clone() for k, v in post.deterministic.items()}
         elif set(post.deterministic) != set(det_first):

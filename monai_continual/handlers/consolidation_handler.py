@@ -41,6 +41,9 @@ class ConsolidationHandler:
         prior: the shared prior file (consolidate).
         site_posteriors: site posterior files or glob patterns (consolidate).
         fallback: see :func:`consolidate_dwc`.
+        max_mean_shift: see :func:`consolidate_dwc`: the site posteriors come from other parties through the exchange
+            directory, so one whose means moved more than 5 prior stds on more than 0.1% of its weights is refused
+            (``None``: not checked).
 
     Example::
 
@@ -58,6 +61,7 @@ class ConsolidationHandler:
         site_posteriors: Sequence[str | os.PathLike] = (),
         fallback: str = "raise",
         event: Any = None,
+        max_mean_shift: float | None = 5.0,
     ) -> None:
         if mode not in ("export", "consolidate"):
             raise ValueError(f"ConsolidationHandler: mode must be 'export' or 'consolidate', got {mode!r}.")
@@ -73,6 +77,7 @@ class ConsolidationHandler:
         self.prior = None if prior is None else str(prior)
         self.site_posteriors = [str(p) for p in site_posteriors]
         self.fallback = fallback
+        self.max_mean_shift = max_mean_shift
         self.event = resolve_event(event or ("COMPLETED" if mode == "export" else "STARTED"), "ConsolidationHandler")
         self.result: Posterior | None = None
 
@@ -96,7 +101,8 @@ class ConsolidationHandler:
             self.result = Posterior.from_model(self.network, **meta)
             self.result.save(self.posterior_file)
         else:
-            self.result = consolidate_dwc(self.prior, self.site_files(), fallback=self.fallback)
+            self.result = consolidate_dwc(self.prior, self.site_files(), fallback=self.fallback,
+                                          max_mean_shift=self.max_mean_shift)
             self.result.to_prior(self.network, init_posterior=True)
             if self.posterior_file is not None:
                 self.result.save(self.posterior_file)
