@@ -60,6 +60,7 @@ def main() -> None:
                 tensors_sha256(state)
             robust_average(states, start, norm_bound=policy.norm_bound, min_cosine=policy.min_cosine)
 
+        old(), new()  # warm-up: allocator and thread pool
         pairs = [(_timed(old), _timed(new)) for _ in range(args.repeats)]
         before, after = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
         print(f"FedAvg round, S={sites}: hash + average {before:.2f} s; with checks, norm bound and cosine screen "
