@@ -119,7 +119,8 @@ class nnUNetTrainerReplay(nnUNetTrainer):
 def replay_sources_for(preprocessed_folders: Sequence[str | os.PathLike], capacity_per_site: int, seed: int = 0) -> dict[str, list[str]]:
     """Choose up to ``capacity_per_site`` cases of every earlier site's preprocessed folder (random, seeded).
 
-    The choice is :class:`monai_continual.data.ReplayBuffer`'s random policy, one site per folder.
+    The choice is :class:`monai_continual.data.ReplayBuffer`'s random policy, one site per folder, named after the
+    folder's dataset (``Dataset501_site_a``), so that it does not depend on where the folders are.
     """
     from monai_continual.data.replay_buffer import ReplayBuffer
 
@@ -130,6 +131,6 @@ def replay_sources_for(preprocessed_folders: Sequence[str | os.PathLike], capaci
         identifiers = sorted(infer_dataset_class(folder).get_identifiers(folder))
         if not identifiers:
             raise FileNotFoundError(f"replay source {folder!r} holds no preprocessed cases.")
-        kept = buffer.add_site(folder, [{"identifier": i} for i in identifiers])
+        kept = buffer.add_site(Path(folder).parent.name, [{"identifier": i} for i in identifiers])
         chosen[folder] = sorted(item["identifier"] for item in kept)
     return chosen
