@@ -11,7 +11,7 @@ from torch import nn
 
 from monai_continual.consolidation.weight_store import DirectoryWeightStore, WeightEntry, WeightStore
 from monai_continual.handlers._events import resolve_event
-from monai_continual.utils.names import check_site_name
+from monai_continual.utils.names import check_site_label
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -59,7 +59,7 @@ class WeightTransferHandler:
         publish_event: Any = "COMPLETED",
         source_stage: int | None = None,
     ) -> None:
-        self.site = check_site_name(site, "WeightTransferHandler: site")
+        self.site = check_site_label(site, "WeightTransferHandler: site")
         self.store = store if isinstance(store, WeightStore) else DirectoryWeightStore(store)
         self.network = network
         self.stage = stage

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["SITE_NAME_PATTERN", "check_site_name"]
+__all__ = ["SITE_NAME_PATTERN", "check_site_name", "check_site_label"]
 
 #: the allowed site names (NVFlare's rule for client names)
 SITE_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -52,3 +52,19 @@ def check_site_name(name: Any, what: str = "site", source: str | None = None) ->
         "(ASCII letters, digits, '_' and '-', at least one character), the rule NVFlare applies to client names, "
         "because it becomes part of file and folder names."
     )
+
+
+def check_site_label(label: Any, what: str = "site") -> str:
+    """Return ``label`` if it is one site name or several joined by ``+`` (a pooled stage's label, as
+    :attr:`~monai_continual.strategies.Stage.site` gives it), each a valid site name; else raise ``ValueError``.
+
+    Example::
+
+        >>> check_site_label("site_a+site_b")
+        'site_a+site_b'
+    """
+    if not isinstance(label, str):
+        return check_site_name(label, what)
+    for part in label.split("+"):
+        check_site_name(part, what)
+    return label
