@@ -68,7 +68,9 @@ def main() -> None:
     prior = Posterior(start, {k: torch.full_like(v, 0.1) for k, v in start.items()})
     site = Posterior({k: v + 0.01 for k, v in start.items()}, {k: torch.full_like(v, 0.05) for k, v in start.items()})
     hashing = statistics.median(_timed(site.sha256) for _ in range(args.repeats))
-    screen = statistics.median(_timed(lambda: posterior_shift(prior, site, policy.max_mean_shift)) for _ in range(args.repeats))
+    screen = statistics.median(
+        _timed(lambda: posterior_shift(prior, site, policy.max_mean_shift)) for _ in range(args.repeats)
+    )
     print(f"DWC site posterior: content hash {hashing:.2f} s; shift and precision screen {screen:.2f} s; "
           f"ratio {screen / hashing:.2f}x")
 

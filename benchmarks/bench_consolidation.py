@@ -29,7 +29,14 @@ def _child(prior: str, sites: list[str], baseline_only: bool) -> None:
     start = time.perf_counter()
     if not baseline_only:
         consolidate_dwc(prior, sites)
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": time.perf_counter() - start}))
+    print(
+        json.dumps(
+            {
+                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    )
 
 
 def _measure(prior: Path, sites: list[Path], baseline_only: bool = False) -> dict:
@@ -85,7 +92,10 @@ def main() -> None:
             f"{results[f'S{count}_seconds']:.1f} s"
         )
     first, last = args.sites[0], args.sites[-1]
-    print(f"ratio S={last} / S={first}: {results[f'S{last}_peak_above_baseline_mb'] / results[f'S{first}_peak_above_baseline_mb']:.2f}")
+    print(
+        f"ratio S={last} / S={first}: "
+        f"{results[f'S{last}_peak_above_baseline_mb'] / results[f'S{first}_peak_above_baseline_mb']:.2f}"
+    )
 
 
 if __name__ == "__main__":

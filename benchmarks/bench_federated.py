@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from monai_continual.bayes import bayesianize
+from monai_continual.consolidation import Posterior
 from monai_continual.data import SiteProfile, make_sites
 from monai_continual.federated import FederatedRun
 from monai_continual.federated.config import parse_config
 from monai_continual.federated.payload import model_to_params
-from monai_continual.consolidation import Posterior
 
 CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "multisite_segmentation" / "configs" / "federated.json"
 OVERRIDES = {"epochs": 1, "mc_samples": 2, "device": "cpu", "threads": 1}
@@ -60,14 +60,19 @@ def main(rounds: int = 2) -> None:
         posterior = _bytes(model_to_params("m", Posterior.from_model(bayes)))
         sent = [json.loads(line) for line in Path(f"{tmp}/payloads{rounds}.jsonl").read_text().splitlines()]
     print("2 clients, FedAvg, MeshNet 16 channels, 24x28x24 volumes, 1 local epoch per round")
-    print(f"  {rounds} rounds: in-process {in_process:.1f} s, NVFlare simulator {federated:.1f} s (ratio {federated / in_process:.1f})")
+    print(
+        f"  {rounds} rounds: in-process {in_process:.1f} s, "
+        f"NVFlare simulator {federated:.1f} s (ratio {federated / in_process:.1f})"
+    )
     print(f"  {rounds + 2} rounds: in-process {in_process_more:.1f} s, NVFlare simulator {federated_more:.1f} s")
     print(f"  the engine's overhead: {fixed:.1f} s fixed (start and stop), {per_round:.1f} s per round "
           f"(2 training and 2 evaluation round trips)")
     print(f"  payloads per round: {len([p for p in sent if p['direction'] == 'sent']) // rounds} sent, "
           f"{len([p for p in sent if p['direction'] == 'received']) // rounds} received")
     print(f"  deterministic weights: {plain / 1e3:.1f} kB per model sent or received (the whole state dict)")
-    print(f"  Bayesian state dict {full_bayes / 1e3:.1f} kB ({full_bayes / plain:.2f}x): mean, rho, prior mean, prior std")
+    print(
+        f"  Bayesian state dict {full_bayes / 1e3:.1f} kB ({full_bayes / plain:.2f}x): mean, rho, prior mean, prior std"
+    )
     print(f"  Bayesian payload {posterior / 1e3:.1f} kB ({posterior / plain:.2f}x): the posterior's mean and std only; "
           f"the prior is the receiving stage's own input and never travels back")
 

@@ -55,7 +55,9 @@ def main(pairs: int = 3) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         set_nnunet_paths(root / "raw", root / "preprocessed", root / "results")
-        datalist = make_sites(root / "sites", sites=list(DEFAULT_SITES[:2]), shape=(24, 28, 24), figure=False, progress=False)
+        datalist = make_sites(
+            root / "sites", sites=list(DEFAULT_SITES[:2]), shape=(24, 28, 24), figure=False, progress=False
+        )
         names = list(export_nnunet_datasets(datalist, root / "raw", first_id=801).values())
         plan_and_preprocess_sites(names)
         replay = [preprocessed_data_folder(root / "preprocessed" / names[0], "3d_fullres")]
@@ -68,9 +70,14 @@ def main(pairs: int = 3) -> None:
                 other = _time(name, names[1], sources)
                 plain_times.append(plain)
                 ratios[name].append(other / plain)
-        print(f"nnUNetTrainer: {statistics.median(plain_times) * 1000:.0f} ms per training iteration (batch 2, 2 threads)")
+        print(
+            f"nnUNetTrainer: {statistics.median(plain_times) * 1000:.0f} ms per training iteration (batch 2, 2 threads)"
+        )
         for name, values in ratios.items():
-            print(f"{name} / nnUNetTrainer: {statistics.median(values):.3f} (pairs: {', '.join(f'{v:.3f}' for v in values)})")
+            print(
+                f"{name} / nnUNetTrainer: {statistics.median(values):.3f} "
+                f"(pairs: {', '.join(f'{v:.3f}' for v in values)})"
+            )
 
 
 if __name__ == "__main__":  # nnU-Net starts worker processes that import this module again

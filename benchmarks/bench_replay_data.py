@@ -27,13 +27,18 @@ def main(pairs: int = 7) -> None:
         generation = time.perf_counter() - start
         data = load_multisite_datalist(datalist)
         keys = ["image", "label"]
-        transform = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), NormalizeIntensityd("image", nonzero=True), EnsureTyped(keys)])
+        transform = Compose(
+            [LoadImaged(keys), EnsureChannelFirstd(keys), NormalizeIntensityd("image", nonzero=True), EnsureTyped(keys)]
+        )
         buffer = ReplayBuffer(capacity_per_site=20)
         for site in ("site_a", "site_b", "site_c"):
             buffer.add_site(site, data.items(site, "training"))
         current = data.items("site_d", "training")
         mixed = ReplayDataset(current, buffer, transform=transform)
-        plain = Dataset([dict(i, site="site_d", replay=False) for i in current] + [dict(i, replay=True) for i in buffer.items()], transform=transform)
+        plain = Dataset(
+            [dict(i, site="site_d", replay=False) for i in current] + [dict(i, replay=True) for i in buffer.items()],
+            transform=transform,
+        )
         assert len(mixed) == len(plain)
 
         def iterate(dataset) -> float:
@@ -49,8 +54,14 @@ def main(pairs: int = 7) -> None:
             t_plain.append(a)
             t_mixed.append(b)
             ratios.append(b / a)
-    print(f"default embedded dataset ({sum(s.num_cases for s in data.sites.values())} subjects, 5 sites): generated in {generation:.1f} s")
-    print(f"epoch over {len(mixed)} items: Dataset {statistics.median(t_plain) * 1000:.0f} ms, ReplayDataset {statistics.median(t_mixed) * 1000:.0f} ms")
+    print(
+        f"default embedded dataset ({sum(s.num_cases for s in data.sites.values())} subjects, 5 sites): "
+        f"generated in {generation:.1f} s"
+    )
+    print(
+        f"epoch over {len(mixed)} items: Dataset {statistics.median(t_plain) * 1000:.0f} ms, "
+        f"ReplayDataset {statistics.median(t_mixed) * 1000:.0f} ms"
+    )
     print(f"ReplayDataset / Dataset = {statistics.median(ratios):.3f}  (target <= 1.05)")
 
 

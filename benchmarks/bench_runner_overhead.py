@@ -31,9 +31,16 @@ EPOCHS = 4
 def main(pairs: int = 3) -> None:
     torch.set_num_threads(2)
     keys = ["image", "label"]
-    transform = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), NormalizeIntensityd("image", nonzero=True), EnsureTyped(keys)])
+    transform = Compose(
+        [LoadImaged(keys), EnsureChannelFirstd(keys), NormalizeIntensityd("image", nonzero=True), EnsureTyped(keys)]
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        datalist = make_sites(Path(tmp) / "sites", sites=[SiteProfile("a", 16), SiteProfile("h", 2, held_out=True)], shape=(24, 28, 24), progress=False)
+        datalist = make_sites(
+            Path(tmp) / "sites",
+            sites=[SiteProfile("a", 16), SiteProfile("h", 2, held_out=True)],
+            shape=(24, 28, 24),
+            progress=False,
+        )
         data = load_multisite_datalist(datalist)
         torch.manual_seed(0)
         network = MeshNet(3, 1, 4, channels=16, dilations=(1, 1, 2, 4, 1))
@@ -42,7 +49,8 @@ def main(pairs: int = 3) -> None:
             net = copy.deepcopy(network)
             trainer = SupervisedTrainer(
                 device=torch.device("cpu"), max_epochs=EPOCHS,
-                train_data_loader=DataLoader(Dataset(data.items("a", "training"), transform), batch_size=2, shuffle=True),
+                train_data_loader=DataLoader(Dataset(data.items("a", "training"), transform), batch_size=2,
+                                             shuffle=True),
                 network=net, optimizer=torch.optim.Adam(net.parameters(), 1e-3),
                 loss_function=DiceCELoss(to_onehot_y=True, softmax=True), decollate=False,
             )
@@ -53,7 +61,9 @@ def main(pairs: int = 3) -> None:
         evaluation = []
 
         def ours(index: int) -> float:
-            runner = ContinualRunner(data, Path(tmp) / f"run{index}", network, transform, transform, 4, epochs=EPOCHS, progress=False)
+            runner = ContinualRunner(
+                data, Path(tmp) / f"run{index}", network, transform, transform, 4, epochs=EPOCHS, progress=False
+            )
             original = runner._evaluate
 
             def timed(*args, **kwargs):
@@ -75,7 +85,8 @@ def main(pairs: int = 3) -> None:
             b_times.append(b)
             ratios.append(b / a)
     print(f"{EPOCHS} epochs on one site: plain SupervisedTrainer {statistics.median(a_times):.2f} s, "
-          f"site-aware stage {statistics.median(b_times):.2f} s (+ {statistics.median(evaluation):.2f} s evaluation on every site)")
+          f"site-aware stage {statistics.median(b_times):.2f} s "
+          f"(+ {statistics.median(evaluation):.2f} s evaluation on every site)")
     print(f"site-aware / plain = {statistics.median(ratios):.3f}  (target <= 1.05)")
 
 

@@ -8,8 +8,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBPACKAGES = (
-    "bayes", "networks", "losses", "consolidation", "data", "metrics", "handlers", "engines", "experiment", "utils", "cli",
-    "nnunet",
+    "bayes", "networks", "losses", "consolidation", "data", "metrics", "handlers", "engines", "experiment", "utils",
+    "cli", "nnunet",
 )
 
 

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     cons.add_argument("--out", required=True, help="where to write the consolidated posterior (.safetensors)")
     cons.add_argument("--fallback", choices=("raise", "prior"), default="raise", help="where precision <= 0")
     cons.add_argument("--max-mean-shift", type=float, default=5.0,
-                      help="refuse a site posterior whose means moved more than this many prior stds on more than 0.1%% "
-                           "of its weights (0: no check; default: %(default)s)")
+                      help="refuse a site posterior whose means moved more than this many prior stds on more than "
+                           "0.1%% of its weights (0: no check; default: %(default)s)")
     cons.add_argument("sites", nargs="+", help="site posterior files")
     cons.set_defaults(func=_consolidate)
 

@@ -17,7 +17,23 @@ from monai_continual.utils.tensor_files import TensorFileError
 
 __all__ = ["mutate_bytes", "mutate_json", "fuzz", "TARGETS"]
 
-_ODD_VALUES = [None, True, -1, 0, 2**63, 1e308, float("nan"), "", "..", "/etc/passwd", "x" * 300, [], {}, [1, "a"], {"a": []}]
+_ODD_VALUES = [
+    None,
+    True,
+    -1,
+    0,
+    2**63,
+    1e308,
+    float("nan"),
+    "",
+    "..",
+    "/etc/passwd",
+    "x" * 300,
+    [],
+    {},
+    [1, "a"],
+    {"a": []},
+]
 
 
 def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
@@ -45,7 +61,9 @@ def mutate_json(document, rng: random.Random):
     node, key = document, None
     path = []
     while True:
-        children = list(node.items()) if isinstance(node, dict) else list(enumerate(node)) if isinstance(node, list) else []
+        children = (
+            list(node.items()) if isinstance(node, dict) else list(enumerate(node)) if isinstance(node, list) else []
+        )
         if not children or (path and rng.random() < 0.3):
             break
         key, child = rng.choice(children)

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     flare.init()
     site = flare.get_site_name()
     site_dir = Path(args.workdir) / site
-    runner = parse_config(args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")}).get_parsed_content("site_runner")
+    runner = parse_config(
+        args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")}
+    ).get_parsed_content("site_runner")
     worker = SiteWorker(lambda stages, run_dir: MonaiStageExecutor(runner, run_dir, stages), site, site_dir,
                         accept_margin=args.accept_margin)
     attacks = attacks_of(site)

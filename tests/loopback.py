@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from hostile_client import attacks_of, corrupt
+from monai_continual.data import load_multisite_datalist
 from monai_continual.engines.monai_executor import MonaiStageExecutor
 from monai_continual.federated.config import parse_config
 from monai_continual.federated.payload import check_payload
 from monai_continual.federated.server_run import run_on_server
 from monai_continual.federated.site_worker import SiteWorker
-from monai_continual.data import load_multisite_datalist
 
 
 def loopback_run(config, datalist, out: Path, strategy: str, options: dict, overrides: dict, *, sites=None,

@@ -16,5 +16,6 @@ if __name__ == "__main__":
     sites, output, strategy, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 1e-3
     runner = tiny_runner(Path(sites), Path(output), optimizer_state="site",
-                         optimizer=lambda p: torch.optim.Adam(p, lr=lr), bayes_optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+                         optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+                         bayes_optimizer=lambda p: torch.optim.Adam(p, lr=lr))
     runner.run(strategy, **options)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd
 
 from monai_continual.data import SiteProfile, make_sites
@@ -22,7 +21,9 @@ TINY_SITES = [
 
 def transform() -> Compose:
     keys = ["image", "label"]
-    return Compose([LoadImaged(keys), EnsureChannelFirstd(keys), NormalizeIntensityd("image", nonzero=True), EnsureTyped(keys)])
+    return Compose(
+        [LoadImaged(keys), EnsureChannelFirstd(keys), NormalizeIntensityd("image", nonzero=True), EnsureTyped(keys)]
+    )
 
 
 def tiny_sites(directory: Path) -> Path:

@@ -50,7 +50,9 @@ def test_output_moments_match_closed_form(cls, conv, shape, kwargs, mode):
     layer = cls(2, 3, dtype=torch.float64, sample_mode=mode, **kwargs)
     w_mean, w_std, b_mean, b_std = _random_posterior(layer)
     x = torch.randn(shape, dtype=torch.float64)
-    expected_mean = conv(x, w_mean, b_mean, stride=kwargs["stride"], padding=kwargs["padding"], dilation=kwargs["dilation"])
+    expected_mean = conv(
+        x, w_mean, b_mean, stride=kwargs["stride"], padding=kwargs["padding"], dilation=kwargs["dilation"]
+    )
     expected_var = conv(
         x * x, w_std**2, b_std**2, stride=kwargs["stride"], padding=kwargs["padding"], dilation=kwargs["dilation"]
     )
@@ -188,7 +190,9 @@ def test_bounded_prior_change_caps_std():
 
 
 def test_priors_survive_state_dict_round_trip():
-    net = nn.Sequential(BayesConv3d(1, 4, 3, padding=1, weight_norm=True), nn.ReLU(), BayesConvTranspose3d(4, 2, 2, stride=2))
+    net = nn.Sequential(
+        BayesConv3d(1, 4, 3, padding=1, weight_norm=True), nn.ReLU(), BayesConvTranspose3d(4, 2, 2, stride=2)
+    )
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -196,7 +200,9 @@ def test_priors_survive_state_dict_round_trip():
     state = net.state_dict()
     for key in ("0.prior_mean", "0.prior_std", "0.bias_prior_mean", "0.bias_prior_std", "2.prior_mean", "2.prior_std"):
         assert key in state
-    fresh = nn.Sequential(BayesConv3d(1, 4, 3, padding=1, weight_norm=True), nn.ReLU(), BayesConvTranspose3d(4, 2, 2, stride=2))
+    fresh = nn.Sequential(
+        BayesConv3d(1, 4, 3, padding=1, weight_norm=True), nn.ReLU(), BayesConvTranspose3d(4, 2, 2, stride=2)
+    )
     assert not torch.equal(fresh[0].prior_mean, net[0].prior_mean)
     fresh.load_state_dict(state)
     for a, b in ((fresh[0], net[0]), (fresh[2], net[2])):
@@ -230,7 +236,9 @@ def test_set_prior_and_posterior_reject_bad_shapes_and_values():
     with pytest.raises(ValueError, match=r"prior weight mean has shape \(3,\)"):
         layer.set_prior(torch.zeros(3), torch.ones(layer.weight_shape), torch.zeros(2), torch.ones(2))
     with pytest.raises(ValueError, match="weight std must be > 0"):
-        layer.set_posterior(torch.zeros(layer.weight_shape), torch.zeros(layer.weight_shape), torch.zeros(2), torch.ones(2))
+        layer.set_posterior(
+            torch.zeros(layer.weight_shape), torch.zeros(layer.weight_shape), torch.zeros(2), torch.ones(2)
+        )
     with pytest.raises(ValueError, match="has a bias"):
         layer.set_posterior(torch.zeros(layer.weight_shape), torch.ones(layer.weight_shape))
 

@@ -13,7 +13,8 @@ NETWORKS = {
     "UNet": lambda: UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
     "BasicUNet": lambda: BasicUNet(3, 1, 3, features=(4, 4, 8, 8, 16, 4)),
     "DynUNet": lambda: DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2]),
-    "SegResNet": lambda: SegResNet(3, init_filters=8, in_channels=1, out_channels=3, blocks_down=(1, 1), blocks_up=(1,)),
+    "SegResNet": lambda: SegResNet(3, init_filters=8, in_channels=1, out_channels=3, blocks_down=(1, 1),
+                                   blocks_up=(1,)),
 }
 
 

@@ -19,7 +19,17 @@ TINY = ["--dataset_shape", "[16,20,16]"]
 
 def bundle(command: str, configs, root: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     config_arg = str(CONFIGS / configs) if isinstance(configs, str) else json.dumps([str(CONFIGS / c) for c in configs])
-    args = [sys.executable, "-m", "monai.bundle", command, "--config_file", config_arg, "--bundle_root", str(root), *overrides]
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        command,
+        "--config_file",
+        config_arg,
+        "--bundle_root",
+        str(root),
+        *overrides,
+    ]
     if command == "verify_net_in_out":
         args += ["--meta_file", str(CONFIGS / "metadata.json"), "--net_id", "network_def"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
@@ -32,8 +42,8 @@ def bundle(command: str, configs, root: Path, *overrides: str, check: bool = Tru
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     strategies = "['single_site','ensemble','cyclic_weight_transfer','fine_tuning','dwc']"
-    result = bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1", "--mc_samples", "2",
-                    "--orders", "2")
+    result = bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1",
+                    "--mc_samples", "2", "--orders", "2")
     return root, result
 
 
@@ -61,7 +71,8 @@ def test_experiment_writes_summary_and_figures(experiment):
     assert summary["budget"]["fine_tuning"]["epochs_per_site"] == 1 and summary["budget"]["dwc"]["judged"] == 0
     goals = {g["goal"]: g for g in summary["goals"]}
     assert goals["DWC (fine-tuned) beats the ensemble"]["mean_a"] == pytest.approx(
-        np.mean([v for s in ("site_a", "site_b", "site_c", "site_d") for v in summary["per_volume_dice"]["dwc_finetuned"][s]]))
+        np.mean([v for s in ("site_a", "site_b", "site_c", "site_d")
+                 for v in summary["per_volume_dice"]["dwc_finetuned"][s]]))
     assert "weighted" in result.stdout and "dwc_finetuned" in result.stdout  # the table is printed
     for png in ["heatmaps/cyclic_weight_transfer.png", "heatmaps/dwc.png", "predictions.png"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
@@ -90,7 +101,17 @@ def test_evaluate_and_inference_configs(experiment, tmp_path):
     scores = json.loads((root / "outputs" / "evaluation" / "scores.json").read_text())
     assert set(scores) == {"site_a", "site_b", "site_c", "site_d", "heldout_e"}
     images = sorted((root / "data" / "sites" / "heldout_e").glob("*_img.nii.gz"))[:2]
-    bundle("run", "inference.json", root, "--input_images", json.dumps([str(p) for p in images]), "--num_samples", "2", "--roi_size", "[16,16,16]")
+    bundle(
+        "run",
+        "inference.json",
+        root,
+        "--input_images",
+        json.dumps([str(p) for p in images]),
+        "--num_samples",
+        "2",
+        "--roi_size",
+        "[16,16,16]",
+    )
     for image in images:
         name = image.name.split(".")[0]
         seg = nib.load(root / "outputs" / "inference" / f"{name}_seg.nii.gz")
@@ -102,7 +123,16 @@ def test_evaluate_and_inference_configs(experiment, tmp_path):
     two_channel = tmp_path / "two.nii.gz"
     data = np.asanyarray(source.dataobj)
     nib.save(nib.Nifti1Image(np.stack([data, data], -1), source.affine), two_channel)
-    bad = bundle("run", "inference.json", root, "--input_images", json.dumps([str(two_channel)]), "--num_samples", "1", check=False)
+    bad = bundle(
+        "run",
+        "inference.json",
+        root,
+        "--input_images",
+        json.dumps([str(two_channel)]),
+        "--num_samples",
+        "1",
+        check=False,
+    )
     assert bad.returncode != 0 and "two.nii.gz' has 2 channel(s); the network expects 1" in bad.stderr
 
 
@@ -149,7 +179,9 @@ def test_site_training_and_consolidation_through_a_shared_directory(tmp_path):
 def test_bad_input_gives_clear_errors(tmp_path, small_sites):
     document = json.loads(Path(small_sites).read_text())
     document["sites"]["site_b"]["test"] = []
-    for item in [i for s in document["sites"].values() for split in ("training", "validation", "test") for i in s[split]]:
+    for item in [
+        i for s in document["sites"].values() for split in ("training", "validation", "test") for i in s[split]
+    ]:
         for key in ("image", "label"):
             item[key] = str(Path(small_sites).parent / item[key])
     broken = tmp_path / "broken.json"
@@ -157,5 +189,14 @@ def test_bad_input_gives_clear_errors(tmp_path, small_sites):
     result = bundle("run", "experiment.json", tmp_path, "--datalist", str(broken), "--epochs", "1", check=False)
     assert result.returncode != 0 and "['site_b']" in result.stderr and "no test cases" in result.stderr
     (tmp_path / "afile").write_text("x")
-    result = bundle("run", "experiment.json", tmp_path, "--datalist", str(small_sites), "--output_dir", str(tmp_path / "afile"), check=False)
+    result = bundle(
+        "run",
+        "experiment.json",
+        tmp_path,
+        "--datalist",
+        str(small_sites),
+        "--output_dir",
+        str(tmp_path / "afile"),
+        check=False,
+    )
     assert result.returncode != 0 and "afile' exists and is not a directory" in result.stderr

@@ -27,7 +27,11 @@ def test_consolidate_command_equals_the_function(tmp_path):
     prior_path = prior.save(tmp_path / "prior.safetensors")
     sites = []
     for i in range(4):
-        post = Posterior({"w": torch.randn(5, generator=g)}, {"w": 0.2 + 0.5 * torch.rand(5, generator=g)}, metadata={"num_examples": i + 1, "site": f"s{i}"})
+        post = Posterior(
+            {"w": torch.randn(5, generator=g)},
+            {"w": 0.2 + 0.5 * torch.rand(5, generator=g)},
+            metadata={"num_examples": i + 1, "site": f"s{i}"},
+        )
         sites.append(str(post.save(tmp_path / f"s{i}.safetensors")))
     out = tmp_path / "merged.safetensors"
     result = _run("consolidate", "--prior", str(prior_path), "--out", str(out), *sites)
@@ -54,5 +58,7 @@ def test_report_command(tmp_path):
     (tmp_path / "base.json").write_text('{"A": 0.1, "B": 0.2, "C": 0.3}')
     result = _run("report", str(path), "--baseline", str(tmp_path / "base.json"))
     assert result.returncode == 0, result.stderr
-    assert "bwt: -0.2000" in result.stdout and "fwt: +0.0500" in result.stdout and "forgetting: +0.2500" in result.stdout
+    assert (
+        "bwt: -0.2000" in result.stdout and "fwt: +0.0500" in result.stdout and "forgetting: +0.2500" in result.stdout
+    )
     assert (tmp_path / "R.png").stat().st_size > 0

@@ -57,7 +57,8 @@ def _no_image_key(doc, root):
 CASES = [
     ("missing file", _missing_file, {}, r"site 'site_b', test: label file .*sub\d+_seg.nii.gz' does not exist"),
     ("empty site", _empty_site, {}, r"site 'site_c': the site has no training cases"),
-    ("label out of range", _bad_label, {"check_labels": True}, r"site 'site_d', validation: label file .* values \[7\] outside"),
+    ("label out of range", _bad_label, {"check_labels": True},
+     r"site 'site_d', validation: label file .* values \[7\] outside"),
     ("item without image", _no_image_key, {}, r"site 'site_a', training: item lacks 'image'"),
     ("unknown site", lambda d, r: None, {"sites": ["site_x"]}, r"unknown site\(s\) \['site_x'\]"),
 ]

@@ -55,7 +55,9 @@ def test_consolidated_site_posteriors_equal_pooled_posterior(site_sizes):
     assert merged.metadata["num_examples"] == sum(site_sizes)
     if len(site_sizes) > 1:  # the known public mistakes give a different answer: the test can tell them apart
         s = len(site_sizes)
-        wrong_precision = sum(p.std["layer.bias"].pow(-2) for p in site_posteriors) - s * prior.std["layer.bias"].pow(-2)
+        wrong_precision = sum(p.std["layer.bias"].pow(-2) for p in site_posteriors) - s * prior.std["layer.bias"].pow(
+            -2
+        )
         assert not torch.allclose(wrong_precision.abs().rsqrt(), exact.std["layer.bias"], rtol=1e-3)
 
 
@@ -76,7 +78,10 @@ def test_prior_copies_give_the_prior_and_one_site_gives_itself():
 def test_matches_eq_17_elementwise_and_keeps_dtype():
     g = torch.Generator().manual_seed(4)
     prior = Posterior({"w": torch.randn(6, generator=g)}, {"w": torch.full((6,), 0.2)})
-    sites = [Posterior({"w": torch.randn(6, generator=g)}, {"w": 0.2 * (0.1 + 0.9 * torch.rand(6, generator=g))}) for _ in range(3)]
+    sites = [
+        Posterior({"w": torch.randn(6, generator=g)}, {"w": 0.2 * (0.1 + 0.9 * torch.rand(6, generator=g))})
+        for _ in range(3)
+    ]
     merged = consolidate_dwc(prior, sites)
     mu0, s0 = prior.mean["w"].double(), prior.std["w"].double()
     prec = sum(p.std["w"].double() ** -2 for p in sites) - 2 / s0**2
@@ -87,13 +92,17 @@ def test_matches_eq_17_elementwise_and_keeps_dtype():
 
 
 def test_non_positive_precision_raises_or_falls_back_to_prior():
-    prior = Posterior({"a.weight": torch.zeros(4), "b.weight": torch.zeros(2)}, {"a.weight": torch.ones(4), "b.weight": torch.ones(2)})
+    prior = Posterior(
+        {"a.weight": torch.zeros(4), "b.weight": torch.zeros(2)}, {"a.weight": torch.ones(4), "b.weight": torch.ones(2)}
+    )
     wide = Posterior(
         {"a.weight": torch.ones(4), "b.weight": torch.ones(2)},
         {"a.weight": torch.tensor([0.5, 3.0, 3.0, 0.5]), "b.weight": torch.full((2,), 0.5)},
     )
     # McClure's sigma_s <= sigma_0 is checked first: refused by default, naming the site and the weights ...
-    with pytest.raises(ValueError, match=r"site posterior 0 .*std exceeds the shared prior's for 2 of 4 weights of 'a.weight'"):
+    with pytest.raises(
+        ValueError, match=r"site posterior 0 .*std exceeds the shared prior's for 2 of 4 weights of 'a.weight'"
+    ):
         consolidate_dwc(prior, [wide, wide])
     clipped = consolidate_dwc(prior, [wide, wide], excess_std="clip")  # ... or clipped to the prior's std
     assert clipped.metadata["clipped_std_weights"] == 4
@@ -118,7 +127,10 @@ def test_a_site_claiming_far_more_precision_than_the_prior_cannot_dominate():
     prior = Posterior({"w": torch.zeros(5)}, {"w": torch.full((5,), 0.1)})
     honest = Posterior({"w": torch.full((5,), 1.0)}, {"w": torch.full((5,), 0.05)})
     hostile = Posterior({"w": torch.full((5,), -50.0)}, {"w": torch.full((5,), 1e-30)}, metadata={"site": "mallory"})
-    with pytest.raises(ValueError, match=r"site posterior 1 \('mallory'\) claims a precision above 10000 times the prior's for 5 of 5 weights"):
+    with pytest.raises(
+        ValueError,
+        match=r"site posterior 1 \('mallory'\) claims a precision above 10000 times the prior's for 5 of 5 weights",
+    ):
         consolidate_dwc(prior, [honest, hostile])
     clipped = consolidate_dwc(prior, [honest, hostile], dominance="clip", max_precision_ratio=100.0)
     assert clipped.metadata["clipped_precision_weights"] == 5

@@ -32,7 +32,9 @@ OVERRIDES = {"channels": 4, "dilations": [1, 2, 1], "epochs": 1, "mc_samples": 2
 
 @pytest.fixture(scope="module")
 def datalist(tmp_path_factory):
-    return make_sites(tmp_path_factory.mktemp("fed_sites"), sites=SITES, seed=2, shape=(16, 20, 16), figure=False, progress=False)
+    return make_sites(
+        tmp_path_factory.mktemp("fed_sites"), sites=SITES, seed=2, shape=(16, 20, 16), figure=False, progress=False
+    )
 
 
 def _federated(datalist, out, strategy, options=None, **kwargs):
@@ -44,12 +46,17 @@ def _federated(datalist, out, strategy, options=None, **kwargs):
 
 
 def _in_process(datalist, out, strategy, options=None):
-    runner = parse_config(CONFIG, {**OVERRIDES, "datalist": str(datalist), "output_dir": str(out)}).get_parsed_content("runner")
+    runner = parse_config(CONFIG, {**OVERRIDES, "datalist": str(datalist), "output_dir": str(out)}).get_parsed_content(
+        "runner"
+    )
     return runner.run(strategy, **(options or {}))
 
 
 def _records(run_dir: Path) -> list:
-    return [(r["number"], r["sites"], r["published"], r["loaded"]) for r in json.loads((run_dir / "state.json").read_text())["stages"]]
+    return [
+        (r["number"], r["sites"], r["published"], r["loaded"])
+        for r in json.loads((run_dir / "state.json").read_text())["stages"]
+    ]
 
 
 def _check_payloads(log: Path) -> None:
@@ -61,17 +68,22 @@ def _check_payloads(log: Path) -> None:
         assert "/" not in text and ".nii" not in text and "sub0" not in text, record
         if record["direction"] == "sent":
             assert record["metrics"] == {}  # a site never receives metrics, its own or another's
-            assert set(record["meta"]) == ({"task", "run"} if record["task"] == "initialize" else {"task", "run", "roles", "stage", "kinds"})
+            assert set(record["meta"]) == (
+                {"task", "run"} if record["task"] == "initialize" else {"task", "run", "roles", "stage", "kinds"}
+            )
         elif record["task"] in ("train", "initialize"):
             assert set(record["meta"]) <= {"published", "num_examples", "details", "metadata"}
-            assert record["params"] and all(p.startswith("published|") for p in record["params"]) and not record["metrics"]
+            assert (
+                record["params"] and all(p.startswith("published|") for p in record["params"]) and not record["metrics"]
+            )
         else:
             assert record["params"] == [] and set(record["metrics"]) == {"scores"}
             assert all(isinstance(v, float) for v in record["metrics"]["scores"])
 
 
 @pytest.mark.slow
-# cyclic weight transfer: tutorials/04 asserts the same (hashes stage by stage, R matrix, payloads), run by test_tutorials
+# cyclic weight transfer: tutorials/04 asserts the same (hashes stage by stage, R matrix, payloads), run by
+# test_tutorials
 @pytest.mark.parametrize("strategy,options", [("dwc", {})])
 def test_federated_runs_equal_the_in_process_runs(datalist, tmp_path, strategy, options):
     run, summary = _federated(datalist, tmp_path / "federated", strategy, options)
@@ -80,7 +92,8 @@ def test_federated_runs_equal_the_in_process_runs(datalist, tmp_path, strategy, 
     assert _records(run.run_dir) == _records(reference.directory)
     federated_r = json.loads((run.run_dir / "R.json").read_text())
     assert np.array_equal(np.array([[s["scores"][k] for k in sorted(s["scores"])] for s in federated_r["stages"]]),
-                          np.array([[s["scores"][k] for k in sorted(s["scores"])] for s in json.loads((reference.directory / "R.json").read_text())["stages"]]))
+                          np.array([[s["scores"][k] for k in sorted(s["scores"])]
+                                    for s in json.loads((reference.directory / "R.json").read_text())["stages"]]))
     assert set(summary["strategies"]) == {strategy}
     for name in ("summary.md", "R.png", f"heatmaps/{strategy}.png"):
         assert (run.run_dir / name).is_file()
@@ -88,7 +101,10 @@ def test_federated_runs_equal_the_in_process_runs(datalist, tmp_path, strategy, 
         posteriors = run.run_dir / "posteriors"
         expected = consolidate_dwc(posteriors / "stage0002.safetensors", [posteriors / "stage0003.safetensors"])
         produced = Posterior.load(posteriors / "stage0004.safetensors")
-        assert all(torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n]) for n in expected.mean)
+        assert all(
+            torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n])
+            for n in expected.mean
+        )
     _check_payloads(tmp_path / "federated" / "payloads.jsonl")
 
 
@@ -102,7 +118,10 @@ def test_strategies_fill_r_matrices_in_the_simulator(datalist, tmp_path, strateg
     run, summary = _federated(datalist, tmp_path, strategy, options)
     matrix = json.loads((run.run_dir / "R.json").read_text())
     assert len(matrix["stages"]) == rows
-    assert all(set(s["scores"]) == {"alpha", "beta", "omega"} and all(0 <= v <= 1 for v in s["scores"].values()) for s in matrix["stages"])
+    assert all(
+        set(s["scores"]) == {"alpha", "beta", "omega"} and all(0 <= v <= 1 for v in s["scores"].values())
+        for s in matrix["stages"]
+    )
     if strategy == "federated_averaging":  # the server's average is the size-weighted mean of what the sites sent
         from monai_continual.data import load_multisite_datalist
 
@@ -151,8 +170,8 @@ def test_poc_server_killed_mid_run_and_the_job_resubmitted_ends_with_the_uninter
     from monai_continual.federated.poc import PocDeployment
 
     options = {"cycles": 2}
-    run = FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "poc_run", options=options, overrides=OVERRIDES,
-                       engine="poc")
+    run = FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "poc_run", options=options,
+                       overrides=OVERRIDES, engine="poc")
     with PocDeployment(tmp_path / "workspace", run.eval_sites, logs_dir=tmp_path / "logs") as poc:
         assert poc.pids("server") and all(poc.pids(site) for site in run.eval_sites)  # one process tree per party
         poc.submit(run.job())
@@ -171,7 +190,8 @@ def test_poc_server_killed_mid_run_and_the_job_resubmitted_ends_with_the_uninter
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,options", [("cyclic_weight_transfer", {"cycles": 2}), ("federated_averaging", {"rounds": 2})])
+@pytest.mark.parametrize("strategy,options",
+                         [("cyclic_weight_transfer", {"cycles": 2}), ("federated_averaging", {"rounds": 2})])
 def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
     """Weight transfer skips the dead site's later visits and records them; FedAvg goes on with min_clients."""
     run = FederatedRun(CONFIG, strategy, datalist, tmp_path, options=options, overrides=OVERRIDES, min_clients=1,
@@ -181,7 +201,8 @@ def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
     thread.start()
     _wait_for(lambda: _finished_stages(run.run_dir) >= 3, 240, "two finished stages")
     workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-               and b"simulator_worker" in (p / "cmdline").read_bytes() and str(tmp_path / "simulator" / "beta").encode() in (p / "cmdline").read_bytes()]
+               and b"simulator_worker" in (p / "cmdline").read_bytes()
+               and str(tmp_path / "simulator" / "beta").encode() in (p / "cmdline").read_bytes()]
     assert workers
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
@@ -205,10 +226,11 @@ def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
 
 @pytest.mark.slow
 def test_the_bundle_config_runs_and_exports_with_monai_bundle(datalist, tmp_path):
+    # outputs under a temporary bundle_root, the config from the repository
     common = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--bundle_root", str(tmp_path),
-              "--datalist", str(datalist), "--channels", "4", "--dilations", "[1,2,1]", "--epochs", "1", "--mc_samples", "2",
-              "--threads", "1", "--device", "cpu", "--strategy", "federated_averaging", "--strategy_options", "{'rounds': 1}",
-              "--federated#config_file", str(CONFIG)]  # outputs under a temporary bundle_root, the config from the repository
+              "--datalist", str(datalist), "--channels", "4", "--dilations", "[1,2,1]", "--epochs", "1",
+              "--mc_samples", "2", "--threads", "1", "--device", "cpu", "--strategy", "federated_averaging",
+              "--strategy_options", "{'rounds': 1}", "--federated#config_file", str(CONFIG)]
     export = subprocess.run([*common, "--export", str(tmp_path / "job")], capture_output=True, text=True, timeout=300)
     assert export.returncode == 0, export.stderr[-3000:]
     meta = json.loads((tmp_path / "job" / "monai_continual_federated_averaging" / "meta.json").read_text())
@@ -221,4 +243,8 @@ def test_the_bundle_config_runs_and_exports_with_monai_bundle(datalist, tmp_path
     out = tmp_path / "outputs" / "federated" / "federated_averaging"
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["strategies"]["federated_averaging"]["sites"]) == {"alpha", "beta"}
-    assert "federated_averaging" in done.stdout and (out / "summary.md").is_file() and (out / "heatmaps" / "federated_averaging.png").is_file()
+    assert (
+        "federated_averaging" in done.stdout
+        and (out / "summary.md").is_file()
+        and (out / "heatmaps" / "federated_averaging.png").is_file()
+    )

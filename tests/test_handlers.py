@@ -78,7 +78,9 @@ def test_prior_and_consolidation_handlers_in_a_plain_trainer(data, tmp_path):
         items = data.items(site, "training")
         loss = ELBOLoss(DiceCELoss(to_onehot_y=True, softmax=True), net, len(items))
         prior_handler = PriorHandler(prior_file, net, init_posterior=True)
-        export = ConsolidationHandler(net, "export", tmp_path / f"{site}.safetensors", site=site, num_examples=len(items))
+        export = ConsolidationHandler(
+            net, "export", tmp_path / f"{site}.safetensors", site=site, num_examples=len(items)
+        )
         _trainer(net, items, [prior_handler, export], loss=loss).run()
         assert prior_handler.loaded_sha256 == Posterior.load(prior_file).sha256()
         files.append(tmp_path / f"{site}.safetensors")
@@ -89,9 +91,13 @@ def test_prior_and_consolidation_handlers_in_a_plain_trainer(data, tmp_path):
     _trainer(merged_net, data.items("alpha", "training"), [consolidate]).run()  # consolidates when training starts
     expected = consolidate_dwc(prior_file, files)
     assert consolidate.site_files() == [str(f) for f in files]
-    assert torch.equal(Posterior.load(tmp_path / "merged.safetensors").mean["layers.0.weight"], expected.mean["layers.0.weight"])
+    assert torch.equal(
+        Posterior.load(tmp_path / "merged.safetensors").mean["layers.0.weight"], expected.mean["layers.0.weight"]
+    )
     with pytest.raises(ValueError, match="no site posterior files match"):
-        ConsolidationHandler(merged_net, "consolidate", prior=prior_file, site_posteriors=[str(tmp_path / "none*.safetensors")]).site_files()
+        ConsolidationHandler(
+            merged_net, "consolidate", prior=prior_file, site_posteriors=[str(tmp_path / "none*.safetensors")]
+        ).site_files()
     with pytest.raises(ValueError, match="export mode needs posterior_file"):
         ConsolidationHandler(merged_net, "export")
 

@@ -76,10 +76,13 @@ def _empty_site(datalist: Path) -> None:
 
 
 BAD_DATA = [
-    ("label values outside num_classes", _label_out_of_range, r"site 'beta', training: label file .*values \[9\] outside 0..3"),
-    ("image/label shape mismatch", _shape_mismatch, r"site 'gamma', training: image .* has shape \(16, 20, 16\) but its label .* has \(14, 20, 16\)"),
+    ("label values outside num_classes", _label_out_of_range,
+     r"site 'beta', training: label file .*values \[9\] outside 0..3"),
+    ("image/label shape mismatch", _shape_mismatch,
+     r"site 'gamma', training: image .* has shape \(16, 20, 16\) but its label .* has \(14, 20, 16\)"),
     ("NaN voxels", _nan_voxels, r"site 'alpha', test: image .* has 1 NaN or infinite voxels"),
-    ("another channel count", _two_channels, r"site 'gamma', training: image .* has 2 channel\(s\); the other cases have 1"),
+    ("another channel count", _two_channels,
+     r"site 'gamma', training: image .* has 2 channel\(s\); the other cases have 1"),
     ("a case file that does not exist", _missing_case, r"site 'beta', validation: image file .* does not exist"),
     ("an empty site", _empty_site, r"site 'beta': the site has no training cases"),
 ]
@@ -121,10 +124,12 @@ def test_a_manifest_listing_a_missing_or_altered_file_is_refused_by_name(sites, 
     path = store.root / entry.file
     original = path.read_bytes()
     other = store.load(store.entry(1))
-    from monai_continual.utils.tensor_files import write_tensor_file
     from monai_continual.consolidation.weight_store import WEIGHTS_FORMAT
+    from monai_continual.utils.tensor_files import write_tensor_file
 
-    write_tensor_file(path, other, {"site": entry.site, "stage": entry.stage}, WEIGHTS_FORMAT, 1)  # a valid file, swapped
+    write_tensor_file(
+        path, other, {"site": entry.site, "stage": entry.stage}, WEIGHTS_FORMAT, 1
+    )  # a valid file, swapped
     with pytest.raises(TensorFileError, match=rf"{entry.file}.*does not match the manifest's SHA-256.*site 'beta'"):
         store.load(entry)
     path.unlink()
@@ -144,7 +149,10 @@ def test_a_diverged_stage_publishes_nothing_and_the_run_resumes_once_fixed(sites
 
     runner = tiny_runner(sites, tmp_path, optimizer=optimizer)
     lr["value"] = None  # the second stage's optimizer diverges
-    with pytest.raises(NonFiniteTrainingError, match=r"site 'beta', stage 2 \(2:beta\): (the loss became nan|non-finite weights in \['layers.0.weight')"):
+    with pytest.raises(
+        NonFiniteTrainingError,
+        match=r"site 'beta', stage 2 \(2:beta\): (the loss became nan|non-finite weights in \['layers.0.weight')",
+    ):
         runner.run("fine_tuning", epochs=2)
     run_dir = tmp_path / "fine_tuning"
     state = json.loads((run_dir / "state.json").read_text())
@@ -164,13 +172,16 @@ def test_nothing_another_site_wrote_is_unpickled():
     found = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if re.search(r"torch\.load\(", p.read_text())}
     assert found == allowed
     pickling = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                if re.search(r"^\s*(import|from) pickle|pickle\.(load|dump)|torch\.save\(", p.read_text(), re.MULTILINE)}
+                if re.search(r"^\s*(import|from) pickle|pickle\.(load|dump)|torch\.save\(", p.read_text(),
+                             re.MULTILINE)}
     assert pickling <= {"handlers/epoch_checkpoint.py"}
 
 
 def test_optimizer_state_that_travels_is_safetensors(sites, tmp_path):
     result = tiny_runner(sites, tmp_path, optimizer_state="transfer").run("cyclic_weight_transfer", cycles=2)
-    shared = sorted(p.name for p in (result.directory / "store").iterdir() if p.is_file() and not p.name.startswith("."))
+    shared = sorted(
+        p.name for p in (result.directory / "store").iterdir() if p.is_file() and not p.name.startswith(".")
+    )
     assert all(name.endswith((".safetensors", ".json")) for name in shared)
     assert any(name.startswith("optimizer_stage") for name in shared)
     from monai_continual.utils.optimizer_files import load_optimizer_state

@@ -18,7 +18,6 @@ import pytest
 pytest.importorskip("nvflare")
 
 from loopback import loopback_run  # noqa: E402
-
 from monai_continual.data import SiteProfile, make_sites  # noqa: E402
 from monai_continual.federated import FederatedRun  # noqa: E402
 from monai_continual.federated.boundary import BoundaryPolicy  # noqa: E402
@@ -92,7 +91,8 @@ def test_a_site_refuses_a_received_model_worse_than_the_last_it_accepted(datalis
                        attack="beta:random")
     on = loopback_run(CONFIG, datalist, tmp_path / "on", "cyclic_weight_transfer", options, overrides,
                       attack="beta:random", accept_margin=0.05)
-    states = {k: {r["number"]: r for r in json.loads((tmp_path / k / "cyclic_weight_transfer" / "state.json").read_text())["stages"]}
+    states = {k: {r["number"]: r
+                  for r in json.loads((tmp_path / k / "cyclic_weight_transfer" / "state.json").read_text())["stages"]}
               for k in ("off", "on")}
     assert states["off"][6]["loaded"]["start"] == states["off"][5]["published"]  # gamma took beta's random weights
     refused = [e for events in on["boundary"].values() for e in events if e.get("start") == "refused by the site"]

@@ -58,7 +58,9 @@ def test_laplace_std_formula_and_the_prior_bound():
     image, label = torch.randn(2, 1, 6, 6), torch.randint(0, 3, (2, 1, 6, 6))
     stats = calibrate_posterior_std(net, [(image, label)], scale=50.0)
     for layer in (net[0], net[2]):  # never above the prior (DWC's sigma_s <= sigma_0), means untouched
-        assert torch.all(layer.weight_std <= layer.prior_std * (1 + 1e-6)) and torch.all(layer.bias_std <= layer.bias_prior_std * (1 + 1e-6))
+        assert torch.all(layer.weight_std <= layer.prior_std * (1 + 1e-6)) and torch.all(
+            layer.bias_std <= layer.bias_prior_std * (1 + 1e-6)
+        )
     assert stats["before"]["median"] == pytest.approx(1e-3) and stats["after"] == std_summary(net)
     assert stats["after"]["ratio_p05"] < 1.0  # the data constrain some weights
 

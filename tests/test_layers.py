@@ -89,7 +89,12 @@ def find_imports(source: str, module: str, is_package: bool = False) -> list[Imp
                     add(f"{PACKAGE}.{alias.name}" if is_sub else PACKAGE, node, in_function, type_checking)
             else:
                 add(base_name, node, in_function, type_checking)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
             if name in ("import_module", "__import__", "optional_import"):
@@ -169,7 +174,9 @@ def subpackage_cycles(imports: list[Import]) -> list[list[str]]:
 
 def test_every_subpackage_has_a_layer():
     subpackages = {p.name for p in PACKAGE_DIR.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    assert subpackages <= set(LAYERS), f"subpackages missing from LAYERS (place them in DESIGN.md's order): {sorted(subpackages - set(LAYERS))}"
+    assert subpackages <= set(LAYERS), (
+        f"subpackages missing from LAYERS (place them in DESIGN.md's order): {sorted(subpackages - set(LAYERS))}"
+    )
     assert set(LAYERS) <= subpackages, f"LAYERS names missing subpackages: {sorted(set(LAYERS) - subpackages)}"
 
 
@@ -230,12 +237,15 @@ def later():
     assert upward == {f"{PACKAGE}.{t}" for t in ("experiment", "report", "federated", "experiment.goals", "engines",
                                                   "experiment.multisite_experiment", "federated.run")} | {PACKAGE}
     # `from . import x` in a package's __init__ stays in the package
-    assert [i.target for i in find_imports("from . import table", f"{PACKAGE}.report", is_package=True)] == [f"{PACKAGE}.report"]
+    assert [i.target for i in find_imports("from . import table", f"{PACKAGE}.report", is_package=True)] == [
+        f"{PACKAGE}.report"
+    ]
     assert layer_of(f"{PACKAGE}.cli") == layer_of(PACKAGE) == layer_of(f"{PACKAGE}.__main__") == TOP
     assert layer_of(f"{PACKAGE}.nnunet.ext_trainers.foo") == "nnunet"
 
 
-@pytest.mark.parametrize("in_function,type_checking,cycle", [(False, False, True), (True, False, False), (False, True, False)])
+@pytest.mark.parametrize("in_function,type_checking,cycle",
+                         [(False, False, True), (True, False, False), (False, True, False)])
 def test_the_cycle_check_counts_module_level_imports_only(in_function, type_checking, cycle):
     imports = [Import(f"{PACKAGE}.metrics.a", f"{PACKAGE}.strategies.b", 1, False, False),
                Import(f"{PACKAGE}.strategies.b", f"{PACKAGE}.data.c", 1, False, False),

@@ -30,7 +30,9 @@ def test_streaming_statistics_match_stacked_reference(mode):
     torch.manual_seed(5)
     out = MCInferer(7, mode=mode, return_uncertainty=True)(x, net)
     for key, expected in zip(("probs", "variance", "entropy", "mutual_information"), ref):
-        torch.testing.assert_close(out[key], expected.clamp_min(0) if key != "probs" else expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            out[key], expected.clamp_min(0) if key != "probs" else expected, rtol=1e-4, atol=1e-5
+        )
     assert out["variance"].shape == (2, 1, 8, 8, 8)
     torch.testing.assert_close(out["probs"].sum(1), torch.ones(2, 8, 8, 8))
     assert not net.layers[0].sampling  # the context was left

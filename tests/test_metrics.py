@@ -72,7 +72,10 @@ def test_files_round_trip_and_heatmap(tmp_path):
     R = ContinualMatrix(["A", "B"])
     R.add_stage(None, {"A": 0.1, "B": 0.2})
     R.add_stage(["A", "B"], {"A": 0.7}, label="dwc round 1")
-    for loader, saver, name in ((ContinualMatrix.load_json, R.save_json, "r.json"), (ContinualMatrix.load_csv, R.save_csv, "r.csv")):
+    for loader, saver, name in (
+        (ContinualMatrix.load_json, R.save_json, "r.json"),
+        (ContinualMatrix.load_csv, R.save_csv, "r.csv"),
+    ):
         back = loader(saver(tmp_path / name))
         assert back.sites == R.sites and back.labels == R.labels
         assert back.trained_on(1) == ["A", "B"]

@@ -38,12 +38,18 @@ def nnunet(tmp_path_factory):
     """Three sites as nnU-Net datasets, planned once on the first and preprocessed with the shared plans."""
     root = tmp_path_factory.mktemp("nnunet")
     saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", *ENV)}
-    paths = {"nnUNet_raw": root / "raw", "nnUNet_preprocessed": root / "preprocessed", "nnUNet_results": root / "results"}
+    paths = {
+        "nnUNet_raw": root / "raw",
+        "nnUNet_preprocessed": root / "preprocessed",
+        "nnUNet_results": root / "results",
+    }
     os.environ.update({k: str(v) for k, v in paths.items()}, **ENV)
     datalist = tiny_sites(root / "data")
     names = export_nnunet_datasets(datalist, paths["nnUNet_raw"], first_id=901)
     plans = plan_and_preprocess_sites(list(names.values()))
-    held_out = export_nnunet_datasets(datalist, paths["nnUNet_raw"], first_id=904, sites=["omega"])["omega"]  # test cases only
+    held_out = export_nnunet_datasets(datalist, paths["nnUNet_raw"], first_id=904, sites=["omega"])[
+        "omega"
+    ]  # test cases only
     yield {"root": root, "names": names, "plans": plans, "held_out": held_out, **paths}
     for key, value in saved.items():
         if value is None:
@@ -54,7 +60,9 @@ def nnunet(tmp_path_factory):
 
 def _cli(nnunet, *args, check=True):
     env = dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent))
-    done = subprocess.run([sys.executable, "-m", "monai_continual.nnunet", *args], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "monai_continual.nnunet", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
@@ -100,7 +108,10 @@ def test_bayesian_trainer_trains_predicts_and_keeps_priors(nnunet):
         seg = nib.load(out / f"{case}.nii.gz")
         assert seg.shape == reference.shape and np.allclose(seg.affine, reference.affine, atol=1e-4)
         assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
-        maps = {m: np.asarray(nib.load(out / f"{case}_{m}.nii.gz").dataobj) for m in ("variance", "entropy", "mutual_information")}
+        maps = {
+            m: np.asarray(nib.load(out / f"{case}_{m}.nii.gz").dataobj)
+            for m in ("variance", "entropy", "mutual_information")
+        }
         assert all(m.shape == reference.shape for m in maps.values())
         assert np.all(maps["mutual_information"] <= maps["entropy"] + 1e-4) and np.all(maps["variance"] >= 0)
         assert maps["entropy"].max() > 0 and maps["entropy"].max() <= np.log(4) + 1e-4  # 4 classes
@@ -114,7 +125,9 @@ def test_vcl_prior_is_the_previous_posterior_file(nnunet):
     _cli(nnunet, "train", beta, "3d_fullres", "all", "-tr", "nnUNetTrainerVCL_short", *SHORT, "--skip-validation",
          "--prior", str(prior_file))
     prior = Posterior.load(prior_file)
-    weights = _checkpoint(nnunet["nnUNet_results"] / beta / "nnUNetTrainerVCL_short__nnUNetPlans__3d_fullres" / "fold_all")["network_weights"]
+    weights = _checkpoint(
+        nnunet["nnUNet_results"] / beta / "nnUNetTrainerVCL_short__nnUNetPlans__3d_fullres" / "fold_all"
+    )["network_weights"]
     checked = 0
     for param, mean in prior.mean.items():
         module, kind = param.rsplit(".", 1)
@@ -124,7 +137,13 @@ def test_vcl_prior_is_the_previous_posterior_file(nnunet):
         checked += 1
     assert checked == len(prior.mean) > 10
     # the second site's posterior std stays within its prior's (bound_std)
-    second = Posterior.load(prior_file.parents[3] / beta / "nnUNetTrainerVCL_short__nnUNetPlans__3d_fullres" / "fold_all" / "posterior.safetensors")
+    second = Posterior.load(
+        prior_file.parents[3]
+        / beta
+        / "nnUNetTrainerVCL_short__nnUNetPlans__3d_fullres"
+        / "fold_all"
+        / "posterior.safetensors"
+    )
     assert all(torch.all(second.std[p] <= prior.std[p] * (1 + 1e-6)) for p in prior.std)
     with pytest.raises(AssertionError, match="takes no prior"):
         _cli(nnunet, "train", beta, "3d_fullres", "all", "-tr", "nnUNetTrainer", *SHORT, "--prior", str(prior_file))
@@ -155,8 +174,9 @@ def test_replay_trainer_mixes_earlier_sites_cases_into_the_loader(nnunet):
 def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(nnunet):
     names = list(nnunet["names"].values())
     run = nnunet["root"] / "runs" / "cwt"
-    args = ["sites", "cyclic_weight_transfer", *names, "--eval", nnunet["held_out"], "-o", str(run), "--rounds", "2", "--epochs", "1",
-            "--iterations-per-epoch", "2", "--val-iterations-per-epoch", "1", "--disable-tta", "-device", "cpu"]
+    args = ["sites", "cyclic_weight_transfer", *names, "--eval", nnunet["held_out"], "-o", str(run), "--rounds", "2",
+            "--epochs", "1", "--iterations-per-epoch", "2", "--val-iterations-per-epoch", "1", "--disable-tta",
+            "-device", "cpu"]
     env = dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent))
     process = subprocess.Popen([sys.executable, "-m", "monai_continual.nnunet", *args], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -181,14 +201,20 @@ def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(n
     assert sorted(e["sha256"] for e in manifest) == sorted(s["published"] for s in stages)
     matrix = json.loads((run / "R.json").read_text())
     # every stage is scored on every site, the never-trained held-out site included (preprocessed with the shared plans)
-    assert len(matrix["stages"]) == 6 and all(set(s["scores"]) == {*names, nnunet["held_out"]} for s in matrix["stages"])
+    assert len(matrix["stages"]) == 6 and all(
+        set(s["scores"]) == {*names, nnunet["held_out"]} for s in matrix["stages"]
+    )
     assert all(nnunet["held_out"] not in s["trained_on"] for s in matrix["stages"])
     assert all(0 <= v <= 1 for s in matrix["stages"] for v in s["scores"].values())
     assert (run / "R.png").is_file()
     with pytest.raises(ValueError, match="other settings"):
-        run_sites(names, "cyclic_weight_transfer", run, rounds=3, epochs=1, eval_datasets=[nnunet["held_out"]], device="cpu")
+        run_sites(
+            names, "cyclic_weight_transfer", run, rounds=3, epochs=1, eval_datasets=[nnunet["held_out"]], device="cpu"
+        )
     with pytest.raises(ValueError, match="not Bayesian; got nnUNetTrainerBayesian"):
-        run_sites(names, "fine_tuning", nnunet["root"] / "runs" / "wrong", trainer="nnUNetTrainerBayesian", device="cpu")
+        run_sites(
+            names, "fine_tuning", nnunet["root"] / "runs" / "wrong", trainer="nnUNetTrainerBayesian", device="cpu"
+        )
     with pytest.raises(ValueError, match="nnUNetTrainerReplay or a subclass"):
         run_sites(names, "replay", nnunet["root"] / "runs" / "wrong", trainer="nnUNetTrainer", device="cpu")
     assert not (nnunet["root"] / "runs" / "wrong").exists()
@@ -196,7 +222,9 @@ def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(n
 
 def test_vcl_and_dwc_across_sites(nnunet):
     names = list(nnunet["names"].values())
-    options = dict(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
+    options = dict(
+        epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False
+    )
     vcl = run_sites(names[:2], "vcl", nnunet["root"] / "runs" / "vcl", **options)
     assert vcl.matrix.labels == [f"map:{names[0]}", f"1:{names[0]}", f"2:{names[1]}"]
     assert vcl.stages[2]["loaded"] == {"start": vcl.stages[1]["published"]}  # means from the MAP network
@@ -213,7 +241,10 @@ def test_vcl_and_dwc_across_sites(nnunet):
     assert len(files) == 5
     expected = consolidate_dwc(files[0], files[1:3])
     produced = Posterior.load(files[3])
-    assert all(torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n]) for n in expected.mean)
+    assert all(
+        torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n])
+        for n in expected.mean
+    )
     q0 = Posterior.load(files[0])
     assert all(dwc.stages[i]["loaded"]["prior"] == dwc.stages[2]["published"] for i in (3, 4))  # both from q0
     for site_file in files[1:3]:
@@ -273,10 +304,16 @@ def test_nnunetv2_train_finds_ours_through_ext_trainer(nnunet):
                     "it pulls torchvision); the launcher and the nnUNet_extTrainer folder are tested above")
     name = nnunet["names"]["gamma"]
     env = dict(os.environ, **ENV, nnUNet_extTrainer=str(ext_trainer_folder()))
-    done = subprocess.run(["nnUNetv2_train", name, "3d_fullres", "all", "-tr", "nnUNetTrainerBayesian_short", "-device", "cpu"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(["nnUNetv2_train", name, "3d_fullres", "all", "-tr", "nnUNetTrainerBayesian_short",
+                           "-device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (nnunet["nnUNet_results"] / name / "nnUNetTrainerBayesian_short__nnUNetPlans__3d_fullres" / "fold_all" / "posterior.safetensors").is_file()
+    assert (
+        nnunet["nnUNet_results"]
+        / name
+        / "nnUNetTrainerBayesian_short__nnUNetPlans__3d_fullres"
+        / "fold_all"
+        / "posterior.safetensors"
+    ).is_file()
 
 
 def test_one_schedule_drives_both_backends(nnunet, tmp_path):
@@ -286,9 +323,12 @@ def test_one_schedule_drives_both_backends(nnunet, tmp_path):
 
     names = list(nnunet["names"].values())
     plain = {"alpha": names[0], "beta": names[1], "gamma": names[2]}
-    options = dict(epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False)
+    options = dict(
+        epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False
+    )
     runner = tiny_runner(nnunet["root"] / "data" / "datalist.json", tmp_path / "monai")
-    cases = (("cyclic_weight_transfer", {"rounds": 2}, {"cycles": 2}), ("federated_averaging", {"rounds": 1}, {"rounds": 1}),
+    cases = (("cyclic_weight_transfer", {"rounds": 2}, {"cycles": 2}),
+             ("federated_averaging", {"rounds": 1}, {"rounds": 1}),
              ("fine_tuning", {}, {}), ("single_weight_transfer", {"options": {"patience": 1}}, {"patience": 1}),
              ("vcl", {}, {}), ("dwc", {"rounds": 1}, {"rounds": 1}))
     for strategy, kwargs, core_options in cases:
@@ -301,7 +341,10 @@ def test_one_schedule_drives_both_backends(nnunet, tmp_path):
             assert sorted(by_number) == list(range(len(schedule) + 1))
             for stage in schedule:
                 record = by_number[stage.number]
-                assert record["sites"] == [rename[s] for s in stage.sites] and record["label"].split(":")[0] == stage.label.split(":")[0]
+                assert (
+                    record["sites"] == [rename[s] for s in stage.sites]
+                    and record["label"].split(":")[0] == stage.label.split(":")[0]
+                )
                 if stage.start is not None:
                     assert record["loaded"]["start"] == by_number[stage.start]["published"]
                 for position, number in enumerate(stage.inputs):
@@ -334,8 +377,9 @@ def test_nnunet_runs_crashed_at_step_boundaries_resume_exactly(nnunet, tmp_path,
     crashes = (["mid_training:1", "after_publish:2", "during_evaluation:3", "before_state_save:4"]
                if strategy == "cyclic_weight_transfer" else
                ["after_publish:2", "mid_training:3", "mid_consolidation:5", "during_evaluation:6"])
-    args = ["sites", strategy, *datasets, "--rounds", "2" if strategy == "cyclic_weight_transfer" else "1", "--epochs", "1",
-            "--iterations-per-epoch", "1", "--val-iterations-per-epoch", "1", "--disable-tta", "-device", "cpu"]
+    args = ["sites", strategy, *datasets, "--rounds", "2" if strategy == "cyclic_weight_transfer" else "1",
+            "--epochs", "1", "--iterations-per-epoch", "1", "--val-iterations-per-epoch", "1", "--disable-tta",
+            "-device", "cpu"]
     env = dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent))
     env.pop(CRASH_ENV, None)
 
@@ -369,7 +413,13 @@ def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_pa
 
     names = list(nnunet["names"].values())[:2]
     # CPU results depend on torch's thread count: both sides train with one thread
-    settings = {"iterations_per_epoch": 1, "val_iterations_per_epoch": 1, "device": "cpu", "mirroring": False, "threads": 1}
+    settings = {
+        "iterations_per_epoch": 1,
+        "val_iterations_per_epoch": 1,
+        "device": "cpu",
+        "mirroring": False,
+        "threads": 1,
+    }
     run = FederatedRun.nnunet(names, "cyclic_weight_transfer", tmp_path / "federated", options={"cycles": 1},
                               settings=settings, payload_log=str(tmp_path / "payloads.jsonl"))
     summary = run.run()
@@ -385,5 +435,7 @@ def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_pa
     federated = json.loads((run.run_dir / "state.json").read_text())["stages"]
     assert [(r["number"], r["published"], r["loaded"]) for r in federated] == \
         [(r["number"], r["published"], r["loaded"]) for r in reference.stages]
-    received = [json.loads(line) for line in (tmp_path / "payloads.jsonl").read_text().splitlines() if '"received"' in line]
+    received = [
+        json.loads(line) for line in (tmp_path / "payloads.jsonl").read_text().splitlines() if '"received"' in line
+    ]
     assert received and all("/" not in json.dumps(r["meta"]) for r in received)

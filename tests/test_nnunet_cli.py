@@ -89,8 +89,9 @@ def test_rounds_means_per_strategy_and_cycles_is_its_alias():
 
     parser = build_parser()
     rounds = next(a for a in _subparsers(parser)["sites"]._actions if a.dest == "rounds")
-    for meaning in ("cyclic_weight_transfer: cycles", "dwc: consolidation rounds", "federated_averaging: averaging rounds",
-                    "ignored by", "single_weight_transfer, fine_tuning, replay, vcl"):
+    for meaning in ("cyclic_weight_transfer: cycles", "dwc: consolidation rounds",
+                    "federated_averaging: averaging rounds", "ignored by",
+                    "single_weight_transfer, fine_tuning, replay, vcl"):
         assert meaning in rounds.help
     base = ["sites", "cyclic_weight_transfer", "501", "502", "-o", "run"]
     assert parser.parse_args([*base, "--cycles", "3"]).rounds == parser.parse_args([*base, "--rounds", "3"]).rounds == 3
@@ -98,7 +99,11 @@ def test_rounds_means_per_strategy_and_cycles_is_its_alias():
     # nnU-Net's folders before or after the command
     after = parser.parse_args([*base, "--raw", "r", "--results", "s"])
     before = parser.parse_args(["--raw", "r", "--results", "s", *base])
-    assert (after.raw, after.preprocessed, after.results) == (before.raw, before.preprocessed, before.results) == ("r", None, "s")
+    assert (
+        (after.raw, after.preprocessed, after.results)
+        == (before.raw, before.preprocessed, before.results)
+        == ("r", None, "s")
+    )
 
 
 def test_trainer_and_strategy_names_match_what_the_package_registers(capsys):
@@ -125,7 +130,8 @@ def test_trainer_and_strategy_names_match_what_the_package_registers(capsys):
         (["sites", "cyclic_weight_transfer", "999", "-o", "{tmp}/run"], True, ["dataset 999", "export-sites"]),
         (["sites", "magic", "501", "-o", "{tmp}/run"], True, ["STRATEGY", "invalid choice: 'magic'", "dwc"]),
         (["sites", "fine_tuning", "501", "-o", "{tmp}/run", "--epochs", "0"], True, ["--epochs", ">= 1"]),
-        (["sites", "fine_tuning", "501", "-o", "{tmp}/run", "--order", "sorted"], True, ["--order", "random_per_round"]),
+        (["sites", "fine_tuning", "501", "-o", "{tmp}/run", "--order", "sorted"], True,
+         ["--order", "random_per_round"]),
         (["sites", "fine_tuning", "501", "-o", "{tmp}/run"], False, ["nnUNet_raw", "--raw DIR", "--results DIR"]),
         (["plan", "site_a"], True, ["DATASET", "'site_a'", "Dataset501_site_a"]),
         (["plan", "501", "502"], True, ["dataset 501", "export-sites"]),
@@ -141,7 +147,9 @@ def test_trainer_and_strategy_names_match_what_the_package_registers(capsys):
         ([], True, ["COMMAND", "required"]),
     ],
 )
-def test_user_errors_are_one_line_naming_the_option_or_command_with_exit_status_2(tmp_path, folders, args, env, expected):
+def test_user_errors_are_one_line_naming_the_option_or_command_with_exit_status_2(
+    tmp_path, folders, args, env, expected
+):
     done = _run(*[a.format(tmp=tmp_path) for a in args], env=folders if env else None)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and not done.stdout
@@ -162,7 +170,10 @@ def test_value_errors_of_our_checks_are_one_line_and_other_errors_keep_their_tra
     with pytest.raises(SystemExit) as exit_:
         cli.main(["trainer-path"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == f"{PROG} trainer-path: error: 'Dataset5_nope' is not an nnU-Net dataset name (DatasetXXX_Name) or id.\n"
+    assert (
+        capsys.readouterr().err
+        == f"{PROG} trainer-path: error: 'Dataset5_nope' is not an nnU-Net dataset name (DatasetXXX_Name) or id.\n"
+    )
 
     def internal(args):
         raise ValueError("a bug, not a user error")

@@ -38,14 +38,16 @@ MODEL_ZOO_TRAIN = {
         "deterministic_transforms": [
             {"_target_": "LoadImaged", "keys": ["image", "label"]},
             {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0.0, "b_max": 1.0,
-             "clip": True},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0.0,
+             "b_max": 1.0, "clip": True},
             {"_target_": "EnsureTyped", "keys": ["image", "label"]},
         ],
         "preprocessing": {"_target_": "Compose", "transforms": "$@train#deterministic_transforms"},
-        "dataset": {"_target_": "CacheDataset", "data": "$[{'image': i, 'label': l} for i, l in zip(@images[:-1], @labels[:-1])]",
+        "dataset": {"_target_": "CacheDataset",
+                    "data": "$[{'image': i, 'label': l} for i, l in zip(@images[:-1], @labels[:-1])]",
                     "transform": "@train#preprocessing", "cache_rate": 1.0, "num_workers": 0},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 1, "shuffle": True, "num_workers": 0},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 1, "shuffle": True,
+                       "num_workers": 0},
         "inferer": {"_target_": "SimpleInferer"},
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
@@ -53,7 +55,8 @@ MODEL_ZOO_TRAIN = {
         "handlers": [
             {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
              "interval": "@val_interval"},
-            {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+            {"_target_": "StatsHandler", "tag_name": "train_loss",
+             "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
         ],
         "trainer": {"_target_": "SupervisedTrainer", "max_epochs": 2, "device": "@device",
                     "train_data_loader": "@train#dataloader", "network": "@network", "loss_function": "@loss",
@@ -62,9 +65,11 @@ MODEL_ZOO_TRAIN = {
     },
     "validate": {
         "preprocessing": {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
-        "dataset": {"_target_": "CacheDataset", "data": "$[{'image': i, 'label': l} for i, l in zip(@images[-1:], @labels[-1:])]",
+        "dataset": {"_target_": "CacheDataset",
+                    "data": "$[{'image': i, 'label': l} for i, l in zip(@images[-1:], @labels[-1:])]",
                     "transform": "@validate#preprocessing", "cache_rate": 1.0},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "sw_batch_size": 1, "overlap": 0.25},
         "postprocessing": "%train#postprocessing",
         "handlers": [
@@ -75,8 +80,9 @@ MODEL_ZOO_TRAIN = {
         "key_metric": {"val_mean_dice": {"_target_": "MeanDice", "include_background": False,
                                          "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}},
         "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@validate#dataloader",
-                      "network": "@network", "inferer": "@validate#inferer", "postprocessing": "@validate#postprocessing",
-                      "key_val_metric": "@validate#key_metric", "val_handlers": "@validate#handlers", "amp": False},
+                      "network": "@network", "inferer": "@validate#inferer",
+                      "postprocessing": "@validate#postprocessing", "key_val_metric": "@validate#key_metric",
+                      "val_handlers": "@validate#handlers", "amp": False},
     },
     "initialize": ["$monai.utils.set_determinism(seed=0)"],
     "run": ["$@train#trainer.run()"],
@@ -91,7 +97,9 @@ def _spleen_site(root: Path, cases: int, seed: int, bright: float) -> Path:
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 24)] * 3, indexing="ij"))
     for case in range(cases):
         centre = rng.uniform(-0.3, 0.3, 3)
-        label = (((grid - centre[:, None, None, None]) ** 2 / np.array([0.25, 0.16, 0.2])[:, None, None, None]).sum(0) < 1)
+        label = ((grid - centre[:, None, None, None]) ** 2 / np.array([0.25, 0.16, 0.2])[:, None, None, None]).sum(
+            0
+        ) < 1
         image = rng.normal(0, 20, label.shape) + bright * label
         affine = np.diag([2.0, 2.0, 2.0, 1.0])
         nib.save(nib.Nifti1Image(image.astype(np.float32), affine), root / "imagesTr" / f"spleen_{case}.nii.gz")
@@ -154,7 +162,10 @@ def test_weight_transfer_overlay_on_a_model_zoo_bundle(model_zoo, tmp_path):
     # each site recorded only its own cells: site 1 its model, site 2 the model it received and the one it published
     assert set(records) == {"stage0000_hospital_1.json", "stage0000_hospital_2.json", "stage0001_hospital_2.json"}
     received = records["stage0000_hospital_2.json"]
-    assert received["when"] == "received" and received["model_sha256"] == first.sha256 == records["stage0000_hospital_1.json"]["model_sha256"]
+    assert (
+        received["when"] == "received"
+        and received["model_sha256"] == first.sha256 == records["stage0000_hospital_1.json"]["model_sha256"]
+    )
     assert records["stage0001_hospital_2.json"]["model_sha256"] == second.sha256 != first.sha256
     assert all(r["metric"] == "val_mean_dice" and 0 <= r["score"] <= 1 for r in records.values())
     matrix = assemble_site_scores(exchange)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from monai_continual.bayes import bayesianize, bayesian_layers
+from monai_continual.bayes import bayesian_layers, bayesianize
 from monai_continual.consolidation import Posterior, PosteriorFileError, consolidate_dwc
 from monai_continual.networks import MeshNet
 
@@ -77,8 +77,12 @@ def test_a_layer_with_two_names_is_bayesian_under_both():
     fresh = bayesianize(_Aliased(), bound_std=True)
     posterior.to_prior(fresh, init_posterior=True)  # the alias must not overwrite the prior just set
     for alias in ("conv", "all_modules.0"):
-        torch.testing.assert_close(fresh.state_dict()[f"{alias}.prior_mean"], posterior.mean["conv.weight"], rtol=0, atol=0)
-        torch.testing.assert_close(fresh.state_dict()[f"{alias}.prior_std"], posterior.std["conv.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            fresh.state_dict()[f"{alias}.prior_mean"], posterior.mean["conv.weight"], rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            fresh.state_dict()[f"{alias}.prior_std"], posterior.std["conv.weight"], rtol=0, atol=0
+        )
 
 
 def test_file_round_trip_is_lossless(tmp_path):
@@ -107,7 +111,9 @@ def test_vcl_and_dwc_priors_load_into_a_model():
     torch.testing.assert_close(prior_back.mean["layers.0.weight"], post.mean["layers.0.weight"])
     bounded = _net(bound_std=True)
     post.to_prior(bounded, init_posterior=True)  # a DWC site starts from the shared prior
-    torch.testing.assert_close(bounded.layers[0].weight_mean, previous.layers[0].weight_mean.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        bounded.layers[0].weight_mean, previous.layers[0].weight_mean.detach(), rtol=1e-5, atol=1e-6
+    )
     assert torch.all(bounded.layers[0].weight_std <= bounded.layers[0].prior_std)
 
 
@@ -206,7 +212,10 @@ def test_parameter_mismatches_with_a_model_or_another_posterior(tmp_path):
     with pytest.raises(PosteriorFileError, match=r"extra parameters \['head.weight'\]"):
         Posterior.load(extra.save(tmp_path / "extra.safetensors")).to_prior(_net())
     wider = Posterior.from_model(MeshNet(3, 1, 3, channels=5, dilations=(1, 2), bayesian=True))
-    with pytest.raises(PosteriorFileError, match=r"parameter 'layers.0.weight' has shape \(5, 1, 3, 3, 3\), the model's is \(4, 1, 3, 3, 3\)"):
+    with pytest.raises(
+        PosteriorFileError,
+        match=r"parameter 'layers.0.weight' has shape \(5, 1, 3, 3, 3\), the model's is \(4, 1, 3, 3, 3\)",
+    ):
         wider.to_model(_net())
     with pytest.raises(PosteriorFileError, match=r"parameter 'layers.0.weight' has shape \(5, 1, 3, 3, 3\)"):
         consolidate_dwc(post, [wider])

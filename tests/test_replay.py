@@ -76,7 +76,9 @@ def test_replay_dataset_mixes_current_and_buffer_through_monai(small_sites, tmp_
     buffer.add_site("site_a", data.items("site_a", "training"))
     buffer.add_site("site_c", data.items("site_c", "training"))
     current = data.items("site_b", "training")
-    transform = Compose([LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"]), NormalizeIntensityd("image")])
+    transform = Compose(
+        [LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"]), NormalizeIntensityd("image")]
+    )
     ds = ReplayDataset(current, buffer, transform=transform, site="site_b")
     assert len(ds) == len(current) + 4
     sites = [ds[i]["site"] for i in range(len(ds))]

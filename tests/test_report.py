@@ -1,4 +1,5 @@
-"""``monai_continual.report``: summary.md and the printed table, byte for byte what the main job wrote before the move."""
+"""``monai_continual.report``: summary.md and the printed table, byte for byte what the main job wrote before the
+move."""
 
 from __future__ import annotations
 

@@ -46,13 +46,17 @@ def test_weight_transfer_strategies_move_weights(sites, tmp_path):
 
 def test_cyclic_transfer_schedule_skip_and_order(sites, tmp_path):
     runner = tiny_runner(sites, tmp_path)
-    result = runner.run("cyclic_weight_transfer", cycles=3, epochs_per_visit=1, order=["gamma", "alpha", "beta"], skip=["beta"])
+    result = runner.run(
+        "cyclic_weight_transfer", cycles=3, epochs_per_visit=1, order=["gamma", "alpha", "beta"], skip=["beta"]
+    )
     assert [t["site"] for t in result.transfers] == ["gamma", "alpha"] * 3  # beta skipped, order kept
     assert len(DirectoryWeightStore(result.directory / "store").entries()) == 1 + 6
     _chain_is_unbroken(result.transfers)
     assert "beta" not in result.matrix.trained_sites()
     assert not (result.directory / "sites" / "beta").exists()
-    by_iterations = tiny_runner(sites, tmp_path / "iterations").run("cyclic_weight_transfer", cycles=2, iterations_per_visit=1)
+    by_iterations = tiny_runner(sites, tmp_path / "iterations").run(
+        "cyclic_weight_transfer", cycles=2, iterations_per_visit=1
+    )
     assert len(by_iterations.transfers) == 6
 
 
@@ -88,14 +92,20 @@ def test_dwc_output_is_eq_17_of_the_site_posteriors(sites, tmp_path):
     result = tiny_runner(sites, tmp_path, optimizer_state="site").run("dwc")
     names = {p.name for p in (result.directory / "sites" / "alpha").glob("optimizer_*")}
     # MAP stage 1, q0 stage 2, fine-tuning stage 6 (which continued stage 2's Bayesian optimizer)
-    assert names == {"optimizer_map_stage0001.safetensors", "optimizer_bayes_stage0002.safetensors", "optimizer_bayes_stage0006.safetensors"}
+    assert names == {
+        "optimizer_map_stage0001.safetensors",
+        "optimizer_bayes_stage0002.safetensors",
+        "optimizer_bayes_stage0006.safetensors",
+    }
     shared = result.directory / "posteriors"
     prior = Posterior.load(shared / "stage0002.safetensors")
     site_files = [shared / f"stage{n:04d}.safetensors" for n in (3, 4)]
     expected = consolidate_dwc(prior, site_files)
     produced = Posterior.load(shared / "stage0005.safetensors")
     for name in expected.mean:
-        assert torch.equal(produced.mean[name], expected.mean[name]) and torch.equal(produced.std[name], expected.std[name])
+        assert torch.equal(produced.mean[name], expected.mean[name]) and torch.equal(
+            produced.std[name], expected.std[name]
+        )
     for path in site_files:  # sites trained from q0 with std bounded by q0's
         site = Posterior.load(path)
         assert site.num_examples == len(load_multisite_datalist(sites).site(site.site).training)
@@ -159,7 +169,9 @@ def test_bad_input_is_caught_and_earlier_results_stay(sites, tmp_path):
         changed.run("fine_tuning", order=["alpha", "beta", "gamma"])
     with pytest.raises(ValueError, match="federated_magic.*Available options"):
         runner.run("federated_magic")
-    with pytest.raises(TypeError, match=r"unexpected options \['cycles'\]; its options are \['epochs', 'skip', 'order'\]"):
+    with pytest.raises(
+        TypeError, match=r"unexpected options \['cycles'\]; its options are \['epochs', 'skip', 'order'\]"
+    ):
         runner.run("fine_tuning", cycles=3)
     with pytest.raises(ValueError, match="epochs_per_visit must be a number >= 1, got 0"):
         runner.run("cyclic_weight_transfer", epochs_per_visit=0)

@@ -73,7 +73,8 @@ def _datalist(path: Path, sites: list[str]) -> Path:
     document = {
         "labels": {"0": "background", "1": "fg"},
         "sites": {s: {"training": [{"image": f"{i}_img.nii.gz", "label": f"{i}_seg.nii.gz"}],
-                      "test": [{"image": f"{i}_timg.nii.gz", "label": f"{i}_tseg.nii.gz"}]} for i, s in enumerate(sites)},
+                      "test": [{"image": f"{i}_timg.nii.gz", "label": f"{i}_tseg.nii.gz"}]}
+                  for i, s in enumerate(sites)},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document))
@@ -182,7 +183,9 @@ def test_replay_manifest_with_a_bad_site_is_refused(tmp_path):
     manifest["kept"]["../../pwned"] = manifest["kept"].pop("site_a")
     manifest["seen"]["../../pwned"] = manifest["seen"].pop("site_a")
     (directory / "replay_manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=re.escape(str(directory / "replay_manifest.json")) + ".*" + _refused("../../pwned")):
+    with pytest.raises(
+        ValueError, match=re.escape(str(directory / "replay_manifest.json")) + ".*" + _refused("../../pwned")
+    ):
         ReplayBuffer.load(directory, check_files=False)
 
 
@@ -246,7 +249,9 @@ def test_nnunet_dataset_folders_stay_under_raw(tmp_path):
     with pytest.raises(NnUNetDatasetError, match=_refused("Dataset501_site a")):
         raw_dataset_folder(raw, 501)
     (raw / "Dataset502_Site-B2").mkdir()
-    assert raw_dataset_folder(raw, 502).name == raw_dataset_folder(raw, "Dataset502_Site-B2").name == "Dataset502_Site-B2"
+    assert (
+        raw_dataset_folder(raw, 502).name == raw_dataset_folder(raw, "Dataset502_Site-B2").name == "Dataset502_Site-B2"
+    )
 
 
 def test_nnunet_export_refuses_a_bad_datalist_site(tmp_path):

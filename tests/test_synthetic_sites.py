@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -74,7 +73,14 @@ def test_same_seed_same_bytes_other_seed_other_bytes_and_cache(tmp_path):
 
 
 def test_lesions_are_small_hyperintense_white_matter_blobs(tmp_path):
-    path = make_sites(tmp_path, sites=[SiteProfile("x", 4, noise=0.0, bias=0.0)], shape=(24, 28, 24), lesions=True, figure=False, progress=False)
+    path = make_sites(
+        tmp_path,
+        sites=[SiteProfile("x", 4, noise=0.0, bias=0.0)],
+        shape=(24, 28, 24),
+        lesions=True,
+        figure=False,
+        progress=False,
+    )
     data = load_multisite_datalist(path, check_labels=True)
     assert data.labels[4] == "lesion"
     for image, label in _volumes(data, "x", "training"):

@@ -20,7 +20,9 @@ def vcl_run(tmp_path_factory):
 
 
 def _expected(records):
-    dice = {(f"dice/{site}", r["number"]): float(np.mean(v)) for r in records for site, v in (r["scores"] or {}).items()}
+    dice = {
+        (f"dice/{site}", r["number"]): float(np.mean(v)) for r in records for site, v in (r["scores"] or {}).items()
+    }
     elbo = [term for r in records for term in r["details"].get("elbo", [])]
     return dice, elbo
 

@@ -21,10 +21,9 @@ from monai_continual.federated import FederatedRun, PayloadError, SiteWorker  # 
 from monai_continual.federated.boundary import BoundaryPolicy, check_count, check_scores  # noqa: E402
 from monai_continual.federated.config import parse_config  # noqa: E402
 from monai_continual.federated.overrides import MONAI_SITE_KEYS, OverrideError, check_overrides, parse_overrides  # noqa: E402
-from monai_continual.federated.payload import model_to_params, split_params, params_to_weights  # noqa: E402
+from monai_continual.federated.payload import model_to_params, params_to_weights, split_params  # noqa: E402
 from monai_continual.federated.server_executor import FederatedStageExecutor  # noqa: E402
 from monai_continual.strategies import RunState, build_schedule, make_options, run_stages  # noqa: E402
-from monai_continual.strategies.executor import StageOutput  # noqa: E402
 from monai_continual.utils.weights import normalized_weights  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "multisite_segmentation" / "configs" / "federated.json"
@@ -77,13 +76,21 @@ class ScriptedSites:
         self.calls.append((task, site, (meta.get("stage") or {}).get("number")))
         if task == "initialize":
             weights = _state(0.0)
-            return model_to_params("published", weights), {"published": DirectoryWeightStore.content_sha256(weights, "init", 0)}, {}
+            return (
+                model_to_params("published", weights),
+                {"published": DirectoryWeightStore.content_sha256(weights, "init", 0)},
+                {},
+            )
         if task == "evaluate":
             return {}, {}, {"scores": [0.5, 0.7]}
         start = params_to_weights(split_params(params)["start"])
         number = meta["stage"]["number"]
         trained = {k: (v + self.steps[site] if v.is_floating_point() else v + 1) for k, v in start.items()}
-        meta_out = {"published": DirectoryWeightStore.content_sha256(trained, site, number), "num_examples": 5, "details": {}}
+        meta_out = {
+            "published": DirectoryWeightStore.content_sha256(trained, site, number),
+            "num_examples": 5,
+            "details": {},
+        }
         answer = [model_to_params("published", trained), meta_out, {}]
         if self.tamper is not None:
             self.tamper(site, number, answer)
@@ -91,9 +98,13 @@ class ScriptedSites:
 
 
 def _fedavg(tmp_path, send, policy=None, sites=("a", "b", "c"), min_clients=1, rounds=1):
-    stages = build_schedule("federated_averaging", list(sites), make_options("federated_averaging", rounds=rounds, local_epochs=1))
+    stages = build_schedule(
+        "federated_averaging", list(sites), make_options("federated_averaging", rounds=rounds, local_epochs=1)
+    )
     executor = FederatedStageExecutor(tmp_path / "server", stages, send, min_clients, run_id=RUN_ID, policy=policy)
-    state = run_stages(stages, executor, RunState.open(tmp_path / "server", "federated_averaging", {"x": 1}), list(sites), log=None)
+    state = run_stages(
+        stages, executor, RunState.open(tmp_path / "server", "federated_averaging", {"x": 1}), list(sites), log=None
+    )
     return stages, executor, state
 
 
@@ -118,7 +129,13 @@ def test_a_model_with_a_wrong_hash_leaves_no_trace_a_resubmit_could_pick_up(tmp_
     output = executor.train(stages[1])  # b's answer: refused, nothing of it stored; the visit publishes its start
     assert output.details["refused"] and "does not match the hash" in output.details["boundary"][0]["reason"]
     store = DirectoryWeightStore(tmp_path / "server" / "store")
-    sent = params_to_weights(split_params(ScriptedSites({"a": 0.1, "b": 0.2})("train", "b", model_to_params("start", store.load(store.entry(1))), {"stage": {"number": 2}})[0])["published"])
+    sent = params_to_weights(
+        split_params(
+            ScriptedSites({"a": 0.1, "b": 0.2})(
+                "train", "b", model_to_params("start", store.load(store.entry(1))), {"stage": {"number": 2}}
+            )[0]
+        )["published"]
+    )
     assert all(not torch.equal(store.load(e)["w"], sent["w"]) for e in store.entries())
     assert store.load(store.entry(2))["w"].equal(store.load(store.entry(1))["w"])
     # the attack without the check: an entry stored under the stage's number is what a resumed run returns unasked
@@ -174,8 +191,11 @@ class _Executor:
 
 def test_a_site_keeps_every_run_apart_and_refuses_a_task_without_a_valid_run(tmp_path):
     made = []
-    worker = SiteWorker(lambda stages, run_dir: made.append(run_dir) or _Executor(stages, run_dir), "a", tmp_path / "site")
-    meta = {"task": "evaluate", "stage": {"number": 1, "action": "train", "sites": ["a"], "network": "map", "inputs": []},
+    worker = SiteWorker(
+        lambda stages, run_dir: made.append(run_dir) or _Executor(stages, run_dir), "a", tmp_path / "site"
+    )
+    meta = {"task": "evaluate",
+            "stage": {"number": 1, "action": "train", "sites": ["a"], "network": "map", "inputs": []},
             "kinds": {}, "roles": {}}
     worker.handle("evaluate", {**meta, "run": "1" * 64}, {})
     worker.handle("evaluate", {**meta, "run": "2" * 64}, {})
@@ -187,9 +207,8 @@ def test_a_site_keeps_every_run_apart_and_refuses_a_task_without_a_valid_run(tmp
 
 def test_a_stage_published_from_other_inputs_is_trained_again(tmp_path):
     """The attack: the executor returned any stage output found under the stage's number, without training."""
-    from runner_utils import tiny_runner, tiny_sites
-
     from monai_continual.engines.monai_executor import MonaiStageExecutor
+    from runner_utils import tiny_runner, tiny_sites
 
     datalist = tiny_sites(tmp_path / "data")
     runner = tiny_runner(datalist, tmp_path / "runner")
@@ -199,7 +218,9 @@ def test_a_stage_published_from_other_inputs_is_trained_again(tmp_path):
     first = executor.train(stages[0])
     assert executor.train(stages[0]).published == first.published  # same inputs: recognised as done
     store = DirectoryWeightStore(tmp_path / "site" / "store")
-    store.publish({k: v + 0.01 if v.is_floating_point() else v for k, v in store.load(store.entry(0)).items()}, "init", 0)
+    store.publish(
+        {k: v + 0.01 if v.is_floating_point() else v for k, v in store.load(store.entry(0)).items()}, "init", 0
+    )
     again = executor.train(stages[0])  # another start under the same number: trained from it, not returned stale
     assert again.loaded["start"] != first.loaded["start"] and again.published != first.published
 
@@ -207,7 +228,9 @@ def test_a_stage_published_from_other_inputs_is_trained_again(tmp_path):
 # ------------------------------------------------------------------------------------------ 4. resume keeps counts
 
 def test_a_resumed_stage_keeps_its_example_count(tmp_path):
-    stages = build_schedule("federated_averaging", ["a", "b"], make_options("federated_averaging", rounds=1, local_epochs=1))
+    stages = build_schedule(
+        "federated_averaging", ["a", "b"], make_options("federated_averaging", rounds=1, local_epochs=1)
+    )
     sites = ScriptedSites({"a": 0.1, "b": 0.2})
     executor = FederatedStageExecutor(tmp_path / "server", stages, sites, run_id=RUN_ID)
     executor.initialize(stages[0].network)
@@ -248,7 +271,9 @@ def test_update_norm_bound_and_robust_aggregation_by_hand():
               {"w": torch.tensor([600.0, 800.0]), "n": torch.tensor(10**9)}]  # norm 1000
     merged, report = robust_average(states, reference, names=["a", "b", "c"], norm_bound=2.0)
     assert report.bound == pytest.approx(10.0) and report.clipped == {"c": pytest.approx(0.01)}
-    torch.testing.assert_close(merged["w"], (torch.tensor([3.0, 4.0]) + torch.tensor([0.0, 1.0]) + torch.tensor([6.0, 8.0])) / 3)
+    torch.testing.assert_close(
+        merged["w"], (torch.tensor([3.0, 4.0]) + torch.tensor([0.0, 1.0]) + torch.tensor([6.0, 8.0])) / 3
+    )
     assert int(merged["n"]) == 7  # integer buffers: the lower median, never the first (or a hostile) site's
     merged, _ = robust_average(states, reference, method="median")
     torch.testing.assert_close(merged["w"], torch.tensor([3.0, 4.0]))
@@ -271,7 +296,9 @@ def test_an_update_against_the_consensus_is_left_out():
 
 
 def _posterior(mean, std, **meta):
-    return Posterior({"w": torch.tensor(mean)}, {"w": torch.tensor(std)}, {"bn": torch.tensor([float(meta.pop("bn", 0.0))])}, meta)
+    return Posterior(
+        {"w": torch.tensor(mean)}, {"w": torch.tensor(std)}, {"bn": torch.tensor([float(meta.pop("bn", 0.0))])}, meta
+    )
 
 
 def test_a_posterior_shifted_far_from_its_prior_is_measured_and_left_out_of_dwc(tmp_path):
@@ -279,7 +306,11 @@ def test_a_posterior_shifted_far_from_its_prior_is_measured_and_left_out_of_dwc(
     honest = _posterior([0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5], num_examples=4)
     hostile = _posterior([10.0, 10.0, 10.0, 10.0], [0.5, 0.5, 0.5, 0.5], num_examples=4)
     shift = posterior_shift(prior, hostile, k=5.0)
-    assert shift.fraction == 1.0 and shift.max_shift == pytest.approx(10.0) and shift.max_precision_ratio == pytest.approx(4.0)
+    assert (
+        shift.fraction == 1.0
+        and shift.max_shift == pytest.approx(10.0)
+        and shift.max_precision_ratio == pytest.approx(4.0)
+    )
     assert posterior_shift(prior, honest, k=5.0).fraction == 0.0
     # the attack: consolidated with the honest site, the mean lands where no site's data put it
     attacked = consolidate_dwc(prior, [honest, hostile])
@@ -289,7 +320,9 @@ def test_a_posterior_shifted_far_from_its_prior_is_measured_and_left_out_of_dwc(
     heavy = _posterior([0.1] * 4, [0.5] * 4, num_examples=10**9, bn=100.0)
     merged = consolidate_dwc(prior, [honest, heavy], site_weights=[1, 1])
     assert float(merged.deterministic["bn"]) == pytest.approx(50.0)
-    with pytest.raises(ValueError, match="claims a precision above 10000"):  # the default bound: std 100x below the prior's
+    with pytest.raises(
+        ValueError, match="claims a precision above 10000"
+    ):  # the default bound: std 100x below the prior's
         consolidate_dwc(prior, [honest, _posterior([0.1] * 4, [0.001] * 4, num_examples=4)])
 
 

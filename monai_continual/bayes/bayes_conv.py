@@ -19,7 +19,16 @@ __all__ = [
     "BayesConvTranspose3d",
 ]
 
-_CONV_HPARAMS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+_CONV_HPARAMS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
 
 
 class _BayesConvBase(BayesianModule):
@@ -44,7 +53,9 @@ class _BayesConvBase(BayesianModule):
             bayes_kwargs: ``std_init``, ``prior_mean``, ``prior_std``, ``weight_norm``, ``bound_std``, ``sample_mode``.
         """
         if type(module) is not cls._torch_cls:
-            raise TypeError(f"{cls.__name__}.from_module expects a {cls._torch_cls.__name__}, got {type(module).__name__}.")
+            raise TypeError(
+                f"{cls.__name__}.from_module expects a {cls._torch_cls.__name__}, got {type(module).__name__}."
+            )
         layer = cls.__new__(cls)
         BayesianModule.__init__(layer)
         layer._setup(module, **bayes_kwargs)
@@ -207,7 +218,9 @@ class _BayesConvTransposeNd(_BayesConvBase):
         )
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return type(self)._fn(x, weight, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
+        return type(self)._fn(
+            x, weight, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
 
 
 class BayesConvTranspose1d(_BayesConvTransposeNd):

@@ -28,9 +28,9 @@ def _entropy(p: torch.Tensor, activation: str) -> torch.Tensor:
 class MCInferer(Inferer):
     """Run ``num_samples`` stochastic passes of a Bayesian network and average the probabilities.
 
-    Statistics are accumulated pass by pass (Welford's running mean and variance, and the running mean entropy), so memory does not grow
-    with ``num_samples``. Compose with any MONAI inferer, e.g. ``SlidingWindowInferer`` for whole volumes: each pass
-    is one full sliding-window sweep.
+    Statistics are accumulated pass by pass (Welford's running mean and variance, and the running mean entropy), so
+    memory does not grow with ``num_samples``. Compose with any MONAI inferer, e.g. ``SlidingWindowInferer`` for whole
+    volumes: each pass is one full sliding-window sweep.
 
     Uncertainty maps (one channel each, with ``return_uncertainty=True``):
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -39,9 +38,14 @@ def weighted_average(
     """
     if not states:
         raise ValueError("weighted_average: no states given.")
-    labels = [f"state {i}" + (f" (site {names[i]!r})" if names is not None and i < len(names) else "") for i in range(len(states))]
+    labels = [
+        f"state {i}" + (f" (site {names[i]!r})" if names is not None and i < len(names) else "")
+        for i in range(len(states))
+    ]
     if weights is not None:
-        bad = [f"{labels[i]}: {float(w)}" for i, w in enumerate(weights) if not math.isfinite(float(w)) or float(w) <= 0]
+        bad = [
+            f"{labels[i]}: {float(w)}" for i, w in enumerate(weights) if not math.isfinite(float(w)) or float(w) <= 0
+        ]
         if bad:
             raise ValueError(f"weighted_average: weights must be finite and > 0; got {bad}.")
     w = normalized_weights(weights, len(states), "weighted_average weights")

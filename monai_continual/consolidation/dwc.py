@@ -99,7 +99,10 @@ def consolidate_dwc(
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"consolidate_dwc: fallback must be one of {FALLBACKS}, got {fallback!r}.")
-    for option, value, allowed in (("excess_std", excess_std, (*SITE_POLICIES, "allow")), ("dominance", dominance, SITE_POLICIES)):
+    for option, value, allowed in (
+        ("excess_std", excess_std, (*SITE_POLICIES, "allow")),
+        ("dominance", dominance, SITE_POLICIES),
+    ):
         if value not in allowed:
             raise ValueError(f"consolidate_dwc: {option} must be one of {allowed}, got {value!r}.")
     if max_precision_ratio is not None and not max_precision_ratio >= 1:
@@ -126,15 +129,18 @@ def consolidate_dwc(
             shift = posterior_shift(prior, post, max_mean_shift)
             if shift.fraction > max_shift_fraction:
                 raise ValueError(
-                    f"consolidate_dwc: site posterior {index} ({post.site or item!r}): {shift.fraction:.1%} of its means "
-                    f"moved more than {max_mean_shift:g} prior stds from the shared prior (bound "
+                    f"consolidate_dwc: site posterior {index} ({post.site or item!r}): {shift.fraction:.1%} of its "
+                    f"means moved more than {max_mean_shift:g} prior stds from the shared prior (bound "
                     f"{max_shift_fraction:.1%} of the weights); it did not come from training from this prior. Refused."
                 )
         if index == 0:
             det_first = {k: v.clone() for k, v in post.deterministic.items()}
         elif set(post.deterministic) != set(det_first):
             diff = sorted(set(post.deterministic) ^ set(det_first))
-            raise PosteriorFileError(f"site posterior {index} ({post.site or item!r}): deterministic values {diff} differ from the first site's.")
+            raise PosteriorFileError(
+                f"site posterior {index} ({post.site or item!r}): deterministic values {diff} differ from the "
+                "first site's."
+            )
         size = post.num_examples if site_weights is None else site_weights[index]
         for name, value in post.deterministic.items():
             if value.shape != det_first[name].shape:
@@ -159,7 +165,9 @@ def consolidate_dwc(
     known = [s for s in sizes if s is not None]
     if known and len(known) != num_sites:
         missing = [i for i, s in enumerate(sizes) if s is None]
-        raise ValueError(f"consolidate_dwc: site posteriors {missing} lack metadata 'num_examples' while others have it.")
+        raise ValueError(
+            f"consolidate_dwc: site posteriors {missing} lack metadata 'num_examples' while others have it."
+        )
     normalized_weights(known if known else None, num_sites, "site num_examples")  # validates the sizes
     total = sum(known) if known else None
     scale = total if known else float(num_sites)

@@ -104,7 +104,9 @@ class Posterior:
         where = self._where()
         if set(self.mean) != set(self.std):
             only_mean, only_std = sorted(set(self.mean) - set(self.std)), sorted(set(self.std) - set(self.mean))
-            raise PosteriorFileError(f"{where}: mean and std name different parameters (only mean: {only_mean}, only std: {only_std}).")
+            raise PosteriorFileError(
+                f"{where}: mean and std name different parameters (only mean: {only_mean}, only std: {only_std})."
+            )
         overlap = sorted(set(self.mean) & set(self.deterministic))
         if overlap:
             raise PosteriorFileError(f"{where}: parameters {overlap} are both Bayesian and deterministic.")
@@ -116,7 +118,9 @@ class Posterior:
                 )
             for label, value in (("mean", mean), ("std", std)):
                 if not value.is_floating_point():
-                    raise PosteriorFileError(f"{where}: {label} of parameter {name!r} is not floating point ({value.dtype}).")
+                    raise PosteriorFileError(
+                        f"{where}: {label} of parameter {name!r} is not floating point ({value.dtype})."
+                    )
                 if not bool(torch.isfinite(value).all()):
                     raise PosteriorFileError(f"{where}: {label} of parameter {name!r} contains NaN or Inf.")
             if not bool((std > 0).all()):
@@ -196,16 +200,21 @@ class Posterior:
         missing, extra = sorted(set(expected) - set(self.mean)), sorted(set(self.mean) - set(expected))
         if missing or extra:
             raise PosteriorFileError(
-                f"{where} does not match {type(model).__name__}: missing parameters {missing}, extra parameters {extra}."
+                f"{where} does not match {type(model).__name__}: missing parameters {missing}, "
+                f"extra parameters {extra}."
             )
         for name, shape in expected.items():
             if tuple(self.mean[name].shape) != tuple(shape):
                 raise PosteriorFileError(
-                    f"{where}: parameter {name!r} has shape {tuple(self.mean[name].shape)}, the model's is {tuple(shape)}."
+                    f"{where}: parameter {name!r} has shape {tuple(self.mean[name].shape)}, "
+                    f"the model's is {tuple(shape)}."
                 )
         if deterministic:
             model_state = _deterministic_state(model)
-            missing, extra = sorted(set(model_state) - set(self.deterministic)), sorted(set(self.deterministic) - set(model_state))
+            missing, extra = (
+                sorted(set(model_state) - set(self.deterministic)),
+                sorted(set(self.deterministic) - set(model_state)),
+            )
             if missing or extra:
                 raise PosteriorFileError(
                     f"{where} does not match {type(model).__name__}: missing deterministic values {missing}, "

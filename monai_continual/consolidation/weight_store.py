@@ -143,7 +143,9 @@ class DirectoryWeightStore(WeightStore):
         entry = WeightEntry(name, str(site), int(stage), sha, time.time(), dict(metadata))
         with self._locked():
             entries = [e for e in self._read_manifest() if e["file"] != name] + [asdict(entry)]
-            atomic_write_text(self.root / _MANIFEST, json.dumps({"version": _VERSION, "entries": entries}, indent=2) + "\n")
+            atomic_write_text(
+                self.root / _MANIFEST, json.dumps({"version": _VERSION, "entries": entries}, indent=2) + "\n"
+            )
         return entry
 
     def entries(self) -> list[WeightEntry]:
@@ -156,9 +158,13 @@ class DirectoryWeightStore(WeightStore):
                          and isinstance(entry.site, str) and type(entry.stage) is int and isinstance(entry.sha256, str)
                          and isinstance(entry.time, (int, float)) and isinstance(entry.metadata, dict))
             except TypeError as err:
-                raise TensorFileError(f"weight store manifest {str(path)!r}: entry {index} is malformed: {err}") from err
+                raise TensorFileError(
+                    f"weight store manifest {str(path)!r}: entry {index} is malformed: {err}"
+                ) from err
             if not valid:
-                raise TensorFileError(f"weight store manifest {str(path)!r}: entry {index} has fields of the wrong type: {e!r}")
+                raise TensorFileError(
+                    f"weight store manifest {str(path)!r}: entry {index} has fields of the wrong type: {e!r}"
+                )
             out.append(entry)
         return out
 

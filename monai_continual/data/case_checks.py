@@ -49,9 +49,13 @@ def check_case(item: Mapping[str, Any], num_classes: int, channels: int | None =
                             f"{item['label']!r} has {label.shape[:3]}.")
     found = 1 if image.ndim == 3 else int(image.shape[-1])
     if channels is not None and found != channels:
-        raise DatalistError(f"{where}: image {item['image']!r} has {found} channel(s); the other cases have {channels}.")
+        raise DatalistError(
+            f"{where}: image {item['image']!r} has {found} channel(s); the other cases have {channels}."
+        )
     if not np.isfinite(image).all():
-        raise DatalistError(f"{where}: image {item['image']!r} has {int((~np.isfinite(image)).sum())} NaN or infinite voxels.")
+        raise DatalistError(
+            f"{where}: image {item['image']!r} has {int((~np.isfinite(image)).sum())} NaN or infinite voxels."
+        )
     values = np.unique(label)
     if not np.all(np.mod(values, 1) == 0):
         raise DatalistError(f"{where}: label file {item['label']!r} has non-integer values.")

@@ -135,7 +135,9 @@ def _check_label_values(path: str, allowed: set[int], where: str) -> None:
         raise DatalistError(f"{where}: label file {path!r} has non-integer values.")
     bad = sorted(int(v) for v in values if int(v) not in allowed)
     if bad:
-        raise DatalistError(f"{where}: label file {path!r} has values {bad} outside the declared classes {sorted(allowed)}.")
+        raise DatalistError(
+            f"{where}: label file {path!r} has values {bad} outside the declared classes {sorted(allowed)}."
+        )
 
 
 def load_multisite_datalist(
@@ -216,7 +218,9 @@ def load_multisite_datalist(
                         try:
                             exists = Path(item[key]).exists()
                         except OSError as err:  # e.g. a name too long for the file system
-                            raise DatalistError(f"{where}, {split}: {key} path {item[key]!r} is unusable: {err}") from err
+                            raise DatalistError(
+                                f"{where}, {split}: {key} path {item[key]!r} is unusable: {err}"
+                            ) from err
                         if not exists:
                             raise DatalistError(f"{where}, {split}: {key} file {item[key]!r} does not exist.")
                     if check_labels and labels and "label" in item:

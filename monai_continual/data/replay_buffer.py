@@ -110,7 +110,9 @@ class ReplayBuffer:
         if self.policy == "random":
             existing = self._kept.get(site, []) + items
             rng = self._rng(site)
-            chosen = existing if len(existing) <= self.capacity_per_site else rng.sample(existing, self.capacity_per_site)
+            chosen = (
+                existing if len(existing) <= self.capacity_per_site else rng.sample(existing, self.capacity_per_site)
+            )
             self._rng_state[site] = rng.getstate()
             self._kept[site] = chosen
             self._seen[site] = self._seen.get(site, 0) + len(items)
@@ -206,9 +208,15 @@ class ReplayBuffer:
         if check_files:
             for item in buffer.items():
                 for key, value in item.items():
-                    if key != "site" and isinstance(value, str) and ("/" in value or os.sep in value) and not Path(value).exists():
+                    if (
+                        key != "site"
+                        and isinstance(value, str)
+                        and ("/" in value or os.sep in value)
+                        and not Path(value).exists()
+                    ):
                         raise ValueError(
-                            f"ReplayBuffer.load: site {item['site']!r}: {key} file {value!r} listed in {str(path)!r} does not exist."
+                            f"ReplayBuffer.load: site {item['site']!r}: {key} file {value!r} listed in {str(path)!r} "
+                            "does not exist."
                         )
         return buffer
 

@@ -63,7 +63,9 @@ class SiteProfile:
         if self.contrast not in ("t1", "t2"):
             raise ValueError(f"site {self.name!r}: contrast must be 't1' or 't2', got {self.contrast!r}.")
         if self.num_subjects < (2 if self.held_out else 4):
-            raise ValueError(f"site {self.name!r}: needs at least {2 if self.held_out else 4} subjects, got {self.num_subjects}.")
+            raise ValueError(
+                f"site {self.name!r}: needs at least {2 if self.held_out else 4} subjects, got {self.num_subjects}."
+            )
         if self.noise < 0 or self.bias < 0 or self.resolution < 1 or self.scale <= 0:
             raise ValueError(f"site {self.name!r}: noise and bias must be >= 0, resolution >= 1 and scale > 0.")
 
@@ -157,7 +159,9 @@ def _splits(profile: SiteProfile) -> dict[str, int]:
     return {"training": profile.num_subjects - test - validation, "validation": validation, "test": test}
 
 
-def _config(sites: Sequence[SiteProfile], seed: int, shape: Sequence[int], deformation: float, lesions: bool) -> dict[str, Any]:
+def _config(
+    sites: Sequence[SiteProfile], seed: int, shape: Sequence[int], deformation: float, lesions: bool
+) -> dict[str, Any]:
     return {
         "version": GENERATOR_VERSION,
         "seed": int(seed),
@@ -307,7 +311,9 @@ def plot_sites(datalist: str | os.PathLike, path: str | os.PathLike) -> Path:
         axes[0, column].imshow(np.rot90(image[:, :, z]), cmap="gray")
         axes[0, column].set_title(f"{name}\n{site.get('modality', '')}", fontsize=8)
         axes[1, column].imshow(np.rot90(image[:, :, z]), cmap="gray")
-        axes[1, column].imshow(np.rot90(np.ma.masked_equal(label[:, :, z], 0)), cmap="tab10", alpha=0.45, vmin=0, vmax=9)
+        axes[1, column].imshow(
+            np.rot90(np.ma.masked_equal(label[:, :, z], 0)), cmap="tab10", alpha=0.45, vmin=0, vmax=9
+        )
         n = sum(len(site[s]) for s in ("training", "validation", "test"))
         axes[1, column].set_title(f"{n} subjects{' (held out)' if site.get('held_out') else ''}", fontsize=8)
         for row in (0, 1):

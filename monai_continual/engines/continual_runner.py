@@ -105,8 +105,9 @@ class ContinualRunner:
         mc_samples: Monte Carlo samples of Bayesian models at evaluation (McClure et al.: 10).
         std_init: initial posterior std of a Bayesian stage: ``"laplace"`` (default) computes it from the site's data
             and the stage's prior at the starting means, ``(N F + 1 / prior_std^2) ** -1/2`` with F the diagonal
-            empirical Fisher of the voxels' cross-entropy (:func:`~monai_continual.bayes.laplace.calibrate_posterior_std`);
-            a number sets every std to it (McClure et al.: 1e-3).
+            empirical Fisher of the voxels' cross-entropy
+            (:func:`~monai_continual.bayes.laplace.calibrate_posterior_std`); a number sets every std to it
+            (McClure et al.: 1e-3).
         prior_std: prior std of the first Bayesian stage, N(0, prior_std^2): ``"he"`` (default, per layer
             ``sqrt(2 / fan_in)``, see :func:`~monai_continual.bayes.bayesianize`) or a number (McClure et al.: 1).
         weight_norm: weight-normalize the Bayesian means.
@@ -160,7 +161,9 @@ class ContinualRunner:
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"ContinualRunner: output_dir {str(self.output_dir)!r} exists and is not a directory.")
         if optimizer_state not in OPTIMIZER_STATE_POLICIES:
-            raise ValueError(f"ContinualRunner: optimizer_state must be one of {OPTIMIZER_STATE_POLICIES}, got {optimizer_state!r}.")
+            raise ValueError(
+                f"ContinualRunner: optimizer_state must be one of {OPTIMIZER_STATE_POLICIES}, got {optimizer_state!r}."
+            )
         if isinstance(epochs, bool) or epochs < 1 or batch_size < 1:
             raise ValueError(f"ContinualRunner: epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
         self.sites = list(sites) if sites is not None else self.data.training_sites()
@@ -172,7 +175,10 @@ class ContinualRunner:
         self.eval_sites = self.data.site_names
         missing_test = [s for s in self.eval_sites if not self.data.site(s).test]
         if missing_test:
-            raise DatalistError(f"site(s) {missing_test} of {self.data.source or 'the datalist'} have no test cases; every site needs a test set.")
+            raise DatalistError(
+                f"site(s) {missing_test} of {self.data.source or 'the datalist'} have no test cases; "
+                "every site needs a test set."
+            )
         if check_data:
             check_sites(self.data, self.eval_sites, int(num_classes))
         self.template = copy.deepcopy(network).cpu()
@@ -187,13 +193,20 @@ class ContinualRunner:
         self.batch_size = int(batch_size)
         self.inferer = inferer or SimpleInferer()
         self.mc_samples = int(mc_samples)
-        if not (std_init == "laplace" or (isinstance(std_init, (int, float)) and not isinstance(std_init, bool) and std_init > 0)):
+        if not (
+            std_init == "laplace"
+            or (isinstance(std_init, (int, float)) and not isinstance(std_init, bool) and std_init > 0)
+        ):
             raise ValueError(f"ContinualRunner: std_init must be 'laplace' or a positive number, got {std_init!r}.")
         if elbo_examples not in ELBO_EXAMPLES:
             raise ValueError(f"ContinualRunner: elbo_examples must be one of {ELBO_EXAMPLES}, got {elbo_examples!r}.")
         self.std_init = std_init
         self.elbo_examples = elbo_examples
-        self.bayes_kwargs = {"std_init": conversion_std_init(std_init), "prior_std": prior_std, "weight_norm": weight_norm}
+        self.bayes_kwargs = {
+            "std_init": conversion_std_init(std_init),
+            "prior_std": prior_std,
+            "weight_norm": weight_norm,
+        }
         self.optimizer_state = optimizer_state
         self.device = torch.device(device)
         self.seed = int(seed)
@@ -216,7 +229,8 @@ class ContinualRunner:
         return MCInferer(self.mc_samples, self.inferer) if bayesian else self.inferer
 
     def schedule(self, strategy: str | Strategy, **options: Any) -> list[Stage]:
-        """The stages ``run(strategy, **options)`` would run (see :func:`~monai_continual.strategies.build_schedule`)."""
+        """The stages ``run(strategy, **options)`` would run
+        (see :func:`~monai_continual.strategies.build_schedule`)."""
         return build_schedule(strategy, self.sites, make_options(strategy, **options), self.epochs, self.seed)
 
     def run(self, strategy: str | Strategy, directory: str | None = None, **options: Any) -> StrategyResult:
@@ -263,7 +277,9 @@ class ContinualRunner:
             "network": {k: list(v.shape) for k, v in self.init_state.items()},
         }
 
-    def _result(self, name: Strategy, stages: list[Stage], state: RunState, executor: MonaiStageExecutor) -> StrategyResult:
+    def _result(
+        self, name: Strategy, stages: list[Stage], state: RunState, executor: MonaiStageExecutor
+    ) -> StrategyResult:
         run_dir = state.directory
         matrix = state.matrix(stages, self.eval_sites)
         extra = state.results(stages)
@@ -279,7 +295,9 @@ class ContinualRunner:
             site_stages = [s for s in stages if s.action == Action.TRAIN]
             if name == Strategy.ENSEMBLE:
                 ensemble = ContinualMatrix(self.eval_sites)
-                ensemble.add_stage(list(last.sites), {s: row for s, row in zip(self.eval_sites, matrix.as_array()[-1])}, "ensemble")
+                ensemble.add_stage(
+                    list(last.sites), {s: row for s, row in zip(self.eval_sites, matrix.as_array()[-1])}, "ensemble"
+                )
                 return StrategyResult("ensemble", ensemble, state.scores(last.number), run_dir, False, {}, transfers)
             single = state.matrix(site_stages, self.eval_sites)
             scores = {s.sites[0]: state.scores(s.number)[s.sites[0]] for s in site_stages}

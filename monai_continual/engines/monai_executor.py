@@ -35,8 +35,16 @@ from monai_continual.handlers import (
 )
 from monai_continual.losses import ELBOLoss, voxels_per_item
 from monai_continual.metrics import ContinualMatrix, evaluate_sites
+from monai_continual.strategies import (
+    INITIAL_STAGE,
+    Action,
+    NetworkKind,
+    NonFiniteTrainingError,
+    Stage,
+    StageOutput,
+    crash_point,
+)
 from monai_continual.strategies.artifacts import StageArtifacts
-from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, NonFiniteTrainingError, Stage, StageOutput, crash_point
 from monai_continual.utils.atomic import atomic_write_text
 from monai_continual.utils.optimizer_files import load_optimizer_state, save_optimizer_state
 from monai_continual.utils.seeding import seed_everything
@@ -115,7 +123,9 @@ class MonaiStageExecutor:
             Posterior.load(self.posterior_file(number)).to_prior(network, init_posterior=True)
         else:
             network = self._plain()
-            WeightTransferHandler(self.store, "evaluation", network, load=True, publish=False, source_stage=number).load_weights()
+            WeightTransferHandler(
+                self.store, "evaluation", network, load=True, publish=False, source_stage=number
+            ).load_weights()
         return network.to(self.runner.device)
 
     # ------------------------------------------------------------------------------------------------ protocol
@@ -180,8 +190,12 @@ class MonaiStageExecutor:
         if resumed is None:
             self._start(stage, network)
             if bayes and runner.std_init == "laplace":
-                losses.std = calibrate_posterior_std(network, lambda: self._batches(items), seed=runner.seed + stage.number)
-            source = self._optimizer_file(stage, stage.start if runner.optimizer_state == "transfer" else stage.previous_visit)
+                losses.std = calibrate_posterior_std(
+                    network, lambda: self._batches(items), seed=runner.seed + stage.number
+                )
+            source = self._optimizer_file(
+                stage, stage.start if runner.optimizer_state == "transfer" else stage.previous_visit
+            )
             if source is not None and source.exists():
                 optimizer.load_state_dict(load_optimizer_state(source))
 
@@ -265,7 +279,8 @@ class MonaiStageExecutor:
 
         def score() -> float:
             values = evaluate_sites(network, {k: v for k, v in val_items.items() if v}, runner.eval_transform,
-                                    runner.num_classes, runner.inferer_for(stage.network == NetworkKind.BAYES), runner.device)
+                                    runner.num_classes, runner.inferer_for(stage.network == NetworkKind.BAYES),
+                                    runner.device)
             return float(np.mean([x for v in values.values() for x in v]))
 
         return score

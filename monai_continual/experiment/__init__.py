@@ -6,4 +6,12 @@ from monai_continual.experiment.comparisons import PAPER_COMPARISONS, run_compar
 from monai_continual.experiment.inference import load_weights, mc_segment_files
 from monai_continual.experiment.multisite_experiment import ROW_ORDER, SEQUENTIAL_STRATEGIES, MultiSiteExperiment
 
-__all__ = ["PAPER_COMPARISONS", "ROW_ORDER", "SEQUENTIAL_STRATEGIES", "MultiSiteExperiment", "load_weights", "mc_segment_files", "run_comparisons"]
+__all__ = [
+    "PAPER_COMPARISONS",
+    "ROW_ORDER",
+    "SEQUENTIAL_STRATEGIES",
+    "MultiSiteExperiment",
+    "load_weights",
+    "mc_segment_files",
+    "run_comparisons",
+]

@@ -12,10 +12,14 @@ __all__ = ["PAPER_COMPARISONS", "run_comparisons"]
 #: (claim, paper, strategy A, strategy B, "held_out" or "training" volumes): the paper found A >= B.
 PAPER_COMPARISONS: tuple[tuple[str, str, str, str, str], ...] = (
     ("DWC beats the ensemble of site models", "McClure et al. (Table 2)", "dwc_finetuned", "ensemble", "training"),
-    ("DWC generalizes like the ensemble (held-out site)", "McClure et al. (Table 2)", "dwc_finetuned", "ensemble", "held_out"),
-    ("cyclic transfer beats single-site models", "Chang et al.; Remedios et al.", "cyclic_weight_transfer", "single_site", "training"),
-    ("cyclic transfer beats single weight transfer", "Chang et al.; Darzidehkalani et al.", "cyclic_weight_transfer", "single_weight_transfer", "training"),
-    ("cyclic transfer approaches centrally hosted training", "Chang et al. (Table 2)", "cyclic_weight_transfer", "centrally_hosted", "training"),
+    ("DWC generalizes like the ensemble (held-out site)", "McClure et al. (Table 2)", "dwc_finetuned", "ensemble",
+     "held_out"),
+    ("cyclic transfer beats single-site models", "Chang et al.; Remedios et al.", "cyclic_weight_transfer",
+     "single_site", "training"),
+    ("cyclic transfer beats single weight transfer", "Chang et al.; Darzidehkalani et al.", "cyclic_weight_transfer",
+     "single_weight_transfer", "training"),
+    ("cyclic transfer approaches centrally hosted training", "Chang et al. (Table 2)", "cyclic_weight_transfer",
+     "centrally_hosted", "training"),
     ("replay beats sequential fine-tuning", "Karthik et al.", "replay", "fine_tuning", "training"),
 )
 

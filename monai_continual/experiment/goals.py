@@ -16,11 +16,14 @@ __all__ = ["GOALS", "check_goals", "order_spread", "training_budget"]
 #: (goal, paper, A, B, margin): A's per-volume Dice + margin is expected to exceed B's (paired, one-sided).
 GOALS: tuple[tuple[str, str, str, str, float], ...] = (
     ("DWC (fine-tuned) beats the ensemble", "McClure et al. (Table 2)", "dwc_finetuned", "ensemble", 0.0),
-    ("DWC (fine-tuned) beats the mean single-site model", "McClure et al. (Table 2)", "dwc_finetuned", "single_site_mean", 0.0),
-    ("DWC (fine-tuned) within 4 Dice points of centrally hosted", "McClure et al. (2.8 points)", "dwc_finetuned", "centrally_hosted", 0.04),
+    ("DWC (fine-tuned) beats the mean single-site model", "McClure et al. (Table 2)", "dwc_finetuned",
+     "single_site_mean", 0.0),
+    ("DWC (fine-tuned) within 4 Dice points of centrally hosted", "McClure et al. (2.8 points)", "dwc_finetuned",
+     "centrally_hosted", 0.04),
     ("fine-tuning the consolidated model helps", "McClure et al. (Table 2)", "dwc_finetuned", "dwc", 0.0),
     ("VCL beats the mean single-site model", "McClure et al. (Table 2)", "vcl", "single_site_mean", 0.0),
-    ("CWT within 2 Dice points of centrally hosted", "Chang et al. (Table 2)", "cyclic_weight_transfer", "centrally_hosted", 0.02),
+    ("CWT within 2 Dice points of centrally hosted", "Chang et al. (Table 2)", "cyclic_weight_transfer",
+     "centrally_hosted", 0.02),
 )
 
 

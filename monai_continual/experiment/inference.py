@@ -57,7 +57,9 @@ def mc_segment_files(
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"mc_segment_files: output_dir {str(out)!r} exists and is not a directory.")
-    inferer = MCInferer(num_samples, SlidingWindowInferer(roi_size, sw_batch_size=1, overlap=0.25), return_uncertainty=True)
+    inferer = MCInferer(
+        num_samples, SlidingWindowInferer(roi_size, sw_batch_size=1, overlap=0.25), return_uncertainty=True
+    )
     network = network.to(device).eval()
     written = []
     for path in tqdm(files, desc="MC inference"):

@@ -17,13 +17,13 @@ from torch import nn
 
 from monai_continual.data import load_multisite_datalist, make_sites
 from monai_continual.engines import STRATEGIES, ContinualRunner, StrategyResult
-from monai_continual.strategies import SEQUENTIAL
 from monai_continual.experiment.comparisons import run_comparisons
+from monai_continual.experiment.figures import plot_predictions
 from monai_continual.experiment.goals import check_goals, order_spread, training_budget
 from monai_continual.experiment.tracking import TRACKERS, RunTracker
-from monai_continual.experiment.figures import plot_predictions
 from monai_continual.metrics import backward_transfer, forward_transfer, weighted_average
 from monai_continual.report import summary_markdown, summary_table
+from monai_continual.strategies import SEQUENTIAL
 from monai_continual.utils.atomic import atomic_write_text
 
 __all__ = ["MultiSiteExperiment", "SEQUENTIAL_STRATEGIES", "ROW_ORDER"]
@@ -100,7 +100,10 @@ class MultiSiteExperiment:
         wanted = ["dwc" if s == "dwc_finetuned" else s for s in strategies]
         unknown = [s for s in wanted if s not in STRATEGIES]
         if unknown:
-            raise ValueError(f"MultiSiteExperiment: unknown strategies {unknown}; choose from {list(STRATEGIES) + ['dwc_finetuned']}.")
+            raise ValueError(
+                f"MultiSiteExperiment: unknown strategies {unknown}; "
+                f"choose from {list(STRATEGIES) + ['dwc_finetuned']}."
+            )
         self.strategies = [s for s in _RUN_ORDER if s in wanted]
         self.network = network
         self.train_transform = train_transform
@@ -126,7 +129,9 @@ class MultiSiteExperiment:
     def run(self) -> dict[str, Any]:
         start = time.time()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        datalist = self.datalist or make_sites(self.dataset_dir, seed=self.dataset_seed, shape=self.dataset_shape, progress=self.progress)
+        datalist = self.datalist or make_sites(
+            self.dataset_dir, seed=self.dataset_seed, shape=self.dataset_shape, progress=self.progress
+        )
         data = load_multisite_datalist(datalist)
         runner = ContinualRunner(
             data, self.output_dir / "runs", self.network, self.train_transform, self.eval_transform, self.num_classes,
@@ -201,7 +206,11 @@ class MultiSiteExperiment:
             runs = [describe(r) for k, r in variants.items() if k == strategy or k.startswith(f"{strategy}@order")]
             if len(runs) > 1:
                 spreads[strategy] = order_spread(runs)
-        sized = {name: describe(variants[f"vcl@{name}"]) for name in ("increasing", "decreasing") if f"vcl@{name}" in variants}
+        sized = {
+            name: describe(variants[f"vcl@{name}"])
+            for name in ("increasing", "decreasing")
+            if f"vcl@{name}" in variants
+        }
         summary["orders"] = spreads
         summary["vcl_size_orders"] = {k: {kk: vv for kk, vv in v.items() if kk != "scores"} for k, v in sized.items()}
         scores = dict(summary["per_volume_dice"])
@@ -218,11 +227,15 @@ class MultiSiteExperiment:
     def _track(self, tracker: RunTracker, key: str, result: StrategyResult, single: StrategyResult | None,
                runner: ContinualRunner, data) -> None:
         training = runner.sites
-        numbers: dict[str, float | None] = {"weighted_dice": _weighted_dice(result, {s: len(data.site(s).test) for s in training})}
+        numbers: dict[str, float | None] = {
+            "weighted_dice": _weighted_dice(result, {s: len(data.site(s).test) for s in training})
+        }
         if result.name in SEQUENTIAL_STRATEGIES:
             numbers["bwt"] = float(backward_transfer(result.matrix))
             if single is not None:  # b_i: site i's own single-site model
-                numbers["fwt"] = float(forward_transfer(result.matrix, {s: float(np.mean(single.scores[s])) for s in training}))
+                numbers["fwt"] = float(
+                    forward_transfer(result.matrix, {s: float(np.mean(single.scores[s])) for s in training})
+                )
         records = json.loads((result.directory / "state.json").read_text())["stages"]
         tracker.log_run(key, [r for r in records if r["number"] > 0], result.matrix, numbers)
 

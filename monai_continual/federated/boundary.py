@@ -96,7 +96,9 @@ class BoundaryPolicy:
             raise ValueError(f"BoundaryPolicy: min_cosine must be in [-1, 1] or null, got {self.min_cosine!r}.")
         for name in ("max_examples", "norm_bound", "max_precision_ratio"):
             if getattr(self, name) is not None and not _positive(getattr(self, name)):
-                raise ValueError(f"BoundaryPolicy: {name} must be a positive number or null, got {getattr(self, name)!r}.")
+                raise ValueError(
+                    f"BoundaryPolicy: {name} must be a positive number or null, got {getattr(self, name)!r}."
+                )
         if not 0 <= self.max_shift_fraction <= 1 or not 0 <= self.trim_fraction < 0.5:
             raise ValueError("BoundaryPolicy: max_shift_fraction must be in [0, 1] and trim_fraction in [0, 0.5).")
         for name in ("declared_sizes", "declared_test_sizes"):
@@ -187,8 +189,8 @@ def check_model(tensors: Mapping[str, torch.Tensor], reference: Mapping[str, tor
         if reference is not None:
             ref = reference[name]
             if tuple(value.shape) != tuple(ref.shape) or value.dtype != ref.dtype:
-                raise PayloadError(f"{what}: entry {name!r} has shape {tuple(value.shape)} and dtype {value.dtype}, the "
-                                   f"start model's shape {tuple(ref.shape)} and dtype {ref.dtype}.")
+                raise PayloadError(f"{what}: entry {name!r} has shape {tuple(value.shape)} and dtype {value.dtype}, "
+                                   f"the start model's shape {tuple(ref.shape)} and dtype {ref.dtype}.")
         if value.is_floating_point():
             if not bool(torch.isfinite(value).all()):
                 raise PayloadError(f"{what}: entry {name!r} has non-finite values.")

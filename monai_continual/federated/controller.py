@@ -59,8 +59,9 @@ class StrategyController(ModelController):
     """
 
     def __init__(self, strategy: str, options: dict, sites: list, eval_sites: list, run_dir: str, *,
-                 settings: dict | None = None, epochs: int = 1, seed: int = 0, min_clients: int = 1, task_timeout: int = 0,
-                 payload_log: str = "", allow_data_to_leave_sites: bool = False, boundary: dict | None = None) -> None:
+                 settings: dict | None = None, epochs: int = 1, seed: int = 0, min_clients: int = 1,
+                 task_timeout: int = 0, payload_log: str = "", allow_data_to_leave_sites: bool = False,
+                 boundary: dict | None = None) -> None:
         super().__init__()
         refuse_data_transfer(strategy, allow_data_to_leave_sites)
         self.boundary = BoundaryPolicy.from_dict(boundary).to_dict()  # refused here, before the job runs
@@ -91,8 +92,9 @@ class StrategyController(ModelController):
             return None
         reply = results[0]
         if not reply.params and not reply.metrics and not (reply.meta or {}).get("published"):
-            raise RuntimeError(f"site {site!r} failed the {task} task of stage {meta.get('stage', {}).get('number', 0)} "
-                               "(its own log has the error); the run stops here and resumes when resubmitted.")
+            raise RuntimeError(f"site {site!r} failed the {task} task of stage "
+                               f"{meta.get('stage', {}).get('number', 0)} (its own log has the error); "
+                               "the run stops here and resumes when resubmitted.")
         reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in _REPLY_KEYS}
         reply_params, metrics = dict(reply.params or {}), dict(reply.metrics or {})
         self._audit("received", task, site, reply_meta, reply_params, metrics)

@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from monai_continual.federated.overrides import NNUNET_SITE_KEYS, parse_overrides
     from monai_continual.federated.site_worker import SiteWorker, serve
-    from monai_continual.utils.names import check_site_name
     from monai_continual.nnunet.launcher import default_device
     from monai_continual.nnunet.sites import NnUNetStageExecutor, _Evaluator
+    from monai_continual.utils.names import check_site_name
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", required=True, help="this site's working directory (its own disk)")

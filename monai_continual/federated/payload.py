@@ -55,7 +55,11 @@ def model_to_params(role: str, model: Mapping[str, torch.Tensor] | Posterior) ->
     """Weights (a state dict) or a posterior as flat numpy parameters under ``role``."""
     if isinstance(model, Posterior):
         groups = {"mean": model.mean, "std": model.std, "deterministic": model.deterministic}
-        return {f"{role}{_SEP}{g}/{k}": v.detach().cpu().numpy() for g, tensors in groups.items() for k, v in tensors.items()}
+        return {
+            f"{role}{_SEP}{g}/{k}": v.detach().cpu().numpy()
+            for g, tensors in groups.items()
+            for k, v in tensors.items()
+        }
     return {f"{role}{_SEP}weights/{k}": v.detach().cpu().numpy() for k, v in model.items()}
 
 

@@ -87,7 +87,9 @@ class PocDeployment:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, umask=0o077)
         if done.returncode != 0:
-            raise RuntimeError(f"`nvflare {' '.join(args)}` failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+            raise RuntimeError(
+                f"`nvflare {' '.join(args)}` failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
         return done
 
     def _prod_dir(self) -> Path:

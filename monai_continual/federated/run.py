@@ -142,7 +142,9 @@ class FederatedRun:
             payload_log=self.payload_log, allow_data_to_leave_sites=self.allow, boundary=self.boundary,
         )
         job.to_server(controller)
-        args = ["--workdir", str(self.output_dir / "sites")] + (["--config", self.config_file] if self.config_file else [])
+        args = ["--workdir", str(self.output_dir / "sites")] + (
+            ["--config", self.config_file] if self.config_file else []
+        )
         if self.accept_margin is not None:
             args += ["--accept-margin", repr(self.accept_margin)]
         spaced = [a for a in args if " " in a]
@@ -156,7 +158,9 @@ class FederatedRun:
                                  f"or braces, got {value!r}.")
             args += ["--set", f"{key}={encoded}"]
         for site in self.eval_sites:
-            job.to(ScriptRunner(script=str(self.script), script_args=" ".join(args), framework=FrameworkType.NUMPY), site)
+            job.to(
+                ScriptRunner(script=str(self.script), script_args=" ".join(args), framework=FrameworkType.NUMPY), site
+            )
         return job
 
     def run(self) -> dict[str, Any] | None:
@@ -164,7 +168,9 @@ class FederatedRun:
         job = self.job()
         if self.export:
             job.export_job(str(self.export))
-            print(f"job folder written to {self.export}; submit it with `nvflare job submit -j {self.export}/{job.name}`")
+            print(
+                f"job folder written to {self.export}; submit it with `nvflare job submit -j {self.export}/{job.name}`"
+            )
             return None
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.engine == "simulator":

@@ -93,7 +93,9 @@ class FederatedStageExecutor:
     def _output(self, number: int, published: str | None, loaded: dict, num_examples: int = 0,
                 details: dict | None = None) -> StageOutput:
         # the same list object: refusals during the stage's evaluation, which the engine records after it, join it
-        return StageOutput(published, loaded, num_examples, {**(details or {}), "boundary": self.events.setdefault(number, [])})
+        return StageOutput(
+            published, loaded, num_examples, {**(details or {}), "boundary": self.events.setdefault(number, [])}
+        )
 
     # ------------------------------------------------------------------------------------------------ what is sent
 
@@ -157,7 +159,9 @@ class FederatedStageExecutor:
     @staticmethod
     def _check_sha(sha: str, reply: dict, what: str) -> None:
         if sha != reply.get("published"):
-            raise PayloadError(f"{what}: the model received does not match the hash the site reported; nothing was stored.")
+            raise PayloadError(
+                f"{what}: the model received does not match the hash the site reported; nothing was stored."
+            )
 
     def train(self, stage: Stage) -> StageOutput:
         if len(stage.sites) != 1:
@@ -248,14 +252,16 @@ class FederatedStageExecutor:
             logger.warning(f"site {site!r} did not answer stage {stage.number} ({stage.label}); the visit is skipped.")
         self.missing.add(stage.number)
         if self.artifacts.kind(stage.start) != stage.network:
-            raise SiteUnavailable(f"site {site!r} did not answer stage {stage.number} ({stage.label}), whose model kind "
-                                  "differs from its start's: it cannot be skipped. Resubmit the job to continue.")
+            raise SiteUnavailable(f"site {site!r} did not answer stage {stage.number} ({stage.label}), whose model "
+                                  "kind differs from its start's: it cannot be skipped. Resubmit the job to continue.")
         if stage.network == NetworkKind.BAYES:
             posterior = self.artifacts.posterior(stage.start)
             posterior.save(self.artifacts.posterior_file(stage.number))
             sha = posterior.sha256()
         else:
-            sha = self.artifacts.store.publish(self.artifacts.weights(stage.start), site, stage.number, skipped=True).sha256
+            sha = self.artifacts.store.publish(
+                self.artifacts.weights(stage.start), site, stage.number, skipped=True
+            ).sha256
         self.artifacts.write_receipt(stage.number, sha, num_examples=0, details={"skipped": True, "refused": refused})
         return self._output(stage.number, sha, self.artifacts.loaded(stage), 0, {"skipped": True, "refused": refused})
 
@@ -279,7 +285,9 @@ class FederatedStageExecutor:
                                             method=self.policy.aggregation, trim_fraction=self.policy.trim_fraction,
                                             min_cosine=self.policy.min_cosine)
             for site, cosine in report.left_out.items():
-                self._event(stage.number, site=site, update="left out", cosine=cosine, min_cosine=self.policy.min_cosine)
+                self._event(
+                    stage.number, site=site, update="left out", cosine=cosine, min_cosine=self.policy.min_cosine
+                )
             for site, factor in report.clipped.items():
                 self._event(stage.number, site=site, update="clipped", factor=factor, norm=report.norms[site],
                             bound=report.bound)
@@ -287,7 +295,8 @@ class FederatedStageExecutor:
             entry = self.artifacts.store.publish(merged, "average", stage.number, weights=sizes)
             return self._output(stage.number, entry.sha256, loaded, int(sum(reported)),
                                 {"inputs_used": inputs, "weights": sizes, "aggregation": report.to_dict()})
-        merged = consolidate_dwc(self.artifacts.posterior_file(stage.prior), [self.artifacts.posterior_file(i) for i in inputs],
+        merged = consolidate_dwc(self.artifacts.posterior_file(stage.prior),
+                                 [self.artifacts.posterior_file(i) for i in inputs],
                                  site_weights=None if self.policy.weighting == FedAvgWeighting.REPORTED else sizes)
         crash_point("mid_consolidation", stage.number)
         merged.save(self.artifacts.posterior_file(stage.number))
@@ -296,7 +305,9 @@ class FederatedStageExecutor:
     def evaluate(self, stage: Stage, site: str) -> list[float]:
         answer = self._request("evaluate", stage, site)
         if answer is None:
-            logger.warning(f"site {site!r} did not answer the evaluation of stage {stage.number}; its cell stays empty.")
+            logger.warning(
+                f"site {site!r} did not answer the evaluation of stage {stage.number}; its cell stays empty."
+            )
             return []
         try:
             scores = check_scores(answer[2].get("scores"), self.test_sizes.get(site),

@@ -96,7 +96,9 @@ class SiteWorker:
         self._receive(executor, meta, params or {}, kinds)
         if task == "train":
             if self.site not in stage.sites:
-                raise PayloadError(f"site {self.site!r} was sent stage {stage.number}, which trains at {list(stage.sites)}.")
+                raise PayloadError(
+                    f"site {self.site!r} was sent stage {stage.number}, which trains at {list(stage.sites)}."
+                )
             stage, refused = self._checked_start(executor, stage)
             output = executor.train(stage)
             self._accept_own(executor, stage)
@@ -140,7 +142,8 @@ class SiteWorker:
                                    "finite and this site has accepted no model before to train from instead.")
             if refused:
                 logger.warning(f"site {self.site!r}, stage {stage.number}: the received model scores {score:.3f} on "
-                               f"this site's validation cases, the last accepted {last[1]:.3f}; training from that one.")
+                               f"this site's validation cases, the last accepted {last[1]:.3f}; "
+                               "training from that one.")
             decision = {"start": last[0] if refused else stage.start, "refused": refused,
                         "accepted": [] if refused else [[stage.start, score]]}
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,13 +173,17 @@ class SiteWorker:
                     return int(accepted[-1][0]), float(accepted[-1][1])
         return None
 
-    def _receive(self, executor: Any, meta: Mapping[str, Any], params: Mapping[str, Any], kinds: Mapping[int, NetworkKind]) -> None:
+    def _receive(
+        self, executor: Any, meta: Mapping[str, Any], params: Mapping[str, Any], kinds: Mapping[int, NetworkKind]
+    ) -> None:
         """Check the models that came with the task against the server's hashes in memory, then store them under
         their stage numbers (skipped when already there)."""
         roles = dict(meta.get("roles", {}))
         for role, tensors in split_params(params).items():
             if role not in roles:
-                raise PayloadError(f"site {self.site!r}: a model arrived under role {role!r}, which the task does not name.")
+                raise PayloadError(
+                    f"site {self.site!r}: a model arrived under role {role!r}, which the task does not name."
+                )
             number = int(roles[role]["stage"])
             expected = roles[role].get("sha256")
             what = f"site {self.site!r}: the {role} model (stage {number})"
@@ -205,7 +212,11 @@ class SiteWorker:
 
 def _stand_ins(stage: Stage, kinds: Mapping[int, NetworkKind]) -> list[Stage]:
     """The stage plus placeholders for the stages it names, carrying only their kinds."""
-    others = [Stage(n, Action.TRAIN, network=k, start=None, evaluate=False) for n, k in kinds.items() if n not in (0, stage.number)]
+    others = [
+        Stage(n, Action.TRAIN, network=k, start=None, evaluate=False)
+        for n, k in kinds.items()
+        if n not in (0, stage.number)
+    ]
     return sorted([stage, *others], key=lambda s: s.number)
 
 

@@ -114,7 +114,9 @@ class BayesianSiteHandler:
             self.loss.num_examples = float(items * voxels)
         if self.prior is not None:
             match = _POSTERIOR.match(self.prior.name)
-            entry = PosteriorEntry(int(match.group(1)) if match else 0, match.group(2) if match else "prior", self.prior)
+            entry = PosteriorEntry(
+                int(match.group(1)) if match else 0, match.group(2) if match else "prior", self.prior
+            )
         else:
             entries = self.entries()
             entry = entries[-1] if entries else None

@@ -39,7 +39,13 @@ class EpochCheckpoint:
         >>> resumed = checkpoint.load(); checkpoint.attach(trainer)
     """
 
-    def __init__(self, path: str | os.PathLike, network: nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.network = network
         self.optimizer = optimizer

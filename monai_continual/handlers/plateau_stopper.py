@@ -28,7 +28,9 @@ class PlateauStopper:
         min_delta: smallest change that counts as an improvement.
     """
 
-    def __init__(self, score_fn: Callable[[], float], network: nn.Module, patience: int, min_delta: float = 1e-4) -> None:
+    def __init__(
+        self, score_fn: Callable[[], float], network: nn.Module, patience: int, min_delta: float = 1e-4
+    ) -> None:
         if patience < 1:
             raise ValueError(f"PlateauStopper: patience must be >= 1, got {patience}.")
         self.score_fn = score_fn
@@ -61,7 +63,12 @@ class PlateauStopper:
             self.network.load_state_dict(self.best_state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs, "best_state": self.best_state, "history": self.history}
+        return {
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "best_state": self.best_state,
+            "history": self.history,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])

@@ -34,7 +34,11 @@ class PriorHandler:
     """
 
     def __init__(
-        self, posterior_file: str | os.PathLike, network: nn.Module, init_posterior: bool = False, event: Any = "STARTED"
+        self,
+        posterior_file: str | os.PathLike,
+        network: nn.Module,
+        init_posterior: bool = False,
+        event: Any = "STARTED",
     ) -> None:
         self.posterior_file = str(posterior_file)
         self.network = network

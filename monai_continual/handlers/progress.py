@@ -54,7 +54,9 @@ class ProgressBar:
     def _start(self, engine: Engine) -> None:
         if getattr(self._out(), "isatty", lambda: False)():
             total = engine.state.max_epochs * engine.state.epoch_length
-            self.bar = tqdm(total=total, initial=engine.state.iteration, desc=self.description, leave=False, file=self._out())
+            self.bar = tqdm(
+                total=total, initial=engine.state.iteration, desc=self.description, leave=False, file=self._out()
+            )
 
     def _step(self, engine: Engine) -> None:
         output = engine.state.output
@@ -70,7 +72,11 @@ class ProgressBar:
     def _epoch(self, engine: Engine) -> None:
         if self.bar is None:
             loss = "" if self.loss is None else f" loss {self.loss:.4f}"
-            print(f"{self.description}: epoch {engine.state.epoch}/{engine.state.max_epochs}{loss}", file=self._out(), flush=True)
+            print(
+                f"{self.description}: epoch {engine.state.epoch}/{engine.state.max_epochs}{loss}",
+                file=self._out(),
+                flush=True,
+            )
 
     def _close(self, engine: Engine) -> None:
         if self.bar is not None:

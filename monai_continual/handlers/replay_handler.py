@@ -56,7 +56,9 @@ class ReplayBufferHandler:
         else:
             directory = directory if directory is not None else buffer
             manifest = os.path.join(str(buffer), "replay_manifest.json")
-            self.buffer = ReplayBuffer.load(buffer) if os.path.exists(manifest) else ReplayBuffer(capacity_per_site, policy, seed)
+            self.buffer = (
+                ReplayBuffer.load(buffer) if os.path.exists(manifest) else ReplayBuffer(capacity_per_site, policy, seed)
+            )
         if not items:
             raise ValueError(f"ReplayBufferHandler: site {site!r} has no training items to remember.")
         self.site = str(site)

@@ -106,7 +106,9 @@ def assemble_site_scores(exchange_dir: str | os.PathLike) -> ContinualMatrix:
             continue
         try:
             record = json.loads(path.read_text())
-            records.append((int(record["stage"]), str(record["trained_on"]), str(record["site"]), float(record["score"])))
+            records.append(
+                (int(record["stage"]), str(record["trained_on"]), str(record["site"]), float(record["score"]))
+            )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"score record {str(path)!r} is not a valid record: {err}") from err
     if not records:

@@ -85,7 +85,9 @@ class WeightTransferHandler:
         entry = self.store.latest() if self.source_stage is None else self.store.entry(self.source_stage)
         if entry is None:
             if self.source_stage is not None:
-                raise FileNotFoundError(f"WeightTransferHandler: the store {self.store!r} has no weights of stage {self.source_stage}.")
+                raise FileNotFoundError(
+                    f"WeightTransferHandler: the store {self.store!r} has no weights of stage {self.source_stage}."
+                )
             return None
         state = self.store.load(entry)
         device = next(self.network.parameters()).device
@@ -114,7 +116,10 @@ class WeightTransferHandler:
         return self.published
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loaded": None if self.loaded is None else self.loaded.file, "published": None if self.published is None else self.published.file}
+        return {
+            "loaded": None if self.loaded is None else self.loaded.file,
+            "published": None if self.published is None else self.published.file,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         by_file = {e.file: e for e in self.store.entries()}

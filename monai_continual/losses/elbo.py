@@ -54,7 +54,9 @@ class ELBOLoss(_Loss):
     ) -> None:
         super().__init__()
         if not num_examples or float(num_examples) <= 0:
-            raise ValueError(f"ELBOLoss: num_examples must be > 0 (the training examples at the site), got {num_examples}.")
+            raise ValueError(
+                f"ELBOLoss: num_examples must be > 0 (the training examples at the site), got {num_examples}."
+            )
         if float(kl_weight) < 0:
             raise ValueError(f"ELBOLoss: kl_weight must be >= 0, got {kl_weight}.")
         self.data_loss = data_loss

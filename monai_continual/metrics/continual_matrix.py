@@ -102,7 +102,9 @@ class ContinualMatrix:
         try:
             return self.stages[stage]["scores"][site]
         except KeyError:
-            raise KeyError(f"ContinualMatrix: no score for site {site!r} after stage {stage} ({self.labels[stage]!r}).") from None
+            raise KeyError(
+                f"ContinualMatrix: no score for site {site!r} after stage {stage} ({self.labels[stage]!r})."
+            ) from None
 
     def visits(self, site: str) -> list[int]:
         """Indices of the stages that trained on ``site``."""
@@ -125,7 +127,9 @@ class ContinualMatrix:
         return out
 
     @classmethod
-    def from_array(cls, values: Sequence[Sequence[float]] | np.ndarray, sites: Sequence[str] | None = None) -> ContinualMatrix:
+    def from_array(
+        cls, values: Sequence[Sequence[float]] | np.ndarray, sites: Sequence[str] | None = None
+    ) -> ContinualMatrix:
         """A sequential K x K matrix: row i trained on site i (the layout of the GEM and replay papers)."""
         array = np.asarray(values, dtype=float)
         if array.ndim != 2 or array.shape[0] != array.shape[1]:
@@ -186,7 +190,9 @@ class ContinualMatrix:
         matrix = cls(sites)
         for line, row in enumerate(rows[1:], start=2):
             if len(row) != len(rows[0]):
-                raise ValueError(f"R matrix file {str(path)!r}, line {line}: {len(row)} fields, expected {len(rows[0])}.")
+                raise ValueError(
+                    f"R matrix file {str(path)!r}, line {line}: {len(row)} fields, expected {len(rows[0])}."
+                )
             trained = [s for s in row[2].split("+") if s]
             scores = {site: float(v) for site, v in zip(sites, row[3:]) if v != ""}
             matrix.add_stage(trained, scores, row[1])
@@ -214,7 +220,9 @@ class ContinualMatrix:
                         colour = "white" if values[i, j] < (vmin + vmax) / 2 else "black"
                         ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
                     if site in stage["trained_on"]:
-                        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+                        ax.add_patch(
+                            plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
+                        )
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
             ax.set_title(title or "R matrix (red: site trained at that stage)")
         return fig

@@ -37,7 +37,9 @@ def mean_dice(
         >>> dice = mean_dice(logits.argmax(1, keepdim=True), label, num_classes=4)
     """
     if pred.shape[2:] != label.shape[2:] or pred.shape[0] != label.shape[0]:
-        raise ValueError(f"mean_dice: prediction shape {tuple(pred.shape)} does not match label shape {tuple(label.shape)}.")
+        raise ValueError(
+            f"mean_dice: prediction shape {tuple(pred.shape)} does not match label shape {tuple(label.shape)}."
+        )
 
     def to_one_hot(x: torch.Tensor, what: str) -> torch.Tensor:
         if x.shape[1] == num_classes and num_classes > 1:
@@ -54,7 +56,9 @@ def mean_dice(
     return per_class.float().mean(dim=1)
 
 
-def weighted_average(scores: Sequence[float] | Mapping[str, float], sizes: Sequence[float] | Mapping[str, float]) -> float:
+def weighted_average(
+    scores: Sequence[float] | Mapping[str, float], sizes: Sequence[float] | Mapping[str, float]
+) -> float:
     """Average of per-site scores weighted by test-set size (McClure et al. Table 2's weighted average).
 
     Example::

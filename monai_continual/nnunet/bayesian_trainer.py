@@ -2,9 +2,9 @@
 
 The network nnU-Net plans is built as usual and its convolutions are replaced by their Bayesian twins
 (:func:`monai_continual.bayes.bayesianize`); the loss is nnU-Net's own (Dice + CE with deep supervision) plus the KL
-divergence divided by N, the number of training voxels (cases x patch voxels; :class:`monai_continual.losses.ELBOLoss`). Priors are buffers
-of the network, so nnU-Net's checkpoints hold them. When training ends the posterior is also written as
-``posterior.safetensors`` next to the checkpoints: the file that may cross a site boundary.
+divergence divided by N, the number of training voxels (cases x patch voxels; :class:`monai_continual.losses.ELBOLoss`).
+Priors are buffers of the network, so nnU-Net's checkpoints hold them. When training ends the posterior is also written
+as ``posterior.safetensors`` next to the checkpoints: the file that may cross a site boundary.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import os
 from pathlib import Path
 
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from monai_continual.bayes import bayesianize
 from monai_continual.bayes.laplace import calibrate_posterior_std, conversion_std_init
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses import ELBOLoss
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 __all__ = ["nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerVCLUnbounded", "POSTERIOR_FILE", "PRIOR_ENV"]
 
@@ -111,7 +111,8 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
         network = getattr(self.network, "_orig_mod", self.network)
         self.std_stats = calibrate_posterior_std(network, batches, seed=self.current_epoch,
                                                  scale=self.num_training_cases / seen)
-        self.print_to_log_file(f"Posterior std from the data (diagonal Laplace): median {self.std_stats['after']['median']:.3g}, "
+        self.print_to_log_file("Posterior std from the data (diagonal Laplace): median "
+                               f"{self.std_stats['after']['median']:.3g}, "
                                f"5-95% {self.std_stats['after']['p05']:.3g}-{self.std_stats['after']['p95']:.3g}")
 
     def train_step(self, batch: dict) -> dict:
@@ -168,7 +169,9 @@ class nnUNetTrainerVCL(nnUNetTrainerBayesian):
             return
         prior = Posterior.load(self.prior_file)  # checks format, shapes and hash; names the file on error
         prior.to_prior(getattr(self.network, "_orig_mod", self.network), init_posterior=self.init_posterior_from_prior)
-        self.print_to_log_file(f"VCL: prior loaded from {self.prior_file} (site {prior.site}, N = {prior.num_examples}).")
+        self.print_to_log_file(
+            f"VCL: prior loaded from {self.prior_file} (site {prior.site}, N = {prior.num_examples})."
+        )
 
 
 class nnUNetTrainerVCLUnbounded(nnUNetTrainerVCL):
@@ -180,7 +183,8 @@ class nnUNetTrainerVCLUnbounded(nnUNetTrainerVCL):
 
     Example::
 
-        python -m monai_continual.nnunet train 502 3d_fullres all -tr nnUNetTrainerVCLUnbounded --prior site_a.safetensors
+        python -m monai_continual.nnunet train 502 3d_fullres all -tr nnUNetTrainerVCLUnbounded \\
+            --prior site_a.safetensors
     """
 
     bound_std = False

@@ -322,7 +322,7 @@ def _trainer_path(args: argparse.Namespace) -> int:
 
 _TRAINERS_HELP = f"ours: {', '.join(OUR_TRAINERS)}; or nnU-Net's ({NNUNET_TRAINER}, its variants, nnUNet_extTrainer)"
 
-_DESCRIPTION = f"""\
+_DESCRIPTION = """\
 nnU-Net v2 with Bayesian, VCL and replay trainers, and continual strategies across sites' datasets.
 
 nnU-Net's folders come from the environment variables nnUNet_raw, nnUNet_preprocessed and nnUNet_results, or from
@@ -395,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     ex = command("export-sites", "write every site of a multi-site datalist as its own nnU-Net raw dataset")
-    ex.add_argument("datalist", help="the multi-site datalist JSON file (e.g. from `python -m monai_continual make-sites`)")
+    ex.add_argument(
+        "datalist", help="the multi-site datalist JSON file (e.g. from `python -m monai_continual make-sites`)"
+    )
     ex.add_argument("--first-id", type=_dataset_id, default=501, metavar="ID",
                     help="dataset id of the first site; the others follow in datalist order")
     ex.add_argument("--sites", nargs="*", metavar="SITE",
@@ -418,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("fold", type=_fold, help="fold 0-4, or 'all' to train on every training case")
     tr.add_argument("-tr", default=NNUNET_TRAINER, metavar="TRAINER", help=f"trainer class: {_TRAINERS_HELP}")
     tr.add_argument("-p", default="nnUNetPlans", metavar="PLANS", help="nnU-Net plans identifier")
-    tr.add_argument("-device", type=_device, default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    tr.add_argument(
+        "-device", type=_device, default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+    )
     tr.add_argument("--num-epochs", type=_positive_int, metavar="N", help="epochs (default: the trainer's own)")
     tr.add_argument("--iterations-per-epoch", type=_positive_int, metavar="N",
                     help="training iterations per epoch (default: the trainer's own)")
@@ -452,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Monte Carlo passes (default: the trainer's own; 1 for deterministic trainers)")
     pr.add_argument("--no-uncertainty", action="store_true", help="do not write uncertainty maps (Bayesian models)")
     pr.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
-    pr.add_argument("-device", type=_device, default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    pr.add_argument(
+        "-device", type=_device, default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+    )
     pr.set_defaults(func=_predict)
 
     st = sub.add_parser("sites", help="run a strategy over the sites' datasets and fill the R matrix (resumable)",
@@ -491,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Monte Carlo passes when evaluating Bayesian stages (1: the posterior mean)")
     st.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation in evaluation")
     st.add_argument("--seed", type=int, default=0, help="seeds every stage, random orders and the replayed cases")
-    st.add_argument("-device", type=_device, default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    st.add_argument(
+        "-device", type=_device, default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+    )
     st.set_defaults(func=_sites)
 
     tp = command("trainer-path", "print the folder to export as nnUNet_extTrainer, for nnUNetv2_train -tr <ours>")

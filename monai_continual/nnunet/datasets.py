@@ -34,7 +34,10 @@ def raw_dataset_folder(raw_root: str | os.PathLike, dataset: str | int) -> Path:
     if isinstance(dataset, int) or str(dataset).isdigit():
         matches = sorted(raw_root.glob(f"Dataset{int(dataset):03d}_*"))
         if len(matches) != 1:
-            raise NnUNetDatasetError(f"dataset id {dataset}: expected one folder Dataset{int(dataset):03d}_* in {raw_root}, found {len(matches)}.")
+            raise NnUNetDatasetError(
+                f"dataset id {dataset}: expected one folder Dataset{int(dataset):03d}_* in {raw_root}, "
+                f"found {len(matches)}."
+            )
         _check_dataset_name(matches[0].name)
         return matches[0]
     folder = raw_root / _check_dataset_name(dataset)
@@ -81,7 +84,9 @@ def export_nnunet_datasets(
     data = datalist if isinstance(datalist, MultiSiteDatalist) else load_multisite_datalist(datalist)
     chosen = list(sites) if sites is not None else data.training_sites()
     if not (1 <= first_id and first_id + len(chosen) - 1 <= 999):
-        raise ValueError(f"export_nnunet_datasets: dataset ids {first_id}..{first_id + len(chosen) - 1} must lie in 1..999.")
+        raise ValueError(
+            f"export_nnunet_datasets: dataset ids {first_id}..{first_id + len(chosen) - 1} must lie in 1..999."
+        )
     names: dict[str, str] = {}
     for offset, site in enumerate(chosen):
         site = check_site_name(site, f"export_nnunet_datasets: {data.source or 'datalist'}: site")

@@ -75,9 +75,15 @@ def build_trainer(
     return shorten(instance, num_epochs, iterations_per_epoch, val_iterations_per_epoch)
 
 
-def _replay_folders(replay: Mapping[str, int] | Sequence[str], plans: str, configuration: str) -> tuple[list[Path], int]:
+def _replay_folders(
+    replay: Mapping[str, int] | Sequence[str], plans: str, configuration: str
+) -> tuple[list[Path], int]:
     """``["501:5", "502"]`` or ``{"501": 5}`` -> the preprocessed folders and the per-site capacity."""
-    items = replay.items() if isinstance(replay, Mapping) else [(s.split(":")[0], s.split(":")[1] if ":" in s else None) for s in replay]
+    items = (
+        replay.items()
+        if isinstance(replay, Mapping)
+        else [(s.split(":")[0], s.split(":")[1] if ":" in s else None) for s in replay]
+    )
     folders, capacities = [], set()
     for dataset, capacity in items:
         base = nnunet_paths(("preprocessed",))["preprocessed"] / dataset_name(dataset)
@@ -185,9 +191,15 @@ def predict(
     register_trainers()
     model_folder = Path(model_folder)
     if not (model_folder / "plans.json").is_file():
-        raise FileNotFoundError(f"model folder {str(model_folder)!r} has no plans.json; is it a trainer's output folder?")
-    predictor = MCnnUNetPredictor(mc_samples=1, use_mirroring=mirroring, device=torch.device(device or default_device()))
-    predictor.initialize_from_trained_model_folder(str(model_folder), [f if f == "all" else int(f) for f in folds], checkpoint)
+        raise FileNotFoundError(
+            f"model folder {str(model_folder)!r} has no plans.json; is it a trainer's output folder?"
+        )
+    predictor = MCnnUNetPredictor(
+        mc_samples=1, use_mirroring=mirroring, device=torch.device(device or default_device())
+    )
+    predictor.initialize_from_trained_model_folder(
+        str(model_folder), [f if f == "all" else int(f) for f in folds], checkpoint
+    )
     trainer_class = find_trainer(predictor.trainer_name)
     predictor.mc_samples = int(mc_samples if mc_samples is not None else getattr(trainer_class, "mc_samples", 1))
     if weights is not None:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from monai_continual.bayes import MCInferer, bayesian_layers
 from monai_continual.bayes.mc_inferer import UNCERTAINTY_KEYS
-from nnunetv2.inference.export_prediction import export_prediction_from_logits
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 __all__ = ["MCnnUNetPredictor", "UNCERTAINTY_MAPS"]
 
@@ -62,7 +62,9 @@ class MCnnUNetPredictor(nnUNetPredictor):
         if not self.is_bayesian or self.mc_samples == 1:
             return super().predict_logits_from_preprocessed_data(data)
         regions = self.label_manager.has_regions
-        sweep = lambda x, network: super(MCnnUNetPredictor, self).predict_logits_from_preprocessed_data(x[0])[None].float()  # noqa: E731
+        sweep = lambda x, network: (  # noqa: E731
+            super(MCnnUNetPredictor, self).predict_logits_from_preprocessed_data(x[0])[None].float()
+        )
         inferer = MCInferer(self.mc_samples, inferer=sweep, activation="sigmoid" if regions else "softmax",
                             mode=self.sample_mode, return_uncertainty=True)
         out = inferer(data[None], self.network)
@@ -76,7 +78,9 @@ class MCnnUNetPredictor(nnUNetPredictor):
         from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
         if "sitk_stuff" not in properties:
-            raise ValueError("uncertainty maps can be written for NIfTI images read with SimpleITK (nnU-Net's default).")
+            raise ValueError(
+                "uncertainty maps can be written for NIfTI images read with SimpleITK (nnU-Net's default)."
+            )
         plans, config = self.plans_manager, self.configuration_manager
         spacing = [properties["spacing"][i] for i in plans.transpose_forward]
         shape = properties["shape_after_cropping_and_before_resampling"]

@@ -78,7 +78,9 @@ def plan_and_preprocess_sites(
         plan_experiments,
         preprocess_dataset,
     )
-    from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import move_plans_between_datasets
+    from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
+        move_plans_between_datasets,
+    )
 
     paths = nnunet_paths()
     names = list(check_datasets_compatible(paths["raw"], datasets))
@@ -89,7 +91,9 @@ def plan_and_preprocess_sites(
     source_plans = plans_file(source_name, plans)
     for name in names:  # every site fingerprints its own cases (nnU-Net keeps it next to the plans)
         if not (paths["preprocessed"] / name / "dataset_fingerprint.json").is_file():
-            extract_fingerprints([dataset_id(name)], num_processes=num_processes, verbose=verbose, show_progress_bar=False)
+            extract_fingerprints(
+                [dataset_id(name)], num_processes=num_processes, verbose=verbose, show_progress_bar=False
+            )
     if not source_plans.is_file():
         with _planning_threads():
             plan_experiments([source_id], overwrite_plans_name=plans if plans != "nnUNetPlans" else None)
@@ -102,7 +106,9 @@ def plan_and_preprocess_sites(
         done = target.with_name(target.stem + ".preprocessed.json")
         wanted = {"plans": shared, "configurations": list(configurations)}
         if not done.is_file() or json.loads(done.read_text()) != wanted:
-            atomic_write_text(target.parent / "dataset.json", (raw_dataset_folder(paths["raw"], name) / "dataset.json").read_text())
+            atomic_write_text(
+                target.parent / "dataset.json", (raw_dataset_folder(paths["raw"], name) / "dataset.json").read_text()
+            )
             preprocess_dataset(dataset_id(name), plans, list(configurations), [num_processes] * len(configurations),
                                verbose=verbose, show_progress_bar=False)
             atomic_write_text(done, json.dumps(wanted))

@@ -1,4 +1,5 @@
-"""nnU-Net's training loop with a plateau stop: single weight transfer trains a visit until validation stops improving."""
+"""nnU-Net's training loop with a plateau stop: single weight transfer trains a visit until validation stops
+improving."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def run_training_to_plateau(trainer: Any, patience: int, min_delta: float = 1e-4
     for _ in range(trainer.current_epoch, trainer.num_epochs):
         trainer.on_epoch_start()
         trainer.on_train_epoch_start()
-        train_outputs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)]
+        train_outputs = [
+            trainer.train_step(next(trainer.dataloader_train)) for _ in range(trainer.num_iterations_per_epoch)
+        ]
         trainer.on_train_epoch_end(train_outputs)
         with torch.no_grad():
             trainer.on_validation_epoch_start()

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from monai_continual.nnunet.planning import shared_plans
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from monai_continual.nnunet.planning import shared_plans
 
 __all__ = ["nnUNetTrainerReplay", "ReplayMixDataset", "REPLAY_ENV", "load_replay_sources", "replay_sources_for"]
 
@@ -90,10 +90,13 @@ class nnUNetTrainerReplay(nnUNetTrainer):
     def _check_source(self, folder: Path) -> str:
         plans_path = folder.parent / f"{self.plans_manager.plans_name}.json"
         if not folder.is_dir() or not plans_path.is_file():
-            raise FileNotFoundError(f"replay source {str(folder)!r}: not a preprocessed data folder next to {plans_path.name}.")
+            raise FileNotFoundError(
+                f"replay source {str(folder)!r}: not a preprocessed data folder next to {plans_path.name}."
+            )
         if shared_plans(json.loads(plans_path.read_text())) != shared_plans(self.plans_manager.plans):
-            raise ValueError(f"replay source {folder.parent.name}: its plans differ from {self.plans_manager.dataset_name}'s; "
-                             "replayed cases must be preprocessed with the same plans (plan once, move the plans).")
+            raise ValueError(f"replay source {folder.parent.name}: its plans differ from "
+                             f"{self.plans_manager.dataset_name}'s; replayed cases must be preprocessed with the same "
+                             "plans (plan once, move the plans).")
         return folder.parent.name
 
     def get_tr_and_val_datasets(self) -> tuple[Any, Any]:
@@ -111,12 +114,14 @@ class nnUNetTrainerReplay(nnUNetTrainer):
             replayed[name] = dataset_class(str(folder), list(identifiers))
         mixed = ReplayMixDataset(dataset_tr, replayed)
         self.num_replayed = mixed.num_replayed
-        self.print_to_log_file(f"Replay: {len(dataset_tr.identifiers)} own training cases + {self.num_replayed} replayed "
-                               f"from {sorted(replayed)}.")
+        self.print_to_log_file(f"Replay: {len(dataset_tr.identifiers)} own training cases + {self.num_replayed} "
+                               f"replayed from {sorted(replayed)}.")
         return mixed, dataset_val
 
 
-def replay_sources_for(preprocessed_folders: Sequence[str | os.PathLike], capacity_per_site: int, seed: int = 0) -> dict[str, list[str]]:
+def replay_sources_for(
+    preprocessed_folders: Sequence[str | os.PathLike], capacity_per_site: int, seed: int = 0
+) -> dict[str, list[str]]:
     """Choose up to ``capacity_per_site`` cases of every earlier site's preprocessed folder (random, seeded).
 
     The choice is :class:`monai_continual.data.ReplayBuffer`'s random policy, one site per folder, named after the

@@ -7,12 +7,18 @@ Two epochs of ten iterations and two validation iterations; the launcher's ``--n
 from __future__ import annotations
 
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from monai_continual.nnunet.bayesian_trainer import nnUNetTrainerBayesian, nnUNetTrainerVCL
 from monai_continual.nnunet.replay_trainer import nnUNetTrainerReplay
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-__all__ = ["SHORT_SCHEDULE", "shorten", "nnUNetTrainerBayesian_short", "nnUNetTrainerVCL_short", "nnUNetTrainerReplay_short"]
+__all__ = [
+    "SHORT_SCHEDULE",
+    "shorten",
+    "nnUNetTrainerBayesian_short",
+    "nnUNetTrainerVCL_short",
+    "nnUNetTrainerReplay_short",
+]
 
 SHORT_SCHEDULE = {"num_epochs": 2, "num_iterations_per_epoch": 10, "num_val_iterations_per_epoch": 2}
 

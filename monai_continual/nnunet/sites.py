@@ -101,7 +101,9 @@ class _Evaluator:
         self.setup: dict[str, tuple[Any, Any, dict[str, Any]]] = {}
         for dataset, folder in self.folders.items():
             if not any((folder / "imagesTs").glob("*_0000*")) or not (folder / "labelsTs").is_dir():
-                raise FileNotFoundError(f"dataset {dataset}: needs test cases in imagesTs/ and labelsTs/ to be evaluated.")
+                raise FileNotFoundError(
+                    f"dataset {dataset}: needs test cases in imagesTs/ and labelsTs/ to be evaluated."
+                )
             # a held-out site has no training cases, hence no plans of its own: its images are preprocessed on the
             # fly with the shared plans of the first site (the same ones every trained site uses)
             own = plans_file(dataset, plans)
@@ -198,9 +200,11 @@ class NnUNetStageExecutor:
         """Stage ``number``'s published model in a freshly built network: exactly what the next site receives."""
         # the plans are shared: any dataset of the run builds the same network
         if self._kind(number) == NetworkKind.BAYES:
-            # prior = posterior: a fresh network's own prior (and, bounded, its std cap) must not clip what was published
-            return Posterior.load(self.posterior_file(number)).to_prior(self._network(self._bayes_trainer(), self.first),
-                                                                        init_posterior=True)
+            # prior = posterior: a fresh network's own prior (and, bounded, its std cap) must not clip what was
+            # published
+            return Posterior.load(self.posterior_file(number)).to_prior(
+                self._network(self._bayes_trainer(), self.first), init_posterior=True
+            )
         network = self._network(_MAP_TRAINER, self.first)
         network.load_state_dict(self.store.load(self.store.entry(number)))
         return network
@@ -263,17 +267,25 @@ class NnUNetStageExecutor:
                 instance.run_training()
             crash_point("mid_training", stage.number)
             network = getattr(instance.network, "_orig_mod", instance.network)
-            bad = [k for k, v in network.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            bad = [
+                k
+                for k, v in network.state_dict().items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())
+            ]
             if bad:
-                raise NonFiniteTrainingError(f"site {dataset!r}, stage {stage.number} ({stage.label}): non-finite weights in "
-                                             f"{bad[:5]}; nothing was published.")
+                raise NonFiniteTrainingError(f"site {dataset!r}, stage {stage.number} ({stage.label}): non-finite "
+                                             f"weights in {bad[:5]}; nothing was published.")
             num_examples = int(getattr(instance, "num_training_cases", 0) or len(instance.do_split()[0]))
             if bayes:
-                details.update(std=dict(instance.std_stats or {}, trained=std_summary(network)), elbo=instance.elbo_history)
+                details.update(
+                    std=dict(instance.std_stats or {}, trained=std_summary(network)), elbo=instance.elbo_history
+                )
             details["replay_items"] = int(getattr(instance, "num_replayed", 0))
             if bayes:
                 posterior = Posterior.load(Path(instance.output_folder) / POSTERIOR_FILE)
-                self.artifacts.write_receipt(stage.number, posterior.sha256(), num_examples=num_examples, details=details)
+                self.artifacts.write_receipt(
+                    stage.number, posterior.sha256(), num_examples=num_examples, details=details
+                )
                 atomic_copy(Path(instance.output_folder) / POSTERIOR_FILE, self.posterior_file(stage.number))
                 published = posterior.sha256()
             else:
@@ -288,7 +300,12 @@ class NnUNetStageExecutor:
         if stage.action == Action.AVERAGE:
             states = [self.store.load(self.store.entry(i)) for i in stage.inputs]
             crash_point("mid_consolidation", stage.number)
-            entry = self.store.publish(weighted_average(states, weights, [self.stages[i].site for i in stage.inputs]), "average", stage.number, weights=list(weights))
+            entry = self.store.publish(
+                weighted_average(states, weights, [self.stages[i].site for i in stage.inputs]),
+                "average",
+                stage.number,
+                weights=list(weights),
+            )
             return StageOutput(entry.sha256, loaded, int(sum(weights)))
         if stage.action != Action.DWC:
             raise ValueError(f"stage {stage.number}: the nnU-Net backend does not run {stage.action} stages.")
@@ -369,7 +386,9 @@ def run_sites(
     """
     name = strategy_of(strategy)
     if name.value not in SITE_STRATEGIES:
-        raise ValueError(f"strategy {name.value} does not run on nnU-Net sites; strategies are {sorted(SITE_STRATEGIES)}.")
+        raise ValueError(
+            f"strategy {name.value} does not run on nnU-Net sites; strategies are {sorted(SITE_STRATEGIES)}."
+        )
     if epochs < 1 or rounds < 1 or replay_capacity < 1:
         raise ValueError(f"epochs, rounds and replay_capacity must be >= 1, got {epochs}, {rounds}, {replay_capacity}.")
     paths = nnunet_paths()

@@ -1,4 +1,5 @@
-"""``summary.md``: a run's summary as Markdown, McClure et al.'s Table 2 followed by the checks of the papers' claims."""
+"""``summary.md``: a run's summary as Markdown, McClure et al.'s Table 2 followed by the checks of the papers'
+claims."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines = [
         "# Multi-site segmentation: strategies compared",
         "",
-        "Mean Dice over CSF, GM and WM per test volume, averaged per site; the weighted average weighs training sites by "
-        f"test-set size ({sizes}). BWT: backward transfer "
+        "Mean Dice over CSF, GM and WM per test volume, averaged per site; the weighted average weighs training sites "
+        f"by test-set size ({sizes}). BWT: backward transfer "
         "(last visit of each site, GEM definition). Bayesian rows use Monte Carlo inference.",
         "",
         "| strategy | " + " | ".join(cols) + " |",
@@ -49,11 +50,13 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary["comparisons"]:
         lines += ["", "## The papers' comparisons on these runs", "",
-                  "| claim | paper | A | B | volumes | mean A | mean B | holds? | t-test p | Wilcoxon p |", "|---" * 10 + "|"]
+                  "| claim | paper | A | B | volumes | mean A | mean B | holds? | t-test p | Wilcoxon p |",
+                  "|---" * 10 + "|"]
     for c in summary["comparisons"]:
         lines.append(
             f"| {c['claim']} | {c['paper']} | {c['a']} | {c['b']} | {c['volumes']} ({c['n']}) | {c['mean_a']:.3f} | "
-            f"{c['mean_b']:.3f} | {'yes' if c['direction_holds'] else 'no'} | {c['t_pvalue']:.3g} | {c['wilcoxon_pvalue']:.3g} |"
+            f"{c['mean_b']:.3f} | {'yes' if c['direction_holds'] else 'no'} | {c['t_pvalue']:.3g} | "
+            f"{c['wilcoxon_pvalue']:.3g} |"
         )
     lines += _extras(summary)
     lines += ["", f"Wall time: {summary['seconds'] / 60:.1f} min.", "",
@@ -103,5 +106,6 @@ def _extras(summary: Mapping[str, Any]) -> list[str]:
         for g in summary["goals"]:
             margin = f" (+{g['margin']:.2f})" if g["margin"] else ""
             lines.append(f"| {g['goal']} | {g['paper']} | {g['a']}{margin} | {g['b']} | {g['mean_a']:.3f} | "
-                         f"{g['mean_b']:.3f} | {'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} | {g['test']} |")
+                         f"{g['mean_b']:.3f} | {'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} | "
+                         f"{g['test']} |")
     return lines

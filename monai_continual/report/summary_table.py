@@ -26,11 +26,19 @@ def summary_table(summary: Mapping[str, Any]) -> str:
         >>> print(summary_table({"training_sites": ["a"], "held_out_sites": [], "strategies": {"vcl": row}}))
     """
     training, held = summary["training_sites"], summary["held_out_sites"]
-    header = f"{'strategy':<24}" + "".join(f"{s[:10]:>11}" for s in training) + f"{'weighted':>10}" + "".join(f"{s[:10]:>11}" for s in held) + f"{'BWT':>8}"
+    header = (
+        f"{'strategy':<24}"
+        + "".join(f"{s[:10]:>11}" for s in training)
+        + f"{'weighted':>10}"
+        + "".join(f"{s[:10]:>11}" for s in held)
+        + f"{'BWT':>8}"
+    )
     lines = [header, "-" * len(header)]
     for name, row in summary["strategies"].items():
         cells = "".join(f"{row['sites'].get(s, float('nan')):>11.3f}" for s in training)
-        cells += f"{row['weighted_average']:>10.3f}" + "".join(f"{row['held_out'].get(s, float('nan')):>11.3f}" for s in held)
+        cells += f"{row['weighted_average']:>10.3f}" + "".join(
+            f"{row['held_out'].get(s, float('nan')):>11.3f}" for s in held
+        )
         cells += f"{row['bwt']:>+8.3f}" if row["bwt"] is not None else f"{'':>8}"
         lines.append(f"{name:<24}{cells}")
     return "\n".join(lines)

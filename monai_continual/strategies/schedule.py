@@ -137,13 +137,17 @@ def _cyclic(sites, options, epochs, seed) -> list[Stage]:
 def _dwc(sites, options, epochs, seed) -> list[Stage]:
     order = round_orders(sites, options.order, 1, seed, options.skip)[0]
     if len(order) < 2:
-        raise ValueError(f"dwc needs at least two sites (one for the prior q0, one or more to consolidate), got {order}.")
+        raise ValueError(
+            f"dwc needs at least two sites (one for the prior q0, one or more to consolidate), got {order}."
+        )
     first, others = order[0], order[1:]
     stages: list[Stage] = []
     if options.map_stage:
         stages.append(Stage(1, sites=(first,), epochs=epochs, start=0, label=f"map:{first}"))
     q0 = len(stages) + 1
-    stages.append(Stage(q0, sites=(first,), network=NetworkKind.BAYES, epochs=epochs, start=q0 - 1, label=f"q0:{first}"))
+    stages.append(
+        Stage(q0, sites=(first,), network=NetworkKind.BAYES, epochs=epochs, start=q0 - 1, label=f"q0:{first}")
+    )
     prior = q0
     for r in range(1, options.rounds + 1):
         inputs = []
@@ -185,7 +189,9 @@ def _federated_averaging(sites, options, epochs, seed) -> list[Stage]:
                       label=f"r{r}:{site}", round=r)
             )
         number = len(stages) + 1
-        stages.append(Stage(number, Action.AVERAGE, tuple(kept), start=None, inputs=tuple(inputs), label=f"avg r{r}", round=r))
+        stages.append(
+            Stage(number, Action.AVERAGE, tuple(kept), start=None, inputs=tuple(inputs), label=f"avg r{r}", round=r)
+        )
         start = number
     return stages
 

@@ -40,13 +40,20 @@ def write_tensor_file(
         plain[name] = t.clone() if key is not None and key in storages else t
         storages.add(key)
     sha = tensors_sha256(plain, metadata)
-    header = {"format": kind, "format_version": str(version), "metadata": json.dumps(metadata, sort_keys=True), "sha256": sha}
+    header = {
+        "format": kind,
+        "format_version": str(version),
+        "metadata": json.dumps(metadata, sort_keys=True),
+        "sha256": sha,
+    }
     with atomic_write(path) as tmp:
         save_file(plain, str(tmp), metadata=header)
     return sha
 
 
-def read_tensor_file(path: str | os.PathLike, kind: str, version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+def read_tensor_file(
+    path: str | os.PathLike, kind: str, version: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """Read a file written by :func:`write_tensor_file`; return tensors, metadata and SHA-256.
 
     Raises:
@@ -70,7 +77,9 @@ def read_tensor_file(path: str | os.PathLike, kind: str, version: int) -> tuple[
     if header.get("format") != kind:
         raise TensorFileError(f"{where} is not a {kind} file (format {header.get('format')!r}).")
     if header.get("format_version") != str(version):
-        raise TensorFileError(f"{where} has format version {header.get('format_version')!r}; this version reads {version}.")
+        raise TensorFileError(
+            f"{where} has format version {header.get('format_version')!r}; this version reads {version}."
+        )
     try:
         metadata = json.loads(header["metadata"])
     except (KeyError, json.JSONDecodeError) as err:
