@@ -15,7 +15,7 @@ from hostile_client import attacks_of, corrupt
 from monai_continual.data import load_multisite_datalist
 from monai_continual.engines.monai_executor import MonaiStageExecutor
 from monai_continual.federated.config import parse_config
-from monai_continual.federated.payload import check_payload
+from monai_continual.federated.payload import REPLY_KEYS, check_payload
 from monai_continual.federated.server_run import run_on_server
 from monai_continual.federated.site_worker import SiteWorker
 
@@ -41,8 +41,9 @@ def loopback_run(config, datalist, out: Path, strategy: str, options: dict, over
         attacks = attacks_of(site, attack)
         if attacks:
             answer = corrupt(attacks, task, meta, dict(params), answer)
-        check_payload(answer[1], answer[0], answer[2])
-        return answer
+        reply = {k: v for k, v in answer[1].items() if k in REPLY_KEYS}  # what the controller passes on
+        check_payload(reply, answer[0], answer[2])
+        return answer[0], reply, answer[2]
 
     try:
         return run_on_server(strategy, options, training, evaluating, out / strategy, send,

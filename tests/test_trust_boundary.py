@@ -327,9 +327,12 @@ def test_a_posterior_shifted_far_from_its_prior_is_measured_and_left_out_of_dwc(
 
 
 def test_scores_are_refused_unless_finite_in_range_and_one_per_declared_case(tmp_path):
-    for bad in ([float("nan")], [float("inf")], [1e9], [-0.1], [], "0.5", [True]):
+    for bad in ([float("nan")], [float("inf")], [1e9], [-0.1], [10**400], "0.5", [True], None):
         with pytest.raises(PayloadError):
             check_scores(bad, None, "site c")
+    assert check_scores([], None, "site c") == []  # a site without test cases
+    with pytest.raises(PayloadError, match="0 scores sent, but the site has 2"):
+        check_scores([], 2, "site c")
     with pytest.raises(PayloadError, match="3 scores sent, but the site has 2 test cases"):
         check_scores([0.1, 0.2, 0.3], 2, "site c")
     assert check_scores([0, 1, 0.5], 3, "site c") == [0.0, 1.0, 0.5]
@@ -383,3 +386,25 @@ def test_a_shifted_posterior_in_a_shared_exchange_directory_is_refused_by_name(t
     handler = ConsolidationHandler(torch.nn.Linear(1, 1), "consolidate", prior=files[0], site_posteriors=files[1:])
     with pytest.raises(ValueError, match="site_m"):
         handler()
+
+
+def test_a_malformed_answer_is_refused_and_the_run_goes_on(tmp_path):
+    def malformed(site, number, answer):
+        if site == "b":
+            answer[0]["published|weights/w"] = np.array(["a", "b", "c", "d"])  # not a numeric tensor
+        if site == "c":
+            answer[0]["start|weights/w"] = np.zeros(4, np.float32)  # a second model beside the published one
+            answer[1]["num_examples"] = 10**400  # beyond any float
+    stages, executor, state = _fedavg(tmp_path, ScriptedSites({"a": 0.1, "b": 0.2, "c": 0.3}, malformed))
+    assert "not a numeric tensor" in state.records[2].details["boundary"][0]["reason"]
+    assert "not one 'published' model" in state.records[3].details["boundary"][0]["reason"]
+    assert state.records[4].details["inputs_used"] == [1]
+    assert any(e["update"] == "not bounded" for e in state.records[4].details["boundary"])  # one site: said so
+
+
+def test_robust_average_keeps_every_site_when_there_is_no_consensus():
+    reference = {"w": torch.zeros(3)}
+    orthogonal = [{"w": torch.tensor([1.0, 0.0, 0.0])}, {"w": torch.tensor([0.0, 1.0, 0.0])},
+                  {"w": torch.tensor([0.0, 0.0, 1.0])}]
+    merged, report = robust_average(orthogonal, reference, min_cosine=0.2, norm_bound=2.0)
+    assert report.left_out == {} and torch.allclose(merged["w"], torch.full((3,), 1 / 3))

@@ -119,6 +119,8 @@ def robust_average(
     report.cosines = _median_cosines(states, reference, names)
     if min_cosine is not None and len(states) >= 3:
         keep = [i for i, n in enumerate(names) if report.cosines[n] >= min_cosine]
+        if not keep:  # no consensus to measure against (a zero median update, or updates at right angles)
+            keep = list(range(len(states)))
         report.left_out = {names[i]: report.cosines[names[i]] for i in range(len(states)) if i not in keep}
         states, names = [states[i] for i in keep], [names[i] for i in keep]
         weights = None if weights is None else [weights[i] for i in keep]

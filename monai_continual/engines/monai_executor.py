@@ -159,7 +159,7 @@ class MonaiStageExecutor:
         loaded = self._loaded(stage)
         recorded = json.loads(record.read_text()) if published is not None and record.exists() else {}
         # published before an interruption from these very inputs: the stage is done (other inputs: train again)
-        if published is not None and recorded.pop("inputs", loaded) == loaded:
+        if published is not None and recorded.pop("inputs", None) == loaded:
             details.update(recorded)  # what it recorded while training (losses, ELBO terms, stds)
             return StageOutput(published, loaded, len(items), details)
 

@@ -25,8 +25,8 @@ from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.robust import Aggregation
 from monai_continual.federated.payload import PayloadError
 
-__all__ = ["BoundaryPolicy", "FedAvgWeighting", "PosteriorScreen", "check_model", "check_count", "check_scores",
-           "payload_bytes"]
+__all__ = ["BoundaryPolicy", "FedAvgWeighting", "PosteriorScreen", "check_model", "check_posterior", "check_count",
+           "check_scores", "payload_bytes"]
 
 
 class FedAvgWeighting(StrEnum):
@@ -56,6 +56,8 @@ class BoundaryPolicy:
         declared_sizes: site -> training-set size, for ``weighting="declared"``.
         max_examples: cap on a reported count (a larger one is capped and listed); ``None``: no cap.
         norm_bound: k of the FedAvg update bound ``k x the round's median update norm`` (``None``: off).
+        min_cosine: a FedAvg update whose cosine with the round's coordinate-wise median update is below this is left
+            out (``None``: off). Both bounds need three or more sites.
         aggregation: ``"mean"``, ``"trimmed_mean"`` or ``"median"`` (coordinate-wise).
         trim_fraction: fraction trimmed at each end by the trimmed mean.
         max_mean_shift: k, in prior stds, beyond which a posterior mean counts as moved far.
@@ -145,9 +147,16 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond any float
+        return False
+
+
 def check_count(value: Any, what: str) -> int:
     """``value`` as an int if it is a finite integer > 0 (a count a site may claim), else :class:`PayloadError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or not math.isfinite(float(value)) \
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or not _finite(value) \
             or float(value) != int(value) or int(value) <= 0:
         raise PayloadError(f"{what}: a count must be a finite integer > 0, got {value!r}.")
     return int(value)
@@ -213,11 +222,11 @@ def check_posterior(posterior: Posterior, reference: Posterior | Mapping[str, to
 
 def check_scores(scores: Any, expected: int | None, what: str) -> list[float]:
     """Per-volume scores as floats, refused unless a list of finite values in [0, 1] of the expected length."""
-    if not isinstance(scores, list) or not scores:
-        raise PayloadError(f"{what}: scores must be a non-empty list, got {type(scores).__name__}.")
+    if not isinstance(scores, list):
+        raise PayloadError(f"{what}: scores must be a list, got {type(scores).__name__}.")
     values = []
     for value in scores:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) \
                 or not 0.0 <= float(value) <= 1.0:
             raise PayloadError(f"{what}: every score must be a finite number in [0, 1], got {value!r}.")
         values.append(float(value))

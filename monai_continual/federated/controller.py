@@ -9,13 +9,11 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from monai_continual.federated.boundary import BoundaryPolicy
-from monai_continual.federated.payload import PayloadError, check_payload
+from monai_continual.federated.payload import REPLY_KEYS, PayloadError, check_payload
 from monai_continual.federated.server_run import run_on_server
 from monai_continual.strategies import Strategy, strategy_of
 
 __all__ = ["StrategyController", "refuse_data_transfer"]
-
-_REPLY_KEYS = {"published", "num_examples", "details", "metadata"}
 
 
 def refuse_data_transfer(strategy: str, allow_data_to_leave_sites: bool) -> None:
@@ -55,7 +53,7 @@ class StrategyController(ModelController):
         payload_log: optional JSON-lines file recording the keys of every payload received (for audits).
         allow_data_to_leave_sites: must be set for strategies that move data (replay).
         boundary: the bounds on a site's influence, :class:`~monai_continual.federated.boundary.BoundaryPolicy`'s
-            fields as JSON (defaults: equal FedAvg weights, updates bounded to 3x the median norm, posteriors screened).
+            fields as JSON (defaults: equal FedAvg weights, updates bounded to 2x the median norm, posteriors screened).
     """
 
     def __init__(self, strategy: str, options: dict, sites: list, eval_sites: list, run_dir: str, *,
@@ -95,7 +93,7 @@ class StrategyController(ModelController):
             raise RuntimeError(f"site {site!r} failed the {task} task of stage "
                                f"{meta.get('stage', {}).get('number', 0)} (its own log has the error); "
                                "the run stops here and resumes when resubmitted.")
-        reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in _REPLY_KEYS}
+        reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in REPLY_KEYS}
         reply_params, metrics = dict(reply.params or {}), dict(reply.metrics or {})
         self._audit("received", task, site, reply_meta, reply_params, metrics)
         check_payload(reply_meta, reply_params, metrics)

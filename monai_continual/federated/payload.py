@@ -25,12 +25,19 @@ __all__ = [
     "split_params",
     "check_payload",
     "PayloadError",
+    "REPLY_KEYS",
 ]
 
 _SEP = "|"
 _POSTERIOR_GROUPS = ("mean", "std", "deterministic")
 _ALLOWED_META_KEYS = {"task", "run", "stage", "kinds", "roles", "site", "num_examples", "published", "details",
                       "metadata", "scores", "error"}
+
+
+#: what a site's answer may carry in its meta (the rest, e.g. what NVFlare adds, is dropped on arrival)
+REPLY_KEYS = frozenset({"published", "num_examples", "details", "metadata"})
+_MAX_STAGE = 100_000
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
 
 
 class PayloadError(ValueError):
@@ -44,6 +51,10 @@ def stage_to_meta(stage: Stage, kinds: Mapping[int, str]) -> dict[str, Any]:
 
 def stage_from_meta(meta: Mapping[str, Any]) -> tuple[Stage, dict[int, NetworkKind]]:
     data = dict(meta["stage"])
+    named = ("number", "start", "prior", "previous_visit", "memory")
+    numbers = [data.get(k) for k in named] + list(data.get("inputs", []))
+    if any(n is not None and (type(n) is not int or not 0 <= n <= _MAX_STAGE) for n in numbers):
+        raise PayloadError(f"stage numbers must be integers in [0, {_MAX_STAGE}], got {numbers}.")
     data["action"], data["network"] = Action(data["action"]), NetworkKind(data["network"])
     data["sites"], data["inputs"] = tuple(data["sites"]), tuple(data["inputs"])
     fields = {f.name for f in dataclasses.fields(Stage)}
@@ -70,7 +81,12 @@ def split_params(params: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]
         role, _, name = str(key).partition(_SEP)
         if not name:
             raise PayloadError(f"parameter {key!r} has no role prefix.")
-        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        try:
+            tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, OverflowError) as err:
+            raise PayloadError(f"parameter {key!r} is not a numeric tensor: {err}") from err
+        if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in _INTEGER_DTYPES):
+            raise PayloadError(f"parameter {key!r} has dtype {tensor.dtype}; models are real floats and integers.")
         out.setdefault(role, {})[name] = tensor
     return out
 

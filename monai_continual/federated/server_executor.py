@@ -16,13 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_continual.consolidation.dwc import consolidate_dwc
+from monai_continual.consolidation.dwc import STD_RTOL, consolidate_dwc
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.robust import robust_average
 from monai_continual.consolidation.screening import posterior_shift
 from monai_continual.federated.boundary import (
     BoundaryPolicy,
-    FedAvgWeighting,
     PosteriorScreen,
     check_count,
     check_model,
@@ -174,12 +173,15 @@ class FederatedStageExecutor:
             return self._output(stage.number, published, loaded, int(receipt.get("num_examples", 0)),
                                 receipt.get("details", {}))
         site = stage.sites[0]
-        answer = self._request("train", stage, site)
-        if answer is None:
-            return self._skip(stage, site)
-        params, meta, _ = answer
         what = f"site {site!r}, stage {stage.number}"
-        try:
+        try:  # anything wrong with the answer refuses it: nothing of it is stored, the run goes on without it
+            answer = self._request("train", stage, site)
+            if answer is None:
+                return self._skip(stage, site)
+            params, meta, _ = answer
+            roles = sorted(split_params(params))
+            if roles != ["published"]:
+                raise PayloadError(f"{what}: the answer carries models under {roles}, not one 'published' model.")
             count = check_count(meta.get("num_examples"), f"{what}: num_examples")
             details = _checked_details(meta.get("details", {}), what)
             tensors = split_params(params).get("published", {})
@@ -195,7 +197,7 @@ class FederatedStageExecutor:
                 check_model(model, start, what, self.policy)
                 sha = self.artifacts.store.content_sha256(model, site, stage.number)
                 self._check_sha(sha, meta, what)
-        except PayloadError as err:  # nothing of it is stored: the visit counts as skipped, the site as refused
+        except PayloadError as err:  # the visit counts as skipped, the site as refused
             self._event(stage.number, site=site, model="refused", reason=str(err))
             return self._skip(stage, site, refused=True)
         if self.policy.max_examples is not None and count > self.policy.max_examples:
@@ -219,17 +221,31 @@ class FederatedStageExecutor:
 
     def _checked_posterior(self, stage: Stage, tensors: dict, meta: dict, what: str) -> Posterior | None:
         """The received posterior after the integrity checks; ``None`` when the screening leaves it out."""
+        metadata = meta.get("metadata", {})
+        if not isinstance(metadata, dict) or len(metadata) > 32:
+            raise PayloadError(f"{what}: posterior metadata must be a small dict, got {type(metadata).__name__}.")
+        if "num_examples" in metadata:
+            check_count(metadata["num_examples"], f"{what}: posterior metadata num_examples")
         try:
-            posterior = params_to_posterior(tensors, meta.get("metadata", {}))
-        except ValueError as err:  # non-finite values, std <= 0, mismatched means and stds
+            posterior = params_to_posterior(tensors, metadata)
+        except (TypeError, ValueError) as err:  # non-finite values, std <= 0, mismatched means and stds
             raise PayloadError(f"{what}: {err}") from err
+        if not posterior.mean:
+            raise PayloadError(f"{what}: the posterior has no Bayesian parameters.")
         reference = self._reference(stage)
         check_posterior(posterior, reference, what, self.policy)
         self._check_sha(posterior.sha256(), meta, what)
         policy = self.policy
-        if policy.screen_posteriors == PosteriorScreen.OFF or not isinstance(reference, Posterior):
+        if not isinstance(reference, Posterior):
             return posterior
         prior = self.artifacts.posterior(stage.prior) if stage.prior is not None else reference
+        if stage.bound_std:  # McClure's sigma_s <= sigma_0, on which Eq. 17 rests: never stored when broken
+            over = sum(int((posterior.std[k] > prior.std[k] * (1 + STD_RTOL)).sum()) for k in prior.std)
+            if over:
+                raise PayloadError(f"{what}: the posterior's std exceeds its prior's on {over} weights "
+                                   "(a DWC site's std is bounded by the shared prior's).")
+        if policy.screen_posteriors == PosteriorScreen.OFF:
+            return posterior
         shift = posterior_shift(prior, posterior, policy.max_mean_shift)
         reasons = []
         if shift.fraction > policy.max_shift_fraction:
@@ -284,6 +300,9 @@ class FederatedStageExecutor:
             merged, report = robust_average(states, reference, sizes, names, norm_bound=self.policy.norm_bound,
                                             method=self.policy.aggregation, trim_fraction=self.policy.trim_fraction,
                                             min_cosine=self.policy.min_cosine)
+            if len(states) < 3 and (self.policy.norm_bound is not None or self.policy.min_cosine is not None):
+                self._event(stage.number, site="average", update="not bounded",
+                            reason=f"{len(states)} sites: the median of fewer than three is not robust")
             for site, cosine in report.left_out.items():
                 self._event(
                     stage.number, site=site, update="left out", cosine=cosine, min_cosine=self.policy.min_cosine
@@ -297,21 +316,20 @@ class FederatedStageExecutor:
                                 {"inputs_used": inputs, "weights": sizes, "aggregation": report.to_dict()})
         merged = consolidate_dwc(self.artifacts.posterior_file(stage.prior),
                                  [self.artifacts.posterior_file(i) for i in inputs],
-                                 site_weights=None if self.policy.weighting == FedAvgWeighting.REPORTED else sizes)
+                                 site_weights=sizes, excess_std="clip", dominance="clip",
+                                 max_precision_ratio=self.policy.max_precision_ratio)
         crash_point("mid_consolidation", stage.number)
         merged.save(self.artifacts.posterior_file(stage.number))
         return self._output(stage.number, merged.sha256(), loaded, int(sum(reported)), {"inputs_used": inputs})
 
     def evaluate(self, stage: Stage, site: str) -> list[float]:
-        answer = self._request("evaluate", stage, site)
-        if answer is None:
-            logger.warning(
-                f"site {site!r} did not answer the evaluation of stage {stage.number}; its cell stays empty."
-            )
-            return []
+        what = f"site {site!r}, evaluation of stage {stage.number}"
         try:
-            scores = check_scores(answer[2].get("scores"), self.test_sizes.get(site),
-                                  f"site {site!r}, evaluation of stage {stage.number}")
+            answer = self._request("evaluate", stage, site)
+            if answer is None:
+                logger.warning(f"{what}: no answer; its cell stays empty.")
+                return []
+            scores = check_scores(answer[2].get("scores"), self.test_sizes.get(site), what)
         except PayloadError as err:
             self._event(stage.number, site=site, scores="refused", reason=str(err))
             return []

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from monai_continual.federated.boundary import BoundaryPolicy
-from monai_continual.federated.payload import PayloadError
 from monai_continual.federated.results import write_results
 from monai_continual.federated.server_executor import FederatedStageExecutor, Send
 from monai_continual.strategies import RunState, build_schedule, make_options, run_name, run_stages, strategy_of
@@ -39,7 +38,7 @@ def run_on_server(strategy: str, options: Mapping[str, Any], sites: Sequence[str
         log: where a line per finished stage goes.
 
     Raises:
-        PayloadError, RuntimeError, ValueError: the run stops (``error.txt`` says why); run again to resume.
+        Exception: whatever stops the run is written to ``error.txt`` first; run again to resume.
 
     Example::
 
@@ -59,7 +58,7 @@ def run_on_server(strategy: str, options: Mapping[str, Any], sites: Sequence[str
                                       test_sizes=test_sizes)
     try:
         run_stages(stages, executor, state, list(eval_sites), log=log)
-    except (PayloadError, RuntimeError, ValueError) as err:
+    except Exception as err:  # whatever stopped it, the next submission reads why
         atomic_write_text(run_dir / "error.txt", f"{type(err).__name__}: {err}\n")
         raise
     (run_dir / "error.txt").unlink(missing_ok=True)

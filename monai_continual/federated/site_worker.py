@@ -70,7 +70,6 @@ class SiteWorker:
         self.site = site
         self.workdir = Path(workdir)
         self.accept_margin = None if accept_margin is None else float(accept_margin)
-        self.received: list[str] = []
 
     def run_dir(self, meta: Mapping[str, Any]) -> Path:
         """This site's directory for the run named in a task (a 64-digit hex config hash; anything else refused)."""
@@ -123,7 +122,8 @@ class SiteWorker:
         """The stage to train: as sent, or from the last model this site accepted (a received start that passed the
         check, or its own published model) when the received one fails the check (see ``accept_margin``).
 
-        The decision is recorded under the stage's number, so a stage sent again is decided the same way."""
+        The decision is recorded under the stage's number with the received model's hash, so the same stage sent
+        again is decided the same way, and another model sent under the same number is checked again."""
         artifacts = executor.artifacts
         if (self.accept_margin is None or stage.start is None or stage.network != NetworkKind.MAP
                 or artifacts.kind(stage.start) != NetworkKind.MAP):
@@ -132,8 +132,9 @@ class SiteWorker:
             raise ValueError(f"site {self.site!r}: accept_margin needs an executor that scores validation cases "
                              f"(the MONAI executor), not {type(executor).__name__}.")
         path = artifacts.check_file(stage.number)
+        received = artifacts.published_sha(stage.start)
         decision = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-        if decision is None:
+        if decision is None or decision["received"] != received:  # another model under that number: decide again
             last = self._last_accepted(artifacts, stage.number)
             score = executor.validation_score(stage.start, self.site)
             refused = last is not None and (not math.isfinite(score) or score < last[1] - self.accept_margin)
@@ -144,8 +145,8 @@ class SiteWorker:
                 logger.warning(f"site {self.site!r}, stage {stage.number}: the received model scores {score:.3f} on "
                                f"this site's validation cases, the last accepted {last[1]:.3f}; "
                                "training from that one.")
-            decision = {"start": last[0] if refused else stage.start, "refused": refused,
-                        "accepted": [] if refused else [[stage.start, score]]}
+            decision = {"received": received, "start": last[0] if refused else stage.start, "refused": refused,
+                        "accepted": [] if refused else [[stage.start, score, received]]}
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(decision))
         if decision["refused"]:
@@ -158,19 +159,23 @@ class SiteWorker:
         if self.accept_margin is None or stage.network != NetworkKind.MAP or not path.exists():
             return
         decision = json.loads(path.read_text(encoding="utf-8"))
-        decision["accepted"] = [*decision["accepted"][:1 - int(decision["refused"])],
-                                [stage.number, executor.validation_score(stage.number, self.site)]]
+        received = [] if decision["refused"] else decision["accepted"][:1]  # the received start, when it was accepted
+        own = [stage.number, executor.validation_score(stage.number, self.site),
+               executor.artifacts.published_sha(stage.number)]
+        decision["accepted"] = [*received, own]
         atomic_write_text(path, json.dumps(decision))
 
     @staticmethod
     def _last_accepted(artifacts: Any, number: int) -> tuple[int, float] | None:
-        """The model accepted last before stage ``number`` (its stage and validation score), or ``None``."""
+        """The model accepted last before stage ``number`` (its stage and validation score) that this site still
+        holds unchanged, or ``None``."""
         for earlier in range(number - 1, 0, -1):
             path = artifacts.check_file(earlier)
-            if path.exists():
-                accepted = json.loads(path.read_text(encoding="utf-8"))["accepted"]
-                if accepted:
-                    return int(accepted[-1][0]), float(accepted[-1][1])
+            if not path.exists():
+                continue
+            for stage_number, score, sha in reversed(json.loads(path.read_text(encoding="utf-8"))["accepted"]):
+                if artifacts.published_sha(int(stage_number)) == sha:  # still the very model that was accepted
+                    return int(stage_number), float(score)
         return None
 
     def _receive(
@@ -179,10 +184,16 @@ class SiteWorker:
         """Check the models that came with the task against the server's hashes in memory, then store them under
         their stage numbers (skipped when already there)."""
         roles = dict(meta.get("roles", {}))
+        stage = dict(meta["stage"])
+        if meta.get("task") == "train":  # a training stage receives its start and prior, never its own number
+            expected = {"start": stage.get("start"), "prior": stage.get("prior")}
+        else:
+            expected = {"model": stage.get("number"), **{f"input{i}": n for i, n in enumerate(stage.get("inputs", []))}}
         for role, tensors in split_params(params).items():
-            if role not in roles:
+            if role not in roles or roles[role].get("stage") != expected.get(role) or expected[role] is None:
                 raise PayloadError(
-                    f"site {self.site!r}: a model arrived under role {role!r}, which the task does not name."
+                    f"site {self.site!r}: a model arrived under role {role!r} for stage "
+                    f"{roles.get(role, {}).get('stage')!r}, which the task does not name."
                 )
             number = int(roles[role]["stage"])
             expected = roles[role].get("sha256")
@@ -207,7 +218,6 @@ class SiteWorker:
                 entry = store.entry(number)
                 if entry is None or entry.sha256 != expected:
                     store.publish(weights, publisher, number, **metadata)
-            self.received.append(role)
 
 
 def _stand_ins(stage: Stage, kinds: Mapping[int, NetworkKind]) -> list[Stage]:
