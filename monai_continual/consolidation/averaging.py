@@ -9,7 +9,7 @@ import torch
 
 from monai_continual.utils.weights import normalized_weights
 
-__all__ = ["weighted_average"]
+__all__ = ["weighted_average", "checked_weights"]
 
 
 def weighted_average(
@@ -36,32 +36,8 @@ def weighted_average(
         >>> merged = weighted_average([net_a.state_dict(), net_b.state_dict()], weights=[120, 40])
         >>> net.load_state_dict(merged)
     """
-    if not states:
-        raise ValueError("weighted_average: no states given.")
-    labels = [
-        f"state {i}" + (f" (site {names[i]!r})" if names is not None and i < len(names) else "")
-        for i in range(len(states))
-    ]
-    if weights is not None:
-        bad = [
-            f"{labels[i]}: {float(w)}" for i, w in enumerate(weights) if not math.isfinite(float(w)) or float(w) <= 0
-        ]
-        if bad:
-            raise ValueError(f"weighted_average: weights must be finite and > 0; got {bad}.")
-    w = normalized_weights(weights, len(states), "weighted_average weights")
+    w = checked_weights(states, weights, names, "weighted_average")
     reference = states[0]
-    for index, state in enumerate(states):
-        missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
-        if missing or extra:
-            raise ValueError(f"weighted_average: {labels[index]} has missing keys {missing} and extra keys {extra}.")
-        for key, value in reference.items():
-            if state[key].shape != value.shape:
-                raise ValueError(
-                    f"weighted_average: {labels[index]}, entry {key!r} has shape {tuple(state[key].shape)}, "
-                    f"state 0 has {tuple(value.shape)}."
-                )
-            if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
-                raise ValueError(f"weighted_average: {labels[index]}, entry {key!r} has non-finite values.")
     out = {}
     for key, value in reference.items():
         if not value.is_floating_point():
@@ -72,3 +48,48 @@ def weighted_average(
             acc += weight * state[key].to(torch.float64)
         out[key] = acc.to(value.dtype)
     return out
+
+
+def checked_weights(
+    states: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float] | None,
+    names: Sequence[str] | None = None,
+    what: str = "weighted_average",
+) -> list[float]:
+    """Check site states for averaging (same keys and shapes as the first, finite) and their weights (finite,
+    > 0); return the weights normalized (``None``: equal).
+
+    Raises:
+        ValueError: naming ``what`` and the site at fault.
+
+    Example::
+
+        >>> checked_weights([net_a.state_dict(), net_b.state_dict()], [120, 40], ["a", "b"])  # [0.75, 0.25]
+    """
+    if not states:
+        raise ValueError(f"{what}: no states given.")
+    labels = [
+        f"state {i}" + (f" (site {names[i]!r})" if names is not None and i < len(names) else "")
+        for i in range(len(states))
+    ]
+    if weights is not None:
+        bad = [
+            f"{labels[i]}: {float(w)}" for i, w in enumerate(weights) if not math.isfinite(float(w)) or float(w) <= 0
+        ]
+        if bad:
+            raise ValueError(f"{what}: weights must be finite and > 0; got {bad}.")
+    w = normalized_weights(weights, len(states), f"{what} weights")
+    reference = states[0]
+    for index, state in enumerate(states):
+        missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
+        if missing or extra:
+            raise ValueError(f"{what}: {labels[index]} has missing keys {missing} and extra keys {extra}.")
+        for key, value in reference.items():
+            if state[key].shape != value.shape:
+                raise ValueError(
+                    f"{what}: {labels[index]}, entry {key!r} has shape {tuple(state[key].shape)}, "
+                    f"state 0 has {tuple(value.shape)}."
+                )
+            if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+                raise ValueError(f"{what}: {labels[index]}, entry {key!r} has non-finite values.")
+    return w

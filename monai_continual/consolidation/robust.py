@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from monai.utils import StrEnum, look_up_option
 
-from monai_continual.consolidation.averaging import weighted_average
+from monai_continual.consolidation.averaging import checked_weights
+from monai_continual.utils.weights import normalized_weights
 
 __all__ = ["Aggregation", "RobustReport", "robust_average", "update_norm"]
 
@@ -86,7 +87,7 @@ def robust_average(
     ``reference + u_s`` are then combined per coordinate: ``"mean"`` weighted by ``weights`` (FedAvg),
     ``"trimmed_mean"`` drops the ``floor(trim_fraction * S)`` smallest and largest values and averages the rest
     (unweighted), ``"median"`` takes the median (unweighted). Integer entries (``num_batches_tracked``) take the
-    lower median across sites, not any one site's value. Inputs are checked as :func:`weighted_average` checks them.
+    lower median across sites, not any one site's value. Inputs are checked by :func:`checked_weights`.
 
     Args:
         states: each site's ``state_dict()``.
@@ -114,7 +115,9 @@ def robust_average(
     if not 0 <= trim_fraction < 0.5:
         raise ValueError(f"robust_average: trim_fraction must be in [0, 0.5), got {trim_fraction!r}.")
     names = list(names) if names is not None else [f"state {i}" for i in range(len(states))]
-    weighted_average([reference, *states], None, ["reference", *names])  # keys, shapes and finiteness, naming the site
+    # keys, shapes and finiteness of every state, and the weights, naming the site at fault
+    checked_weights([reference, *states], None if weights is None else [1.0, *weights], ["reference", *names],
+                    "robust_average")
     report = RobustReport(method=method.value)
     report.cosines = _median_cosines(states, reference, names)
     if min_cosine is not None and len(states) >= 3:
@@ -133,6 +136,7 @@ def robust_average(
             if norm > report.bound:
                 scales[i] = report.bound / norm
                 report.clipped[names[i]] = scales[i]
+    w = normalized_weights(weights, len(states), "robust_average weights")
     trim = int(math.floor(trim_fraction * len(states))) if method == Aggregation.TRIMMED_MEAN else 0
     report.trimmed = trim
     out: dict[str, torch.Tensor] = {}
@@ -144,7 +148,7 @@ def robust_average(
         base = ref.to(torch.float64)
         bounded = [base + scale * (s[key].to(torch.float64) - base) for s, scale in zip(states, scales)]
         if method == Aggregation.MEAN:
-            merged = weighted_average([{key: b} for b in bounded], weights, names)[key]
+            merged = sum(weight * b for weight, b in zip(w, bounded))
         else:
             ordered = torch.stack(bounded).sort(dim=0).values
             count = len(states)

@@ -285,6 +285,10 @@ class MonaiStageExecutor:
 
         return score
 
+    def _seed_evaluation(self, number: int, site: str) -> None:
+        """Evaluation of stage ``number``'s model at ``site`` is seeded by both (Monte Carlo samples, dropout)."""
+        seed_everything(self.runner.seed * 15_485_863 + number * 7_919 + zlib.crc32(site.encode()))
+
     def validation_score(self, number: int, site: str) -> float:
         """Mean Dice of stage ``number``'s published model on ``site``'s validation cases (NaN when its output is
         not finite), seeded by stage and site: a site's check of a model it received before training from it."""
@@ -295,7 +299,7 @@ class MonaiStageExecutor:
         network = self.model(number)
         if any(not bool(torch.isfinite(v).all()) for v in network.state_dict().values() if v.is_floating_point()):
             return float("nan")
-        seed_everything(runner.seed * 15_485_863 + number * 7_919 + zlib.crc32(site.encode()))
+        self._seed_evaluation(number, site)
         values = evaluate_sites(network, {site: items}, runner.eval_transform, runner.num_classes,
                                 runner.inferer_for(self._kind(number) == NetworkKind.BAYES), runner.device)
         return float(np.mean(values[site]))
@@ -322,7 +326,7 @@ class MonaiStageExecutor:
             self._model_cache = (stage.number, self.model(stage.number))
         network = self._model_cache[1]
         bayes = stage.network == NetworkKind.BAYES and stage.action != Action.ENSEMBLE
-        seed_everything(runner.seed * 15_485_863 + stage.number * 7_919 + zlib.crc32(site.encode()))
+        self._seed_evaluation(stage.number, site)
         handler = ContinualEvaluationHandler(
             network, {site: runner.data.items(site, "test")}, runner.eval_transform, runner.num_classes,
             trained_on=None, matrix=ContinualMatrix([site]), inferer=runner.inferer_for(bayes),

@@ -179,12 +179,13 @@ class FederatedStageExecutor:
             if answer is None:
                 return self._skip(stage, site)
             params, meta, _ = answer
-            roles = sorted(split_params(params))
-            if roles != ["published"]:
-                raise PayloadError(f"{what}: the answer carries models under {roles}, not one 'published' model.")
+            parts = split_params(params)
+            if sorted(parts) != ["published"]:
+                raise PayloadError(f"{what}: the answer carries models under {sorted(parts)}, not one 'published' "
+                                   "model.")
             count = check_count(meta.get("num_examples"), f"{what}: num_examples")
             details = _checked_details(meta.get("details", {}), what)
-            tensors = split_params(params).get("published", {})
+            tensors = parts["published"]
             if stage.network == NetworkKind.BAYES:
                 model: Any = self._checked_posterior(stage, tensors, meta, what)
                 if model is None:
@@ -212,12 +213,13 @@ class FederatedStageExecutor:
             self.artifacts.store.publish(model, site, stage.number)
         return self._output(stage.number, sha, loaded, count, details)
 
-    def _reference(self, stage: Stage) -> Posterior | dict | None:
-        """What a stage's posterior must fit: its start's or prior's posterior, else its plain start model."""
+    def _reference(self, stage: Stage) -> tuple[int | None, Posterior | dict | None]:
+        """What a stage's posterior must fit, and its stage number: its start's or prior's posterior, else its plain
+        start model."""
         for number in (stage.start, stage.prior):
             if number is not None and self.artifacts.kind(number) == NetworkKind.BAYES:
-                return self.artifacts.posterior(number)
-        return self.artifacts.weights(stage.start) if stage.start is not None else None
+                return number, self.artifacts.posterior(number)
+        return stage.start, (self.artifacts.weights(stage.start) if stage.start is not None else None)
 
     def _checked_posterior(self, stage: Stage, tensors: dict, meta: dict, what: str) -> Posterior | None:
         """The received posterior after the integrity checks; ``None`` when the screening leaves it out."""
@@ -232,13 +234,13 @@ class FederatedStageExecutor:
             raise PayloadError(f"{what}: {err}") from err
         if not posterior.mean:
             raise PayloadError(f"{what}: the posterior has no Bayesian parameters.")
-        reference = self._reference(stage)
+        number, reference = self._reference(stage)
         check_posterior(posterior, reference, what, self.policy)
         self._check_sha(posterior.sha256(), meta, what)
         policy = self.policy
         if not isinstance(reference, Posterior):
             return posterior
-        prior = self.artifacts.posterior(stage.prior) if stage.prior is not None else reference
+        prior = reference if stage.prior in (None, number) else self.artifacts.posterior(stage.prior)
         if stage.bound_std:  # McClure's sigma_s <= sigma_0, on which Eq. 17 rests: never stored when broken
             over = sum(int((posterior.std[k] > prior.std[k] * (1 + STD_RTOL)).sum()) for k in prior.std)
             if over:
@@ -268,18 +270,21 @@ class FederatedStageExecutor:
             logger.warning(f"site {site!r} did not answer stage {stage.number} ({stage.label}); the visit is skipped.")
         self.missing.add(stage.number)
         if self.artifacts.kind(stage.start) != stage.network:
-            raise SiteUnavailable(f"site {site!r} did not answer stage {stage.number} ({stage.label}), whose model "
+            cause = "whose model was refused" if refused else "which did not answer"
+            raise SiteUnavailable(f"site {site!r}, {cause}, trains stage {stage.number} ({stage.label}), whose model "
                                   "kind differs from its start's: it cannot be skipped. Resubmit the job to continue.")
-        if stage.network == NetworkKind.BAYES:
+        details = {"skipped": True, "refused": refused}
+        if stage.network == NetworkKind.BAYES:  # the receipt first, then the model: publishing commits the stage
             posterior = self.artifacts.posterior(stage.start)
-            posterior.save(self.artifacts.posterior_file(stage.number))
             sha = posterior.sha256()
+            self.artifacts.write_receipt(stage.number, sha, num_examples=0, details=details)
+            posterior.save(self.artifacts.posterior_file(stage.number))
         else:
-            sha = self.artifacts.store.publish(
-                self.artifacts.weights(stage.start), site, stage.number, skipped=True
-            ).sha256
-        self.artifacts.write_receipt(stage.number, sha, num_examples=0, details={"skipped": True, "refused": refused})
-        return self._output(stage.number, sha, self.artifacts.loaded(stage), 0, {"skipped": True, "refused": refused})
+            weights = self.artifacts.weights(stage.start)
+            sha = self.artifacts.store.content_sha256(weights, site, stage.number, skipped=True)
+            self.artifacts.write_receipt(stage.number, sha, num_examples=0, details=details)
+            self.artifacts.store.publish(weights, site, stage.number, skipped=True)
+        return self._output(stage.number, sha, self.artifacts.loaded(stage), 0, details)
 
     def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
         loaded = self.artifacts.loaded(stage)

@@ -100,7 +100,7 @@ class SiteWorker:
                 )
             stage, refused = self._checked_start(executor, stage)
             output = executor.train(stage)
-            self._accept_own(executor, stage)
+            self._accept_own(executor, stage, output.published)
             published: Any = (executor.artifacts.posterior(stage.number) if stage.network == NetworkKind.BAYES
                               else executor.artifacts.weights(stage.number))
             out_meta = {"published": output.published, "num_examples": int(output.num_examples),
@@ -153,15 +153,14 @@ class SiteWorker:
             return dataclasses.replace(stage, start=int(decision["start"])), True
         return stage, False
 
-    def _accept_own(self, executor: Any, stage: Stage) -> None:
+    def _accept_own(self, executor: Any, stage: Stage, published: str) -> None:
         """A site trusts what it published itself: it becomes the last accepted model."""
         path = executor.artifacts.check_file(stage.number)
         if self.accept_margin is None or stage.network != NetworkKind.MAP or not path.exists():
             return
         decision = json.loads(path.read_text(encoding="utf-8"))
         received = [] if decision["refused"] else decision["accepted"][:1]  # the received start, when it was accepted
-        own = [stage.number, executor.validation_score(stage.number, self.site),
-               executor.artifacts.published_sha(stage.number)]
+        own = [stage.number, executor.validation_score(stage.number, self.site), published]
         decision["accepted"] = [*received, own]
         atomic_write_text(path, json.dumps(decision))
 
