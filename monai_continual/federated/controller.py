@@ -95,8 +95,12 @@ class StrategyController(ModelController):
                                "the run stops here and resumes when resubmitted.")
         reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in REPLY_KEYS}
         reply_params, metrics = dict(reply.params or {}), dict(reply.metrics or {})
+        try:  # checked before anything of it is written, the audit log included
+            check_payload(reply_meta, reply_params, metrics)
+        except PayloadError as err:
+            self._audit("refused", task, site, {}, {}, {"reason": str(err)})
+            raise
         self._audit("received", task, site, reply_meta, reply_params, metrics)
-        check_payload(reply_meta, reply_params, metrics)
         return reply_params, reply_meta, metrics
 
     def run(self) -> None:
