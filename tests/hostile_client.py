@@ -82,7 +82,6 @@ def attacks_of(site: str, spec: str | None = None) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> None:
     import nvflare.client as flare
 
-    from monai_continual.engines.monai_executor import MonaiStageExecutor
     from monai_continual.federated.config import parse_config
     from monai_continual.federated.overrides import MONAI_SITE_KEYS, parse_overrides
     from monai_continual.federated.site_worker import SiteWorker, serve
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     runner = parse_config(
         args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")}
     ).get_parsed_content("site_runner")
-    worker = SiteWorker(lambda stages, run_dir: MonaiStageExecutor(runner, run_dir, stages), site, site_dir,
+    worker = SiteWorker(lambda stages, run_dir: runner.executor(run_dir, stages), site, site_dir,
                         accept_margin=args.accept_margin)
     attacks = attacks_of(site)
     if attacks:

@@ -13,7 +13,6 @@ import torch
 
 from hostile_client import attacks_of, corrupt
 from monai_continual.data import load_multisite_datalist
-from monai_continual.engines.monai_executor import MonaiStageExecutor
 from monai_continual.federated.config import parse_config
 from monai_continual.federated.payload import REPLY_KEYS, check_payload
 from monai_continual.federated.server_run import run_on_server
@@ -32,7 +31,7 @@ def loopback_run(config, datalist, out: Path, strategy: str, options: dict, over
         site_dir = out / "sites" / site
         runner = parse_config(config, {**overrides, "datalist": str(datalist), "site": site,
                                        "site_dir": str(site_dir / "runner")}).get_parsed_content("site_runner")
-        workers[site] = SiteWorker(lambda stages, run_dir, runner=runner: MonaiStageExecutor(runner, run_dir, stages),
+        workers[site] = SiteWorker(lambda stages, run_dir, runner=runner: runner.executor(run_dir, stages),
                                    site, site_dir, accept_margin=accept_margin)
 
     def send(task, site, params, meta):

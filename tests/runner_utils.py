@@ -30,9 +30,9 @@ def tiny_sites(directory: Path) -> Path:
     return make_sites(directory, sites=TINY_SITES, seed=1, shape=(16, 20, 16), figure=False, progress=False)
 
 
-def tiny_runner(datalist: Path, output: Path, **kwargs) -> ContinualRunner:
+def tiny_runner(datalist: Path, output: Path, network: torch.nn.Module | None = None, **kwargs) -> ContinualRunner:
     options = {"epochs": 1, "batch_size": 2, "mc_samples": 2, "progress": False, "seed": 0}
     options.update(kwargs)
     torch.manual_seed(0)  # the same initial network in every process
-    network = MeshNet(3, 1, 4, channels=4, dilations=(1, 2, 1))
+    network = network if network is not None else MeshNet(3, 1, 4, channels=4, dilations=(1, 2, 1))
     return ContinualRunner(datalist, output, network, transform(), transform(), num_classes=4, **options)

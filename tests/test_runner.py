@@ -10,7 +10,7 @@ import torch
 
 from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc
 from monai_continual.data import DatalistError, load_multisite_datalist
-from monai_continual.engines import STRATEGIES, MonaiStageExecutor
+from monai_continual.engines import STRATEGIES
 from monai_continual.utils.tensor_files import TensorFileError
 from runner_utils import tiny_runner, tiny_sites
 
@@ -152,17 +152,15 @@ def test_bad_input_is_caught_and_earlier_results_stay(sites, tmp_path):
     path.write_bytes(path.read_bytes()[:-8] + b"\x00" * 8)
     extended = tiny_runner(sites, tmp_path / "other")
     stages = extended.schedule("fine_tuning", order=["alpha", "beta", "gamma"])
-    executor = MonaiStageExecutor(extended, first.directory, stages)
+    executor = extended.executor(first.directory, stages)
     with pytest.raises(TensorFileError, match=latest.file):
-        executor._start(dataclasses.replace(stages[0], number=4, start=3), executor._plain())
+        executor._start(dataclasses.replace(stages[0], number=4, start=3), executor.settings.plain_network())
     assert (first.directory / "R.json").read_text() == before
     # a network of another architecture cannot take the published weights
-    wider = tiny_runner(sites, tmp_path / "wider")
-    wider.template = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1))
-    wider.init_state = wider.template.state_dict()
-    good = MonaiStageExecutor(wider, first.directory, stages)
+    wider = tiny_runner(sites, tmp_path / "wider", network=torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1)))
+    good = wider.executor(first.directory, stages)
     with pytest.raises(ValueError, match="published by site 'alpha' \\(stage 1\\) do not fit"):
-        good._start(dataclasses.replace(stages[1], number=4, start=1), good._plain())
+        good._start(dataclasses.replace(stages[1], number=4, start=1), good.settings.plain_network())
     # settings changed under an existing run directory: refused, not mixed
     changed = tiny_runner(sites, tmp_path, batch_size=1)
     with pytest.raises(ValueError, match="other settings"):

@@ -274,18 +274,18 @@ def test_nnunet_dataset_name_refuses():
 
 
 def test_nnunet_stage_executor_never_removes_a_folder_outside_the_run(tmp_path):
-    """``train`` removes an interrupted stage's folder ``stages/<number>_<dataset>``: with a dataset named
+    """``train`` removes an interrupted stage's folder ``stages/stage####_<dataset>``: with a dataset named
     ``a/../../../victim`` that was a folder outside the run directory."""
     pytest.importorskip("nnunetv2")
-    from monai_continual.nnunet.sites import NnUNetStageExecutor
+    from monai_continual.nnunet.sites import NnUNetSiteSettings, NnUNetStageExecutor
 
     run = tmp_path / "run"
-    (run / "stages" / "001_a").mkdir(parents=True)
+    (run / "stages" / "stage0001_a").mkdir(parents=True)
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "precious.txt").write_text("keep me")
-    executor = NnUNetStageExecutor(run, [Stage(1, sites=("a",))], None, "3d_fullres", "all", "nnUNetPlans",
-                                   torch.device("cpu"), {}, "nnUNetTrainer", 1, 0)
+    executor = NnUNetStageExecutor(run, [Stage(1, sites=("a",))], None, NnUNetSiteSettings(device="cpu"),
+                                   "nnUNetTrainer")
     attack = "a/../../../victim"
     stage = SimpleNamespace(number=1, sites=(attack,), start=0)  # a stage that got past Stage's own check
     with pytest.raises(ValueError, match=_refused(attack)):

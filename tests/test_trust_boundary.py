@@ -207,13 +207,12 @@ def test_a_site_keeps_every_run_apart_and_refuses_a_task_without_a_valid_run(tmp
 
 def test_a_stage_published_from_other_inputs_is_trained_again(tmp_path):
     """The attack: the executor returned any stage output found under the stage's number, without training."""
-    from monai_continual.engines.monai_executor import MonaiStageExecutor
     from runner_utils import tiny_runner, tiny_sites
 
     datalist = tiny_sites(tmp_path / "data")
     runner = tiny_runner(datalist, tmp_path / "runner")
     stages = build_schedule("fine_tuning", ["alpha", "beta"], make_options("fine_tuning"), 1)
-    executor = MonaiStageExecutor(runner, tmp_path / "site", stages)
+    executor = runner.executor(tmp_path / "site", stages)
     executor.initialize(stages[0].network)
     first = executor.train(stages[0])
     assert executor.train(stages[0]).published == first.published  # same inputs: recognised as done

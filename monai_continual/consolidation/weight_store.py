@@ -15,9 +15,13 @@ from typing import Any
 import torch
 
 from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.stage_files import stage_file_name
 from monai_continual.utils.tensor_files import TensorFileError, read_tensor_file, tensors_sha256, write_tensor_file
 
-__all__ = ["WeightEntry", "WeightStore", "DirectoryWeightStore", "WEIGHTS_FORMAT", "save_weights", "load_weights"]
+__all__ = [
+    "WeightEntry", "WeightStore", "DirectoryWeightStore", "WEIGHTS_FORMAT", "save_weights", "load_weights",
+    "load_stage_weights",
+]
 
 WEIGHTS_FORMAT = "monai-continual-weights"
 _VERSION = 1
@@ -41,6 +45,27 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
         network.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"model file {str(path)!r} does not fit {type(network).__name__}: {err}") from err
+    return network
+
+
+def load_stage_weights(store: WeightStore, stage: int, network: torch.nn.Module, site: str) -> torch.nn.Module:
+    """Load the weights ``store`` holds for ``stage`` into ``network`` (on the network's device) for ``site``; errors
+    name the stage, the file and the site that published it.
+
+    Example::
+
+        >>> load_stage_weights(DirectoryWeightStore("runs/cwt/store"), 3, MeshNet(3, 1, 4, channels=16), "site_b")
+    """
+    entry = store.entry(stage)
+    if entry is None:
+        raise FileNotFoundError(f"the store {store!r} has no weights of stage {stage}.")
+    state = store.load(entry)
+    device = next(network.parameters()).device
+    try:
+        network.load_state_dict({k: v.to(device) for k, v in state.items()})
+    except RuntimeError as err:
+        raise ValueError(f"weights {entry.file!r} published by site {entry.site!r} (stage {entry.stage}) do not fit "
+                         f"site {site!r}'s network: {err}") from err
     return network
 
 
@@ -137,7 +162,7 @@ class DirectoryWeightStore(WeightStore):
 
     def publish(self, state: Mapping[str, torch.Tensor], site: str, stage: int, **metadata: Any) -> WeightEntry:
         safe_site = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(site))
-        name = f"stage{int(stage):04d}_{safe_site}.safetensors"
+        name = stage_file_name(stage, ".safetensors", site=safe_site)
         meta = _entry_metadata(site, stage, metadata)
         sha = write_tensor_file(self.root / name, state, meta, WEIGHTS_FORMAT, _VERSION)
         entry = WeightEntry(name, str(site), int(stage), sha, time.time(), dict(metadata))

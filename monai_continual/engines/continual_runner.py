@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,16 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.inferers import Inferer, SimpleInferer
-from monai.losses import DiceCELoss
+from monai.inferers import Inferer
 from torch import nn
 
-from monai_continual.bayes import MCInferer, bayesianize
-from monai_continual.bayes.laplace import conversion_std_init
 from monai_continual.consolidation import save_weights
 from monai_continual.data import MultiSiteDatalist, check_sites, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.monai_executor import MonaiStageExecutor
+from monai_continual.engines.settings import ElboExamples, MonaiSettings, OptimizerState
 from monai_continual.metrics import ContinualMatrix
 from monai_continual.strategies import (
     Action,
@@ -37,9 +34,10 @@ from monai_continual.strategies import (
 
 __all__ = ["ContinualRunner", "StrategyResult", "OPTIMIZER_STATE_POLICIES", "ELBO_EXAMPLES"]
 
-OPTIMIZER_STATE_POLICIES = ("fresh", "site", "transfer")
-#: what the ELBO's N counts: every labelled voxel (the likelihood is a product over voxels), or whole volumes
-ELBO_EXAMPLES = ("voxels", "volumes")
+#: the optimizer-state policies (:class:`~monai_continual.engines.settings.OptimizerState`)
+OPTIMIZER_STATE_POLICIES = tuple(p.value for p in OptimizerState)
+#: what the ELBO's N counts (:class:`~monai_continual.engines.settings.ElboExamples`)
+ELBO_EXAMPLES = tuple(e.value for e in ElboExamples)
 
 
 @dataclass
@@ -90,34 +88,15 @@ class ContinualRunner:
     Args:
         datalist: a :class:`MultiSiteDatalist` or the path of a multi-site datalist JSON.
         output_dir: where runs are written.
-        network: the (deterministic) network every strategy starts from; Bayesian strategies convert it with
-            :func:`bayesianize`.
-        train_transform: MONAI transform of training items.
-        eval_transform: MONAI transform of test items (no randomness).
-        num_classes: classes, background included.
-        loss: data loss; ``DiceCELoss(to_onehot_y=True, softmax=True)`` by default.
-        optimizer: ``params -> Optimizer``; Adam with lr 1e-3 by default (McClure et al.).
-        bayes_optimizer: optimizer of Bayesian stages (default: ``optimizer``). A posterior used as prior is tight
-            (std ~1e-3), so a step much larger than its std makes the KL term explode: keep its lr near 1e-3.
-        epochs: epochs per site stage (and for centrally hosted training).
-        batch_size: mini-batch size.
-        inferer: prediction inferer (e.g. ``SlidingWindowInferer``); Bayesian models wrap it in ``MCInferer``.
-        mc_samples: Monte Carlo samples of Bayesian models at evaluation (McClure et al.: 10).
-        std_init: initial posterior std of a Bayesian stage: ``"laplace"`` (default) computes it from the site's data
-            and the stage's prior at the starting means, ``(N F + 1 / prior_std^2) ** -1/2`` with F the diagonal
-            empirical Fisher of the voxels' cross-entropy
-            (:func:`~monai_continual.bayes.laplace.calibrate_posterior_std`); a number sets every std to it
-            (McClure et al.: 1e-3).
-        prior_std: prior std of the first Bayesian stage, N(0, prior_std^2): ``"he"`` (default, per layer
-            ``sqrt(2 / fan_in)``, see :func:`~monai_continual.bayes.bayesianize`) or a number (McClure et al.: 1).
-        weight_norm: weight-normalize the Bayesian means.
-        elbo_examples: what the ELBO's N counts (:data:`ELBO_EXAMPLES`): ``"voxels"`` (default; N = training volumes
-            x voxels per volume as the loss sees them, the data term being a mean over voxels) or ``"volumes"``.
-        optimizer_state: one of :data:`OPTIMIZER_STATE_POLICIES`.
+        network, train_transform, eval_transform, num_classes, loss, optimizer, bayes_optimizer, epochs, batch_size,
+            inferer, mc_samples, std_init, prior_std, weight_norm, elbo_examples, optimizer_state, device, seed,
+            progress: the run's settings, :class:`~monai_continual.engines.settings.MonaiSettings` (defaults and
+            meaning there). ``std_init="laplace"`` (default) computes a Bayesian stage's initial std from the site's
+            data and the stage's prior at the starting means, ``(N F + 1 / prior_std^2) ** -1/2`` with F the diagonal
+            empirical Fisher (:func:`~monai_continual.bayes.laplace.calibrate_posterior_std`); a number sets every
+            std to it (McClure et al.: 1e-3). A posterior used as prior is tight (std ~1e-3), so a Bayesian step much
+            larger than its std makes the KL term explode: keep ``bayes_optimizer``'s lr near 1e-3.
         sites: training sites in their default order (default: the datalist's non-held-out sites).
-        device: training device.
-        seed: the seed of everything.
-        progress: show progress bars.
         check_data: read every case once before any training (:func:`~monai_continual.data.check_sites`): label
             values outside ``num_classes``, image/label shape mismatches, NaN voxels and mixed channel counts are
             refused naming site and file.
@@ -160,12 +139,6 @@ class ContinualRunner:
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"ContinualRunner: output_dir {str(self.output_dir)!r} exists and is not a directory.")
-        if optimizer_state not in OPTIMIZER_STATE_POLICIES:
-            raise ValueError(
-                f"ContinualRunner: optimizer_state must be one of {OPTIMIZER_STATE_POLICIES}, got {optimizer_state!r}."
-            )
-        if isinstance(epochs, bool) or epochs < 1 or batch_size < 1:
-            raise ValueError(f"ContinualRunner: epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
         self.sites = list(sites) if sites is not None else self.data.training_sites()
         for site in self.sites:
             if self.data.site(site).held_out:
@@ -179,38 +152,14 @@ class ContinualRunner:
                 f"site(s) {missing_test} of {self.data.source or 'the datalist'} have no test cases; "
                 "every site needs a test set."
             )
+        self.settings = MonaiSettings(
+            network, train_transform, eval_transform, num_classes, loss=loss, optimizer=optimizer,
+            bayes_optimizer=bayes_optimizer, epochs=epochs, batch_size=batch_size, inferer=inferer,
+            mc_samples=mc_samples, std_init=std_init, prior_std=prior_std, weight_norm=weight_norm,
+            elbo_examples=elbo_examples, optimizer_state=optimizer_state, device=device, seed=seed, progress=progress,
+        )
         if check_data:
-            check_sites(self.data, self.eval_sites, int(num_classes))
-        self.template = copy.deepcopy(network).cpu()
-        self.init_state = {k: v.detach().clone() for k, v in self.template.state_dict().items()}
-        self.train_transform = train_transform
-        self.eval_transform = eval_transform
-        self.num_classes = int(num_classes)
-        self.loss = loss if loss is not None else DiceCELoss(to_onehot_y=True, softmax=True)
-        self.optimizer_fn = optimizer if optimizer is not None else (lambda params: torch.optim.Adam(params, lr=1e-3))
-        self.bayes_optimizer_fn = bayes_optimizer if bayes_optimizer is not None else self.optimizer_fn
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.inferer = inferer or SimpleInferer()
-        self.mc_samples = int(mc_samples)
-        if not (
-            std_init == "laplace"
-            or (isinstance(std_init, (int, float)) and not isinstance(std_init, bool) and std_init > 0)
-        ):
-            raise ValueError(f"ContinualRunner: std_init must be 'laplace' or a positive number, got {std_init!r}.")
-        if elbo_examples not in ELBO_EXAMPLES:
-            raise ValueError(f"ContinualRunner: elbo_examples must be one of {ELBO_EXAMPLES}, got {elbo_examples!r}.")
-        self.std_init = std_init
-        self.elbo_examples = elbo_examples
-        self.bayes_kwargs = {
-            "std_init": conversion_std_init(std_init),
-            "prior_std": prior_std,
-            "weight_norm": weight_norm,
-        }
-        self.optimizer_state = optimizer_state
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        self.progress = progress
+            check_sites(self.data, self.eval_sites, self.settings.num_classes)
         self.replay_options = ReplayOptions()
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -218,20 +167,21 @@ class ContinualRunner:
 
     def new_network(self, bayesian: bool = False) -> nn.Module:
         """A fresh copy of the network with the run's initial weights (Bayesian: converted with the run's settings)."""
-        network = copy.deepcopy(self.template)
-        network.load_state_dict(self.init_state)
-        if bayesian:
-            network = bayesianize(network, inplace=True, **self.bayes_kwargs)
-        return network.to(self.device)
+        return self.settings.new_network(bayesian)
 
     def inferer_for(self, bayesian: bool) -> Inferer:
         """The evaluation inferer: Monte Carlo over ``mc_samples`` passes for Bayesian models."""
-        return MCInferer(self.mc_samples, self.inferer) if bayesian else self.inferer
+        return self.settings.inferer_for(bayesian)
+
+    def executor(self, run_dir: str | os.PathLike, stages: Sequence[Stage]) -> MonaiStageExecutor:
+        """The executor of ``stages`` in ``run_dir`` with this runner's settings and data."""
+        return MonaiStageExecutor(self.settings, self.data, Path(run_dir), stages, replay=self.replay_options)
 
     def schedule(self, strategy: str | Strategy, **options: Any) -> list[Stage]:
         """The stages ``run(strategy, **options)`` would run
         (see :func:`~monai_continual.strategies.build_schedule`)."""
-        return build_schedule(strategy, self.sites, make_options(strategy, **options), self.epochs, self.seed)
+        opts = make_options(strategy, **options)
+        return build_schedule(strategy, self.sites, opts, self.settings.epochs, self.settings.seed)
 
     def run(self, strategy: str | Strategy, directory: str | None = None, **options: Any) -> StrategyResult:
         """Run (or resume) ``strategy`` with its options (the fields of its options dataclass, e.g.
@@ -246,7 +196,7 @@ class ContinualRunner:
         """
         name = strategy_of(strategy)
         opts = make_options(name, **options)
-        stages = build_schedule(name, self.sites, opts, self.epochs, self.seed)
+        stages = build_schedule(name, self.sites, opts, self.settings.epochs, self.settings.seed)
         self.replay_options = opts if isinstance(opts, ReplayOptions) else ReplayOptions()
         run = run_name(name)
         if directory is not None and (not directory or Path(directory).name != directory or directory.startswith(".")):
@@ -256,8 +206,8 @@ class ContinualRunner:
         for stale in run_dir.rglob(".*.tmp"):  # temporary files of a killed process: never complete, never read
             stale.unlink(missing_ok=True)
         state = RunState.open(run_dir, run, self._config(run, stages))
-        executor = MonaiStageExecutor(self, run_dir, stages)
-        run_stages(stages, executor, state, self.eval_sites, log=print if self.progress else None)
+        executor = self.executor(run_dir, stages)
+        run_stages(stages, executor, state, self.eval_sites, log=print if self.settings.progress else None)
         return self._result(name, stages, state, executor)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -269,47 +219,34 @@ class ContinualRunner:
             "replay": self.replay_options.to_dict() if any(s.remember for s in stages) else None,
             "sites": self.sites,
             "eval_sites": self.eval_sites,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "bayes": dict(self.bayes_kwargs, std_init=self.std_init, elbo_examples=self.elbo_examples),
-            "optimizer_state": self.optimizer_state,
-            "mc_samples": self.mc_samples,
-            "network": {k: list(v.shape) for k, v in self.init_state.items()},
+            **self.settings.identity(),
         }
 
     def _result(
         self, name: Strategy, stages: list[Stage], state: RunState, executor: MonaiStageExecutor
     ) -> StrategyResult:
         run_dir = state.directory
-        matrix = state.matrix(stages, self.eval_sites)
-        extra = state.results(stages)
         transfers = [
             {"stage": r.number, "site": "+".join(r.sites), "loaded": r.loaded, "published": r.published,
              "num_examples": r.num_examples, **{k: v for k, v in r.details.items() if k != "seconds"}}
             for r in state.stage_records() if r.number > 0
         ]
-        evaluated = [s for s in stages if s.evaluate]
-        last = evaluated[-1]
-        final_path = run_dir / "final_model.safetensors"
-        if name in (Strategy.SINGLE_SITE, Strategy.ENSEMBLE):
+        last = [s for s in stages if s.evaluate][-1]
+        if name == Strategy.ENSEMBLE:
+            ensemble = ContinualMatrix(self.eval_sites)
+            row = state.matrix([last], self.eval_sites).as_array()[-1]
+            ensemble.add_stage(list(last.sites), dict(zip(self.eval_sites, row)), "ensemble")
+            return StrategyResult(name.value, ensemble, state.scores(last.number), run_dir, False, {}, transfers)
+        if name == Strategy.SINGLE_SITE:
             site_stages = [s for s in stages if s.action == Action.TRAIN]
-            if name == Strategy.ENSEMBLE:
-                ensemble = ContinualMatrix(self.eval_sites)
-                ensemble.add_stage(
-                    list(last.sites), {s: row for s, row in zip(self.eval_sites, matrix.as_array()[-1])}, "ensemble"
-                )
-                return StrategyResult("ensemble", ensemble, state.scores(last.number), run_dir, False, {}, transfers)
-            single = state.matrix(site_stages, self.eval_sites)
+            single = executor.save_results(state, site_stages, self.eval_sites,
+                                           "single-site models (row: model of that site)")
             scores = {s.sites[0]: state.scores(s.number)[s.sites[0]] for s in site_stages}
-            extra = {k: v for k, v in extra.items() if k.startswith("single_site[")}
-            single.save_json(run_dir / "R.json")
-            single.plot(run_dir / "R.png", title="single-site models (row: model of that site)")
-            return StrategyResult("single_site", single, scores, run_dir, False, extra, transfers)
-        save_weights(final_path, executor.model(last.number), strategy=name.value, stage=last.number,
+            extra = {k: v for k, v in state.results(stages).items() if k.startswith(f"{Strategy.SINGLE_SITE.value}[")}
+            return StrategyResult(name.value, single, scores, run_dir, False, extra, transfers)
+        save_weights(executor.layout.final_model, executor.model(last.number), strategy=name.value, stage=last.number,
                      source_sha256=state.records[last.number].published)
-        matrix.save_json(run_dir / "R.json")
-        matrix.save_csv(run_dir / "R.csv")
-        matrix.plot(run_dir / "R.png", title=f"{name.value}: R matrix (mean Dice)")
+        matrix = executor.save_results(state, stages, self.eval_sites, f"{name.value}: R matrix (mean Dice)")
         bayesian = last.network == NetworkKind.BAYES
-        return StrategyResult(name.value, matrix, state.scores(last.number), run_dir, bayesian, extra, transfers)
-
+        return StrategyResult(name.value, matrix, state.scores(last.number), run_dir, bayesian,
+                              state.results(stages), transfers)

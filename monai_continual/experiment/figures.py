@@ -24,12 +24,12 @@ def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> P
     import matplotlib.pyplot as plt
 
     network = load_weights(runner.new_network(bayesian=True), result.directory / "final_model.safetensors").eval()
-    inferer = MCInferer(runner.mc_samples, runner.inferer, return_uncertainty=True)
+    inferer = MCInferer(runner.settings.mc_samples, runner.settings.inferer, return_uncertainty=True)
     sites = data.site_names
     fig, axes = plt.subplots(4, len(sites), figsize=(2.4 * len(sites), 9.6), squeeze=False)
     torch.manual_seed(0)
     for column, site in enumerate(sites):
-        item = apply_transform(runner.eval_transform, dict(data.items(site, "test")[0]))
+        item = apply_transform(runner.settings.eval_transform, dict(data.items(site, "test")[0]))
         image = torch.as_tensor(item["image"])[None]
         out = inferer(image, network)
         z = image.shape[-1] // 2

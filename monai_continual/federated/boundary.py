@@ -21,11 +21,14 @@ import numpy as np
 import torch
 from monai.utils import StrEnum, look_up_option
 
+from monai_continual.consolidation.dwc import STD_RTOL
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.robust import Aggregation
+from monai_continual.consolidation.screening import posterior_shift
 from monai_continual.federated.payload import PayloadError
 
 __all__ = ["BoundaryPolicy", "FedAvgWeighting", "PosteriorScreen", "check_model", "check_posterior", "check_count",
+           "check_details", "screen_posterior",
            "check_scores", "payload_bytes"]
 
 
@@ -233,3 +236,43 @@ def check_scores(scores: Any, expected: int | None, what: str) -> list[float]:
     if expected is not None and len(values) != expected:
         raise PayloadError(f"{what}: {len(values)} scores sent, but the site has {expected} test cases.")
     return values
+
+
+def check_details(details: Any, what: str, max_keys: int = 32) -> dict[str, Any]:
+    """A site's stage details (recorded in the run state): a few numbers and flags, nothing else."""
+    if not isinstance(details, dict) or len(details) > max_keys:
+        raise PayloadError(f"{what}: details must be a dict of at most {max_keys} numbers or flags.")
+    for key, value in details.items():
+        if not isinstance(key, str) or len(key) > 64 or not isinstance(value, (int, float, bool)) \
+                or (isinstance(value, float) and value != value):
+            raise PayloadError(f"{what}: detail {key!r} must be a number or a flag, got {value!r}.")
+    return dict(details)
+
+
+def screen_posterior(posterior: Posterior, prior: Posterior, policy: BoundaryPolicy, bound_std: bool,
+                     what: str) -> dict[str, Any] | None:
+    """Screen a site's posterior against the prior it trained from.
+
+    Raises :class:`PayloadError` when a bounded (DWC) site's std exceeds its prior's (McClure's sigma_s <= sigma_0,
+    on which Eq. 17 rests: never stored when broken). Returns the event to record when the posterior moved or
+    tightened beyond the policy's bounds (``event["posterior"]``: ``"left out"`` or ``"flagged"``), else ``None``.
+    """
+    if bound_std:
+        over = sum(int((posterior.std[k] > prior.std[k] * (1 + STD_RTOL)).sum()) for k in prior.std)
+        if over:
+            raise PayloadError(f"{what}: the posterior's std exceeds its prior's on {over} weights "
+                               "(a DWC site's std is bounded by the shared prior's).")
+    if policy.screen_posteriors == PosteriorScreen.OFF:
+        return None
+    shift = posterior_shift(prior, posterior, policy.max_mean_shift)
+    reasons = []
+    if shift.fraction > policy.max_shift_fraction:
+        reasons.append(f"{shift.fraction:.1%} of its means moved more than {policy.max_mean_shift:g} prior stds "
+                       f"(bound {policy.max_shift_fraction:.1%})")
+    if policy.max_precision_ratio is not None and shift.max_precision_ratio > policy.max_precision_ratio:
+        reasons.append(f"it claims {shift.max_precision_ratio:.3g} times the prior's precision "
+                       f"(bound {policy.max_precision_ratio:g})")
+    if not reasons:
+        return None
+    action = "left out" if policy.screen_posteriors == PosteriorScreen.EXCLUDE else "flagged"
+    return {"posterior": action, "reason": "; ".join(reasons), **shift.to_dict()}

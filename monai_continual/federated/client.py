@@ -17,7 +17,6 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> None:
     import nvflare.client as flare
 
-    from monai_continual.engines.monai_executor import MonaiStageExecutor
     from monai_continual.federated.config import parse_config
     from monai_continual.federated.overrides import MONAI_SITE_KEYS, parse_overrides
     from monai_continual.federated.site_worker import SiteWorker, serve
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     site_dir = Path(args.workdir) / site
     config = parse_config(args.config, {**overrides, "site": site, "site_dir": str(site_dir / "runner")})
     runner = config.get_parsed_content("site_runner")
-    serve(SiteWorker(lambda stages, run_dir: MonaiStageExecutor(runner, run_dir, stages), site, site_dir,
+    serve(SiteWorker(lambda stages, run_dir: runner.executor(run_dir, stages), site, site_dir,
                      accept_margin=args.accept_margin))
 
 

@@ -19,30 +19,28 @@ def main(argv: list[str] | None = None) -> None:
 
     from monai_continual.federated.overrides import NNUNET_SITE_KEYS, parse_overrides
     from monai_continual.federated.site_worker import SiteWorker, serve
-    from monai_continual.nnunet.launcher import default_device
-    from monai_continual.nnunet.sites import NnUNetStageExecutor, _Evaluator
+    from monai_continual.nnunet.evaluation import SiteEvaluator
+    from monai_continual.nnunet.names import NNUNET_TRAINER
+    from monai_continual.nnunet.settings import NnUNetSiteSettings
+    from monai_continual.nnunet.sites import NnUNetStageExecutor
     from monai_continual.utils.names import check_site_name
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", required=True, help="this site's working directory (its own disk)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="an nnU-Net setting, repeated")
     args = parser.parse_args(argv)
-    settings = parse_overrides(args.set, NNUNET_SITE_KEYS)
+    overrides = parse_overrides(args.set, NNUNET_SITE_KEYS)
+    settings = NnUNetSiteSettings.from_mapping(overrides)
 
-    if settings.get("threads"):  # CPU results depend on torch's thread count: match the run being compared with
-        torch.set_num_threads(int(settings["threads"]))
+    if overrides.get("threads"):  # CPU results depend on torch's thread count: match the run being compared with
+        torch.set_num_threads(int(overrides["threads"]))
     flare.init()
     site = check_site_name(flare.get_site_name(), "NVFlare site")
-    configuration = settings.get("configuration", "3d_fullres")
-    plans = settings.get("plans", "nnUNetPlans")
-    device = torch.device(settings.get("device") or default_device())
-    evaluator = _Evaluator([site], configuration, plans, device, bool(settings.get("mirroring", True)),
-                           int(settings.get("mc_samples", 1)))
-    iterations = {k: settings.get(k) for k in ("iterations_per_epoch", "val_iterations_per_epoch")}
+    evaluator = SiteEvaluator([site], settings.configuration, settings.plans, settings.torch_device(),
+                              settings.mirroring, settings.mc_samples)
+
     def make_executor(stages, run_dir):
-        return NnUNetStageExecutor(run_dir, stages, evaluator, configuration, settings.get("fold", "all"), plans,
-                                   device, iterations, "nnUNetTrainer", int(settings.get("replay_capacity", 5)),
-                                   int(settings.get("seed", 0)), first=site)
+        return NnUNetStageExecutor(run_dir, stages, evaluator, settings, NNUNET_TRAINER, first=site)
 
     serve(SiteWorker(make_executor, site, Path(args.workdir) / site))
 

@@ -16,17 +16,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_continual.consolidation.dwc import STD_RTOL, consolidate_dwc
+from monai_continual.consolidation.dwc import consolidate_dwc
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.robust import robust_average
-from monai_continual.consolidation.screening import posterior_shift
 from monai_continual.federated.boundary import (
     BoundaryPolicy,
-    PosteriorScreen,
     check_count,
+    check_details,
     check_model,
     check_posterior,
     check_scores,
+    screen_posterior,
 )
 from monai_continual.federated.payload import (
     PayloadError,
@@ -37,8 +37,8 @@ from monai_continual.federated.payload import (
     split_params,
     stage_to_meta,
 )
-from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, Stage, StageOutput, crash_point
-from monai_continual.strategies.artifacts import StageArtifacts
+from monai_continual.strategies import INITIAL_STAGE, Action, NetworkKind, Stage, StageOutput
+from monai_continual.strategies.base_executor import BaseStageExecutor
 
 __all__ = ["FederatedStageExecutor", "SiteUnavailable", "Send"]
 
@@ -51,7 +51,7 @@ class SiteUnavailable(RuntimeError):
     """A site did not answer a task in time."""
 
 
-class FederatedStageExecutor:
+class FederatedStageExecutor(BaseStageExecutor):
     """Runs the core's stages across sites through ``send`` (the controller's task API).
 
     A site that does not answer: for weight transfer the visit is skipped and recorded (the stage publishes the
@@ -74,8 +74,7 @@ class FederatedStageExecutor:
     def __init__(self, run_dir: str | Path, stages: Sequence[Stage], send: Send, min_clients: int = 1, *,
                  run_id: str = "", policy: BoundaryPolicy | None = None,
                  test_sizes: dict[str, int] | None = None) -> None:
-        self.artifacts = StageArtifacts(run_dir, stages)
-        self.stages = self.artifacts.stages
+        super().__init__(run_dir, stages)
         self.send = send
         self.min_clients = int(min_clients)
         self.run_id = str(run_id)
@@ -166,12 +165,9 @@ class FederatedStageExecutor:
         if len(stage.sites) != 1:
             raise ValueError(f"stage {stage.number} ({stage.label}) pools the data of {list(stage.sites)}: data would "
                              "have to leave the sites; the federated engine runs only one site per stage.")
-        loaded = self.artifacts.loaded(stage)
-        published = self.artifacts.published_sha(stage.number)
-        if published is not None:  # published before an interruption: what arrived with it was recorded first
-            receipt = self.artifacts.receipt(stage.number, published)
-            return self._output(stage.number, published, loaded, int(receipt.get("num_examples", 0)),
-                                receipt.get("details", {}))
+        done = self.published(stage)
+        if done is not None:  # published before an interruption: what arrived with it was recorded first
+            return self._output(stage.number, done.published, done.loaded, done.num_examples, done.details)
         site = stage.sites[0]
         what = f"site {site!r}, stage {stage.number}"
         try:  # anything wrong with the answer refuses it: nothing of it is stored, the run goes on without it
@@ -184,7 +180,7 @@ class FederatedStageExecutor:
                 raise PayloadError(f"{what}: the answer carries models under {sorted(parts)}, not one 'published' "
                                    "model.")
             count = check_count(meta.get("num_examples"), f"{what}: num_examples")
-            details = _checked_details(meta.get("details", {}), what)
+            details = check_details(meta.get("details", {}), what)
             tensors = parts["published"]
             if stage.network == NetworkKind.BAYES:
                 model: Any = self._checked_posterior(stage, tensors, meta, what)
@@ -204,13 +200,10 @@ class FederatedStageExecutor:
         if self.policy.max_examples is not None and count > self.policy.max_examples:
             self._event(stage.number, site=site, count="capped", reported=count, cap=self.policy.max_examples)
             count = self.policy.max_examples
+        loaded = self.artifacts.loaded(stage)
         if details.get("refused_start"):
             self._event(stage.number, site=site, start="refused by the site", sha256=loaded.get("start"))
-        self.artifacts.write_receipt(stage.number, sha, num_examples=count, details=details)
-        if stage.network == NetworkKind.BAYES:
-            model.save(self.artifacts.posterior_file(stage.number))
-        else:
-            self.artifacts.store.publish(model, site, stage.number)
+        self.publish(stage, model, site, count, details)
         return self._output(stage.number, sha, loaded, count, details)
 
     def _reference(self, stage: Stage) -> tuple[int | None, Posterior | dict | None]:
@@ -237,29 +230,13 @@ class FederatedStageExecutor:
         number, reference = self._reference(stage)
         check_posterior(posterior, reference, what, self.policy)
         self._check_sha(posterior.sha256(), meta, what)
-        policy = self.policy
         if not isinstance(reference, Posterior):
             return posterior
         prior = reference if stage.prior in (None, number) else self.artifacts.posterior(stage.prior)
-        if stage.bound_std:  # McClure's sigma_s <= sigma_0, on which Eq. 17 rests: never stored when broken
-            over = sum(int((posterior.std[k] > prior.std[k] * (1 + STD_RTOL)).sum()) for k in prior.std)
-            if over:
-                raise PayloadError(f"{what}: the posterior's std exceeds its prior's on {over} weights "
-                                   "(a DWC site's std is bounded by the shared prior's).")
-        if policy.screen_posteriors == PosteriorScreen.OFF:
-            return posterior
-        shift = posterior_shift(prior, posterior, policy.max_mean_shift)
-        reasons = []
-        if shift.fraction > policy.max_shift_fraction:
-            reasons.append(f"{shift.fraction:.1%} of its means moved more than {policy.max_mean_shift:g} prior stds "
-                           f"(bound {policy.max_shift_fraction:.1%})")
-        if policy.max_precision_ratio is not None and shift.max_precision_ratio > policy.max_precision_ratio:
-            reasons.append(f"it claims {shift.max_precision_ratio:.3g} times the prior's precision "
-                           f"(bound {policy.max_precision_ratio:g})")
-        if reasons:
-            action = "left out" if policy.screen_posteriors == PosteriorScreen.EXCLUDE else "flagged"
-            self._event(stage.number, site=stage.site, posterior=action, reason="; ".join(reasons), **shift.to_dict())
-            if policy.screen_posteriors == PosteriorScreen.EXCLUDE:
+        event = screen_posterior(posterior, prior, self.policy, stage.bound_std, what)
+        if event is not None:
+            self._event(stage.number, site=stage.site, **event)
+            if event["posterior"] == "left out":
                 return None
         return posterior
 
@@ -274,58 +251,49 @@ class FederatedStageExecutor:
             raise SiteUnavailable(f"site {site!r}, {cause}, trains stage {stage.number} ({stage.label}), whose model "
                                   "kind differs from its start's: it cannot be skipped. Resubmit the job to continue.")
         details = {"skipped": True, "refused": refused}
-        if stage.network == NetworkKind.BAYES:  # the receipt first, then the model: publishing commits the stage
-            posterior = self.artifacts.posterior(stage.start)
-            sha = posterior.sha256()
-            self.artifacts.write_receipt(stage.number, sha, num_examples=0, details=details)
-            posterior.save(self.artifacts.posterior_file(stage.number))
+        if stage.network == NetworkKind.BAYES:
+            sha = self.publish(stage, self.artifacts.posterior(stage.start), site, 0, details)
         else:
-            weights = self.artifacts.weights(stage.start)
-            sha = self.artifacts.store.content_sha256(weights, site, stage.number, skipped=True)
-            self.artifacts.write_receipt(stage.number, sha, num_examples=0, details=details)
-            self.artifacts.store.publish(weights, site, stage.number, skipped=True)
+            sha = self.publish(stage, self.artifacts.weights(stage.start), site, 0, details, skipped=True)
         return self._output(stage.number, sha, self.artifacts.loaded(stage), 0, details)
 
     def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
-        loaded = self.artifacts.loaded(stage)
-        if stage.action == Action.ENSEMBLE:
-            return self._output(stage.number, None, loaded)
+        out = super().consolidate(stage, weights)
+        return self._output(stage.number, out.published, out.loaded, out.num_examples, out.details)
+
+    def consolidation_inputs(self, stage: Stage, counts: list[float]) -> tuple[list[int], list[float]]:
         # a skipped or left-out stage was recorded with no examples; every accepted one with a count > 0
-        present = [(i, w) for i, w in zip(stage.inputs, weights) if i not in self.missing and w > 0]
+        present = [(i, w) for i, w in zip(stage.inputs, counts) if i not in self.missing and w > 0]
         if len(present) < min(self.min_clients, len(stage.inputs)):
             raise SiteUnavailable(f"stage {stage.number} ({stage.label}): only {len(present)} of {len(stage.inputs)} "
                                   f"sites answered or were accepted, fewer than min_clients={self.min_clients}. "
                                   "Resubmit to continue.")
-        inputs, reported = [i for i, _ in present], [w for _, w in present]
-        names = [self.stages[i].site for i in inputs]
-        sizes = self.policy.fedavg_weights(names, reported)
-        if stage.action == Action.AVERAGE:
-            states = [self.artifacts.weights(i) for i in inputs]
-            reference = self.artifacts.weights(self.stages[inputs[0]].start)
-            merged, report = robust_average(states, reference, sizes, names, norm_bound=self.policy.norm_bound,
-                                            method=self.policy.aggregation, trim_fraction=self.policy.trim_fraction,
-                                            min_cosine=self.policy.min_cosine)
-            if len(states) < 3 and (self.policy.norm_bound is not None or self.policy.min_cosine is not None):
-                self._event(stage.number, site="average", update="not bounded",
-                            reason=f"{len(states)} sites: the median of fewer than three is not robust")
-            for site, cosine in report.left_out.items():
-                self._event(
-                    stage.number, site=site, update="left out", cosine=cosine, min_cosine=self.policy.min_cosine
-                )
-            for site, factor in report.clipped.items():
-                self._event(stage.number, site=site, update="clipped", factor=factor, norm=report.norms[site],
-                            bound=report.bound)
-            crash_point("mid_consolidation", stage.number)
-            entry = self.artifacts.store.publish(merged, "average", stage.number, weights=sizes)
-            return self._output(stage.number, entry.sha256, loaded, int(sum(reported)),
-                                {"inputs_used": inputs, "weights": sizes, "aggregation": report.to_dict()})
-        merged = consolidate_dwc(self.artifacts.posterior_file(stage.prior),
-                                 [self.artifacts.posterior_file(i) for i in inputs],
-                                 site_weights=sizes, excess_std="clip", dominance="clip",
-                                 max_precision_ratio=self.policy.max_precision_ratio)
-        crash_point("mid_consolidation", stage.number)
-        merged.save(self.artifacts.posterior_file(stage.number))
-        return self._output(stage.number, merged.sha256(), loaded, int(sum(reported)), {"inputs_used": inputs})
+        return [i for i, _ in present], [w for _, w in present]
+
+    def _sizes(self, inputs: Sequence[int], counts: Sequence[float]) -> list[float]:
+        return self.policy.fedavg_weights([self.stages[i].site for i in inputs], list(counts))
+
+    def average(self, stage: Stage, inputs: Sequence[int], counts: Sequence[float]) -> tuple[dict, list[float], dict]:
+        names, sizes, policy = [self.stages[i].site for i in inputs], self._sizes(inputs, counts), self.policy
+        states = [self.artifacts.weights(i) for i in inputs]
+        reference = self.artifacts.weights(self.stages[inputs[0]].start)
+        merged, report = robust_average(states, reference, sizes, names, norm_bound=policy.norm_bound,
+                                        method=policy.aggregation, trim_fraction=policy.trim_fraction,
+                                        min_cosine=policy.min_cosine)
+        if len(states) < 3 and (policy.norm_bound is not None or policy.min_cosine is not None):
+            self._event(stage.number, site="average", update="not bounded",
+                        reason=f"{len(states)} sites: the median of fewer than three is not robust")
+        for site, cosine in report.left_out.items():
+            self._event(stage.number, site=site, update="left out", cosine=cosine, min_cosine=policy.min_cosine)
+        for site, factor in report.clipped.items():
+            self._event(stage.number, site=site, update="clipped", factor=factor, norm=report.norms[site],
+                        bound=report.bound)
+        return merged, sizes, {"inputs_used": list(inputs), "weights": sizes, "aggregation": report.to_dict()}
+
+    def combine_posteriors(self, stage: Stage, inputs: Sequence[int], counts: Sequence[float]) -> Posterior:
+        return consolidate_dwc(self.layout.posterior_file(stage.prior), [self.layout.posterior_file(i) for i in inputs],
+                               site_weights=self._sizes(inputs, counts), excess_std="clip", dominance="clip",
+                               max_precision_ratio=self.policy.max_precision_ratio)
 
     def evaluate(self, stage: Stage, site: str) -> list[float]:
         what = f"site {site!r}, evaluation of stage {stage.number}"
@@ -340,14 +308,3 @@ class FederatedStageExecutor:
             return []
         self.test_sizes.setdefault(site, len(scores))
         return scores
-
-
-def _checked_details(details: Any, what: str, max_keys: int = 32) -> dict[str, Any]:
-    """A site's stage details (recorded in the run state): a few numbers and flags, nothing else."""
-    if not isinstance(details, dict) or len(details) > max_keys:
-        raise PayloadError(f"{what}: details must be a dict of at most {max_keys} numbers or flags.")
-    for key, value in details.items():
-        if not isinstance(key, str) or len(key) > 64 or not isinstance(value, (int, float, bool)) \
-                or (isinstance(value, float) and value != value):
-            raise PayloadError(f"{what}: detail {key!r} must be a number or a flag, got {value!r}.")
-    return dict(details)

@@ -49,7 +49,7 @@ class SiteWorker:
     Args:
         make_executor: ``(stages, run_dir) -> executor`` over this site's data only, keeping its stage files (received
             models, checkpoints, optimizer state) in ``run_dir``, e.g. ``lambda stages, run_dir:
-            MonaiStageExecutor(runner, run_dir, stages)``.
+            runner.executor(run_dir, stages)``.
         site: this site's name.
         workdir: this site's own working directory.
         accept_margin: the checked weight transfer: before a deterministic stage trains from a model it received,
@@ -60,7 +60,7 @@ class SiteWorker:
 
     Example::
 
-        >>> worker = SiteWorker(lambda stages, d: MonaiStageExecutor(runner, d, stages), "site_b", "/data/site_b/fl")
+        >>> worker = SiteWorker(lambda stages, d: runner.executor(d, stages), "site_b", "/data/site_b/fl")
         >>> params, meta, metrics = worker.handle("train", meta, params)
     """
 

@@ -10,7 +10,9 @@ from monai_continual.handlers.bayesian_site import BayesianSiteHandler, Posterio
 from monai_continual.handlers.consolidation_handler import ConsolidationHandler
 from monai_continual.handlers.continual_evaluation import ContinualEvaluationHandler
 from monai_continual.handlers.epoch_checkpoint import EpochCheckpoint
+from monai_continual.handlers.epoch_losses import EpochLosses
 from monai_continual.handlers.epoch_seeder import EpochSeeder
+from monai_continual.handlers.finite_guard import FiniteGuard
 from monai_continual.handlers.plateau_stopper import PlateauStopper
 from monai_continual.handlers.prior_handler import PriorHandler
 from monai_continual.handlers.progress import ProgressBar
@@ -23,7 +25,9 @@ __all__ = [
     "ConsolidationHandler",
     "ContinualEvaluationHandler",
     "EpochCheckpoint",
+    "EpochLosses",
     "EpochSeeder",
+    "FiniteGuard",
     "PlateauStopper",
     "ProgressBar",
     "PriorHandler",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from monai_continual.bayes.laplace import calibrate_posterior_std
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses import ELBOLoss, voxels_per_item
 from monai_continual.utils.names import check_site_name
+from monai_continual.utils.stage_files import parse_stage_file_name, stage_file_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -26,7 +26,7 @@ else:
 
 __all__ = ["BayesianSiteHandler", "PosteriorEntry"]
 
-_POSTERIOR = re.compile(r"^stage(\d{4,})_(.+)\.safetensors$")
+_SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ class BayesianSiteHandler:
         """The posteriors in the exchange directory, by stage number."""
         found = []
         for path in self.directory.glob("stage*_*.safetensors"):
-            match = _POSTERIOR.match(path.name)
-            if match:
-                found.append(PosteriorEntry(int(match.group(1)), match.group(2), path))
+            parsed = parse_stage_file_name(path.name, _SUFFIX)
+            if parsed is not None and parsed[1] is not None:
+                found.append(PosteriorEntry(parsed[0], parsed[1], path))
         return sorted(found, key=lambda e: e.stage)
 
 
@@ -113,10 +113,9 @@ class BayesianSiteHandler:
         if self.loss is not None:
             self.loss.num_examples = float(items * voxels)
         if self.prior is not None:
-            match = _POSTERIOR.match(self.prior.name)
-            entry = PosteriorEntry(
-                int(match.group(1)) if match else 0, match.group(2) if match else "prior", self.prior
-            )
+            parsed = parse_stage_file_name(self.prior.name, _SUFFIX)
+            number, site = parsed if parsed is not None else (0, None)
+            entry = PosteriorEntry(number, site or "prior", self.prior)
         else:
             entries = self.entries()
             entry = entries[-1] if entries else None
@@ -139,7 +138,7 @@ class BayesianSiteHandler:
             stage += 1
         site = check_site_name(self.site, "BayesianSiteHandler: site")  # here too: the name becomes a file name
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"stage{stage:04d}_{site}.safetensors"
+        path = self.directory / stage_file_name(stage, _SUFFIX, site=site)
         Posterior.from_model(self.network, site=self.site, num_examples=len(self.dataset)).save(path)
         self.published = PosteriorEntry(stage, self.site, path)
         if engine is not None:

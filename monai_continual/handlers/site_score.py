@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from monai_continual.metrics.continual_matrix import ContinualMatrix
 from monai_continual.utils.atomic import atomic_write_text
 from monai_continual.utils.names import check_site_name
+from monai_continual.utils.stage_files import parse_stage_file_name, stage_file_name
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -22,7 +22,6 @@ else:
 
 __all__ = ["SiteScoreRecorder", "assemble_site_scores"]
 
-_RECORD = re.compile(r"^stage(\d{4,})_(.+)\.json$")
 
 
 class SiteScoreRecorder:
@@ -74,7 +73,7 @@ class SiteScoreRecorder:
         name, score = self._score()
         site = check_site_name(self.site, "SiteScoreRecorder: site")  # here too: the name becomes a file name
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"stage{int(entry.stage):04d}_{site}.json"
+        path = self.directory / stage_file_name(entry.stage, ".json", site=site)
         record = {"stage": int(entry.stage), "trained_on": str(entry.site), "site": self.site, "metric": name,
                   "score": score, "when": when, "model_sha256": getattr(entry, "sha256", None)}
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
@@ -102,7 +101,8 @@ def assemble_site_scores(exchange_dir: str | os.PathLike) -> ContinualMatrix:
     directory = Path(exchange_dir) / "scores"
     records = []
     for path in sorted(directory.glob("stage*_*.json")):
-        if _RECORD.match(path.name) is None:
+        parsed = parse_stage_file_name(path.name, ".json")
+        if parsed is None or parsed[1] is None:
             continue
         try:
             record = json.loads(path.read_text())

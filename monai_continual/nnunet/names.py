@@ -3,7 +3,7 @@
 This module imports nothing but the standard library, so that ``python -m monai_continual.nnunet --help`` can list
 them without importing nnU-Net, torch or MONAI (which takes seconds). The classes themselves live in
 :mod:`~monai_continual.nnunet.trainers` (``TRAINERS``) and the strategies' trainers in
-:mod:`~monai_continual.nnunet.sites` (``SITE_STRATEGIES``); the tests check that these names match them.
+:mod:`~monai_continual.nnunet.sites` (``SITE_STRATEGIES``); the tests check that the trainers match.
 
 Example::
 
@@ -32,7 +32,7 @@ OUR_TRAINERS: tuple[str, ...] = (
     "nnUNetTrainerReplay_short",
 )
 
-#: strategy that runs on nnU-Net sites -> the trainer of its stages (``monai_continual.nnunet.sites.SITE_STRATEGIES``)
+#: strategy that runs on nnU-Net sites -> the trainer of its stages (``nnunet.sites.SITE_STRATEGIES``)
 SITE_STRATEGY_TRAINERS: dict[str, str] = {
     "single_weight_transfer": NNUNET_TRAINER,
     "cyclic_weight_transfer": NNUNET_TRAINER,

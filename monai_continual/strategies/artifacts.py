@@ -12,6 +12,7 @@ import torch
 
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.weight_store import DirectoryWeightStore
+from monai_continual.strategies.layout import RunLayout
 from monai_continual.strategies.stage import NetworkKind, Stage
 from monai_continual.utils.atomic import atomic_write_text
 
@@ -21,10 +22,10 @@ __all__ = ["StageArtifacts"]
 class StageArtifacts:
     """The published models of a run's stages, looked up by stage number (every backend keeps them this way).
 
-    Deterministic stages (and stage 0, the initial weights) publish weights to ``run_dir/store`` (a
-    :class:`DirectoryWeightStore` with a hashed manifest); Bayesian stages publish a posterior file
-    ``run_dir/posteriors/stage####.safetensors``. Hashes are of content, so they agree across processes and
-    backends.
+    Deterministic stages (and stage 0, the initial weights) publish weights to the run's store (a
+    :class:`DirectoryWeightStore` with a hashed manifest); Bayesian stages publish a posterior file (paths:
+    :class:`~monai_continual.strategies.layout.RunLayout`). Hashes are of content, so they agree across processes
+    and backends.
 
     Args:
         run_dir: the run directory.
@@ -38,19 +39,12 @@ class StageArtifacts:
 
     def __init__(self, run_dir: str | os.PathLike, stages: Sequence[Stage] | Mapping[int, Stage]) -> None:
         self.run_dir = Path(run_dir)
+        self.layout = RunLayout(self.run_dir)
         self.stages = dict(stages) if isinstance(stages, Mapping) else {s.number: s for s in stages}
-        self.store = DirectoryWeightStore(self.run_dir / "store")
-
-    def posterior_file(self, number: int) -> Path:
-        return self.run_dir / "posteriors" / f"stage{number:04d}.safetensors"
-
-    def check_file(self, number: int) -> Path:
-        """A site's check of the model it received for stage ``number`` (see the federated site worker)."""
-        return self.run_dir / "checks" / f"stage{number:04d}.json"
-
-    def receipt_file(self, number: int) -> Path:
-        """What the run recorded about stage ``number``'s model when it arrived (its count), before publishing it."""
-        return self.run_dir / "receipts" / f"stage{number:04d}.json"
+        self.store = DirectoryWeightStore(self.layout.store)
+        self.posterior_file = self.layout.posterior_file
+        self.check_file = self.layout.check_file
+        self.receipt_file = self.layout.receipt_file
 
     def write_receipt(self, number: int, sha256: str, **fields: Any) -> None:
         """Record ``fields`` for the model of content ``sha256`` (written before the model is published)."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 from monai_continual.strategies.stage import NetworkKind, Stage
 
-__all__ = ["StageOutput", "StageExecutor", "NonFiniteTrainingError"]
+__all__ = ["StageOutput", "StageExecutor", "NonFiniteTrainingError", "check_finite_weights", "evaluation_seed"]
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -16,6 +19,23 @@ class NonFiniteTrainingError(RuntimeError):
 
     Earlier stages' results stay; the run resumes from the stage's last good epoch once the cause is fixed.
     """
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], stage: Stage) -> None:
+    """Raise :class:`NonFiniteTrainingError` naming site, stage and the first entries when ``state`` (a network's
+    ``state_dict()``) has non-finite floating-point values."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteTrainingError(
+            f"site {stage.site!r}, stage {stage.number} ({stage.label}): non-finite weights in {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}; nothing was published."
+        )
+
+
+def evaluation_seed(seed: int, number: int, site: str) -> int:
+    """The seed of stage ``number``'s evaluation at ``site`` (Monte Carlo samples, dropout): the same in every
+    backend and process, so a resumed or federated run scores exactly as an uninterrupted in-process one."""
+    return int(seed) * 15_485_863 + int(number) * 7_919 + zlib.crc32(site.encode())
 
 
 @dataclass

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from monai_continual.metrics.continual_matrix import ContinualMatrix
+from monai_continual.strategies.layout import STATE_FILE
 from monai_continual.strategies.stage import Stage
 from monai_continual.utils.atomic import atomic_write_text
 from monai_continual.utils.hashing import config_sha256
 
 __all__ = ["StageRecord", "RunState", "RunStateError", "STATE_FILE"]
 
-STATE_FILE = "state.json"
 _FORMAT = "monai-continual-run"
 _VERSION = 2
 
