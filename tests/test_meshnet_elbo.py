@@ -21,7 +21,7 @@ def test_meshnet_matches_table_1():
     assert [c.kernel_size[0] for c in convs] == [3] * 7 + [1]
     assert [c.out_channels for c in convs] == [96] * 7 + [50]
     assert sum(isinstance(m, nn.ReLU) for m in net.modules()) == 7
-    bnet = MeshNet(3, 1, 50, bayesian=True)
+    bnet = MeshNet(3, 1, 50, bayesian=True, weight_norm=True)  # the paper's weight-normalized means
     bconvs = [m for m in bnet.modules() if isinstance(m, BayesConv3d)]
     assert len(bconvs) == 8 and all(c.weight_norm for c in bconvs)
     assert [c.dilation[0] for c in bconvs] == [1, 1, 1, 2, 4, 8, 1, 1]

@@ -16,17 +16,24 @@ from monai_continual.bayes.bayes_conv import (
     BayesConvTranspose3d,
 )
 from monai_continual.bayes.bayes_linear import BayesLinear
+from monai_continual.bayes.config import BayesConfig, PriorMean, PriorStd, SampleMode, StdInit
 from monai_continual.bayes.convert import LAYER_GROUPS, bayesian_layers, bayesianize, posterior_to_prior
 from monai_continual.bayes.gaussian import gaussian_kl
 from monai_continual.bayes.kl import kl_divergence
-from monai_continual.bayes.mc_inferer import UNCERTAINTY_KEYS, MCInferer
+from monai_continual.bayes.mc_inferer import UNCERTAINTY_KEYS, Activation, MCInferer
 from monai_continual.bayes.sampling import sampling
 
 __all__ = [
     "SAMPLE_MODES",
     "UNCERTAINTY_KEYS",
     "LAYER_GROUPS",
+    "Activation",
     "BayesianModule",
+    "BayesConfig",
+    "PriorMean",
+    "PriorStd",
+    "SampleMode",
+    "StdInit",
     "BayesConv1d",
     "BayesConv2d",
     "BayesConv3d",

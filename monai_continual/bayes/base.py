@@ -9,11 +9,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from monai_continual.bayes.config import SampleMode
 from monai_continual.bayes.gaussian import gaussian_kl
 
 __all__ = ["BayesianModule", "SAMPLE_MODES"]
 
-SAMPLE_MODES = ("local", "weights")
+SAMPLE_MODES = tuple(mode.value for mode in SampleMode)
 # Added to the pre-activation variance before the square root, so that sqrt stays differentiable where the
 # variance is exactly zero (e.g. zero padding with no bias); it adds noise of std 1e-8, far below float32 resolution
 # of typical activations.
@@ -77,7 +78,7 @@ class BayesianModule(nn.Module):
         self.bias_shape = None if bias is None else tuple(bias.shape)
         self.weight_norm = bool(weight_norm)
         self.bound_std = bool(bound_std)
-        self.sample_mode = sample_mode
+        self.sample_mode = SampleMode(sample_mode).value  # a plain string: sampling() swaps it per call
         self.sampling = False
         self._mean_override: tuple[torch.Tensor, torch.Tensor | None] | None = None
         factory = {"device": weight.device, "dtype": weight.dtype}
@@ -272,7 +273,7 @@ class BayesianModule(nn.Module):
         if not self.stochastic:
             return self._op(x, mean_w, self.bias_mu)
         std_w = self.weight_std
-        if self.sample_mode == "weights":
+        if self.sample_mode == SampleMode.WEIGHTS:
             weight = mean_w + std_w * torch.randn_like(std_w)
             bias = None if self.bias_mu is None else self.bias_mu + self.bias_std * torch.randn_like(self.bias_mu)
             return self._op(x, weight, bias)

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from monai_continual.bayes.base import BayesianModule
+from monai_continual.bayes.config import BayesConfig
 
 __all__ = [
     "BayesConv1d",
@@ -69,14 +70,7 @@ class _BayesConvBase(BayesianModule):
 
 
 def _bayes_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
-    defaults = {
-        "std_init": 1e-3,
-        "prior_mean": 0.0,
-        "prior_std": 1.0,
-        "weight_norm": False,
-        "bound_std": False,
-        "sample_mode": "local",
-    }
+    defaults = BayesConfig().to_dict()
     unknown = set(kwargs) - set(defaults)
     if unknown:
         raise TypeError(f"unknown Bayesian layer argument(s): {sorted(unknown)}; expected some of {sorted(defaults)}.")
@@ -99,12 +93,12 @@ class _BayesConvNd(_BayesConvBase):
         device: Any = None,
         dtype: Any = None,
         *,
-        std_init: float = 1e-3,
-        prior_mean: float | torch.Tensor = 0.0,
-        prior_std: float | torch.Tensor = 1.0,
-        weight_norm: bool = False,
-        bound_std: bool = False,
-        sample_mode: str = "local",
+        std_init: float = BayesConfig.std_init,
+        prior_mean: float | torch.Tensor = BayesConfig.prior_mean,
+        prior_std: float | torch.Tensor = BayesConfig.prior_std,
+        weight_norm: bool = BayesConfig.weight_norm,
+        bound_std: bool = BayesConfig.bound_std,
+        sample_mode: str = BayesConfig.sample_mode,
     ) -> None:
         super().__init__()
         template = self._torch_cls(
@@ -185,12 +179,12 @@ class _BayesConvTransposeNd(_BayesConvBase):
         device: Any = None,
         dtype: Any = None,
         *,
-        std_init: float = 1e-3,
-        prior_mean: float | torch.Tensor = 0.0,
-        prior_std: float | torch.Tensor = 1.0,
-        weight_norm: bool = False,
-        bound_std: bool = False,
-        sample_mode: str = "local",
+        std_init: float = BayesConfig.std_init,
+        prior_mean: float | torch.Tensor = BayesConfig.prior_mean,
+        prior_std: float | torch.Tensor = BayesConfig.prior_std,
+        weight_norm: bool = BayesConfig.weight_norm,
+        bound_std: bool = BayesConfig.bound_std,
+        sample_mode: str = BayesConfig.sample_mode,
     ) -> None:
         super().__init__()
         template = self._torch_cls(

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from monai_continual.bayes.bayes_conv import _BayesConvBase
+from monai_continual.bayes.config import BayesConfig
 
 __all__ = ["BayesLinear"]
 
@@ -33,12 +34,12 @@ class BayesLinear(_BayesConvBase):
         device: Any = None,
         dtype: Any = None,
         *,
-        std_init: float = 1e-3,
-        prior_mean: float | torch.Tensor = 0.0,
-        prior_std: float | torch.Tensor = 1.0,
-        weight_norm: bool = False,
-        bound_std: bool = False,
-        sample_mode: str = "local",
+        std_init: float = BayesConfig.std_init,
+        prior_mean: float | torch.Tensor = BayesConfig.prior_mean,
+        prior_std: float | torch.Tensor = BayesConfig.prior_std,
+        weight_norm: bool = BayesConfig.weight_norm,
+        bound_std: bool = BayesConfig.bound_std,
+        sample_mode: str = BayesConfig.sample_mode,
     ) -> None:
         super().__init__()
         self._setup(

@@ -20,8 +20,9 @@ from monai_continual.bayes.bayes_conv import (
     BayesConvTranspose3d,
 )
 from monai_continual.bayes.bayes_linear import BayesLinear
+from monai_continual.bayes.config import BayesConfig, PriorMean, PriorStd
 
-__all__ = ["bayesianize", "bayesian_layers", "posterior_to_prior", "he_std", "LAYER_GROUPS"]
+__all__ = ["bayesianize", "bayesian_layers", "posterior_to_prior", "he_std", "layer_settings", "LAYER_GROUPS"]
 
 #: Layer groups ``bayesianize`` can convert, by name.
 LAYER_GROUPS: dict[str, dict[type[nn.Module], type[BayesianModule]]] = {
@@ -60,15 +61,12 @@ def _resolve_layers(layers: Sequence[str | type[nn.Module]]) -> dict[type[nn.Mod
 
 def bayesianize(
     model: nn.Module,
-    std_init: float = 1e-3,
-    prior_mean: float | str = 0.0,
-    prior_std: float | str = 1.0,
+    config: BayesConfig | None = None,
+    *,
     layers: Sequence[str | type[nn.Module]] = ("conv", "conv_transpose"),
     exclude: Sequence[str] = (),
-    weight_norm: bool = False,
-    bound_std: bool = False,
-    sample_mode: str = "local",
     inplace: bool = False,
+    **overrides: Any,
 ) -> nn.Module:
     """Replace the convolutions (and optionally linear layers) of ``model`` by their FFG Bayesian twins.
 
@@ -78,36 +76,39 @@ def bayesianize(
 
     Args:
         model: the network to convert.
-        std_init: initial posterior std of every weight (McClure et al.: 1e-3).
-        prior_mean: a number (McClure et al.: 0 for the first network), or ``"weights"`` to centre the prior on the
-            existing weights (a MAP network used as the prior).
-        prior_std: prior std of every weight (McClure et al.: 1), or ``"he"``: per layer ``sqrt(2 / fan_in)``, the
-            scale of He initialization (a draw from this prior is a sound initialization of the layer; a weight the
-            data do not constrain keeps that scale instead of N(0, 1)'s, which would swamp the layer's output).
+        config: the layer settings (:class:`~monai_continual.bayes.config.BayesConfig`; ``None``: its defaults).
+            ``std_init="laplace"`` builds the layers with a placeholder std (:func:`conversion_std_init`), to be set
+            from the data; ``prior_mean="weights"`` centres the prior on the existing weights; ``prior_std="he"``
+            gives each layer ``sqrt(2 / fan_in)``, the scale of He initialization (a draw from this prior is a sound
+            initialization of the layer; a weight the data do not constrain keeps that scale instead of N(0, 1)'s,
+            which would swamp the layer's output).
         layers: what to convert: group names from :data:`LAYER_GROUPS` (``"conv"``, ``"conv_transpose"``,
             ``"linear"``) or torch layer classes.
         exclude: qualified module names (as in ``model.named_modules()``) to leave deterministic, and everything
             below them.
-        weight_norm: weight-normalize the means (the paper's recipe).
-        bound_std: parameterize std so that ``std <= prior_std`` by construction (needed by DWC).
-        sample_mode: ``"local"`` (local reparameterization) or ``"weights"`` (one weight draw per forward).
         inplace: convert ``model`` itself instead of a deep copy.
+        overrides: settings of :class:`BayesConfig` (``std_init``, ``prior_mean``, ``prior_std``, ``weight_norm``,
+            ``bound_std``, ``sample_mode``) that replace those of ``config``.
 
     Returns:
         The converted model.
 
     Raises:
-        TypeError: a requested layer type cannot be converted.
-        ValueError: a non-positive ``std_init``/``prior_std``, an unknown group, an ``exclude`` name that is not in
-            the model; messages name the layer at fault.
+        TypeError: a requested layer type cannot be converted, or an override is not a setting.
+        ValueError: a bad setting (e.g. a non-positive ``std_init``/``prior_std``), an unknown group, an ``exclude``
+            name that is not in the model; messages name the layer at fault (for a bad setting: the first layer it
+            would have been applied to).
 
     Example::
 
         >>> from monai.networks.nets import UNet
         >>> net = UNet(3, 1, 2, channels=(8, 16), strides=(2,))
-        >>> bnet = bayesianize(net, std_init=1e-3, prior_std=1.0)
+        >>> bnet = bayesianize(net, BayesConfig(prior_std="he", bound_std=True))
+        >>> bnet = bayesianize(net, std_init=1e-3, prior_std=1.0)  # the same settings as keywords
         >>> kl_divergence(bnet)  # closed-form KL to N(0, 1)
     """
+    if config is not None and not isinstance(config, BayesConfig):
+        raise TypeError(f"bayesianize: config must be a BayesConfig or None, got {type(config).__name__}.")
     mapping = _resolve_layers(layers)
     if not inplace:
         model = copy.deepcopy(model)
@@ -115,10 +116,6 @@ def bayesianize(
     missing = [name for name in exclude if name not in names]
     if missing:
         raise ValueError(f"bayesianize: exclude names {missing} are not modules of {type(model).__name__}.")
-    if isinstance(prior_mean, str) and prior_mean != "weights":
-        raise ValueError(f"bayesianize: prior_mean must be a number or 'weights', got {prior_mean!r}.")
-    if isinstance(prior_std, str) and prior_std != "he":
-        raise ValueError(f"bayesianize: prior_std must be a positive number or 'he', got {prior_std!r}.")
 
     def excluded(name: str) -> bool:
         return any(name == ex or name.startswith(ex + ".") for ex in exclude)
@@ -130,25 +127,20 @@ def bayesianize(
     ]
     if type(model) in mapping and "" not in exclude:
         targets.insert(0, ("", model))
+    try:
+        config = (config if config is not None else BayesConfig()).replace(**overrides)
+    except ValueError as err:
+        first = f"layer {targets[0][0] or '<root>'!r} ({type(targets[0][1]).__name__}): " if targets else ""
+        raise ValueError(f"bayesianize: {first}{err}") from err
     converted: dict[int, nn.Module] = {}
     for name, module in targets:
         if id(module) in converted:  # a layer shared between two places stays shared
             continue
-        kwargs: dict[str, Any] = {
-            "std_init": std_init,
-            "prior_std": he_std(module) if prior_std == "he" else prior_std,
-            "weight_norm": weight_norm,
-            "bound_std": bound_std,
-            "sample_mode": sample_mode,
-            "prior_mean": prior_mean,
-        }
-        if prior_mean == "weights":
-            kwargs["prior_mean"] = 0.0
         try:
-            layer = mapping[type(module)].from_module(module, **kwargs)
+            layer = mapping[type(module)].from_module(module, **layer_settings(config, module))
         except (ValueError, TypeError) as err:
             raise type(err)(f"bayesianize: layer {name or '<root>'!r} ({type(module).__name__}): {err}") from err
-        if prior_mean == "weights":
+        if config.prior_mean == PriorMean.WEIGHTS:
             layer.prior_mean.copy_(module.weight.detach())
             if layer.bias_shape is not None:
                 layer.bias_prior_mean.copy_(module.bias.detach())
@@ -160,6 +152,23 @@ def bayesianize(
             if id(child) in converted:
                 setattr(parent, child_name, converted[id(child)])
     return model
+
+
+def layer_settings(config: BayesConfig, module: nn.Module) -> dict[str, Any]:
+    """The keyword arguments of ``from_module`` that build the Bayesian twin of ``module`` under ``config``: the
+    choices resolved to numbers for this layer (``"weights"`` prior means are copied in after construction).
+
+    Example::
+
+        >>> layer_settings(BayesConfig(prior_std="he"), torch.nn.Conv3d(12, 4, 3))["prior_std"]  # he_std
+    """
+    settings = config.to_dict()
+    settings["std_init"] = config.conversion_std_init
+    if config.prior_std == PriorStd.HE:
+        settings["prior_std"] = he_std(module)
+    if config.prior_mean == PriorMean.WEIGHTS:
+        settings["prior_mean"] = 0.0
+    return settings
 
 
 def he_std(module: nn.Module) -> float:

@@ -32,20 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from monai_continual.bayes.base import BayesianModule
+from monai_continual.bayes.config import conversion_std_init
 from monai_continual.bayes.convert import bayesian_layers
 
 __all__ = ["laplace_std", "fisher_diagonal", "calibrate_posterior_std", "std_summary", "conversion_std_init"]
-
-
-def conversion_std_init(std_init: float | str) -> float:
-    """The ``std_init`` to convert a network with: ``"laplace"`` stds are written later from the data, so the
-    conversion gets a placeholder (McClure et al.'s 1e-3); a number is used as it is.
-
-    Example::
-
-        >>> bayesianize(net, std_init=conversion_std_init("laplace"))
-    """
-    return 1e-3 if std_init == "laplace" else float(std_init)
 
 
 def laplace_std(fisher_sum: torch.Tensor, prior_std: torch.Tensor) -> torch.Tensor:

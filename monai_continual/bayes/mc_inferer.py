@@ -6,20 +6,30 @@ from typing import Any, Callable
 
 import torch
 from monai.inferers import Inferer, SimpleInferer
+from monai.utils import StrEnum
 from torch import nn
 
 from monai_continual.bayes.sampling import sampling
+from monai_continual.utils.choices import look_up_choice
 
-__all__ = ["MCInferer", "UNCERTAINTY_KEYS"]
+__all__ = ["MCInferer", "Activation", "UNCERTAINTY_KEYS"]
 
 UNCERTAINTY_KEYS = ("probs", "variance", "entropy", "mutual_information")
 _EPS = 1e-12
 
 
+class Activation(StrEnum):
+    """How network outputs become probabilities: ``softmax`` over the channels (classes), or a ``sigmoid`` per
+    channel."""
+
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+
+
 def _entropy(p: torch.Tensor, activation: str) -> torch.Tensor:
     """Entropy (nats) of categorical (softmax) or per-channel Bernoulli (sigmoid) probabilities, one channel."""
     h = -(p * torch.log(p.clamp_min(_EPS)))
-    if activation == "sigmoid":
+    if activation == Activation.SIGMOID:
         q = 1.0 - p
         h = h - q * torch.log(q.clamp_min(_EPS))
     return h.sum(dim=1, keepdim=True)
@@ -67,8 +77,8 @@ class MCInferer(Inferer):
         super().__init__()
         if int(num_samples) < 1:
             raise ValueError(f"MCInferer: num_samples must be >= 1, got {num_samples}.")
-        if isinstance(activation, str) and activation not in ("softmax", "sigmoid"):
-            raise ValueError(f"MCInferer: activation must be 'softmax', 'sigmoid' or a callable, got {activation!r}.")
+        if isinstance(activation, str):
+            activation = look_up_choice(activation, Activation, "MCInferer: activation (or a callable)")
         self.num_samples = int(num_samples)
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.activation = activation
@@ -76,9 +86,9 @@ class MCInferer(Inferer):
         self.return_uncertainty = return_uncertainty
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.activation == "softmax":
+        if self.activation == Activation.SOFTMAX:
             return torch.softmax(logits.float(), dim=1)
-        if self.activation == "sigmoid":
+        if self.activation == Activation.SIGMOID:
             return torch.sigmoid(logits.float())
         return self.activation(logits).float()
 
@@ -86,7 +96,7 @@ class MCInferer(Inferer):
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         model = network if isinstance(network, nn.Module) else None
-        kind = self.activation if isinstance(self.activation, str) else "softmax"
+        kind = self.activation if isinstance(self.activation, str) else Activation.SOFTMAX
         # Welford's running mean and sum of squared deviations: stable in float32, memory flat in num_samples.
         mean = m2 = sum_h = None
         with torch.no_grad(), _maybe_sampling(model, self.mode):

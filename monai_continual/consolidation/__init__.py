@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from monai_continual.consolidation.averaging import weighted_average
-from monai_continual.consolidation.dwc import FALLBACKS, consolidate_dwc
-from monai_continual.consolidation.ensemble import EnsembleModel
+from monai_continual.consolidation.dwc import FALLBACKS, ExcessStd, Fallback, SitePolicy, consolidate_dwc
+from monai_continual.consolidation.ensemble import EnsembleModel, EnsembleOutput
 from monai_continual.consolidation.posterior import FORMAT_NAME, FORMAT_VERSION, Posterior, PosteriorFileError
 from monai_continual.consolidation.weight_store import (
     WEIGHTS_FORMAT,
@@ -22,6 +22,10 @@ __all__ = [
     "WEIGHTS_FORMAT",
     "DirectoryWeightStore",
     "EnsembleModel",
+    "EnsembleOutput",
+    "ExcessStd",
+    "Fallback",
+    "SitePolicy",
     "Posterior",
     "PosteriorFileError",
     "WeightEntry",

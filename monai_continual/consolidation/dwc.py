@@ -7,19 +7,52 @@ from collections.abc import Iterable, Sequence
 from typing import Union
 
 import torch
+from monai.utils import StrEnum
 from tqdm.auto import tqdm
 
 from monai_continual.consolidation.posterior import Posterior, PosteriorFileError
 from monai_continual.consolidation.screening import posterior_shift
+from monai_continual.utils.choices import look_up_choice
 from monai_continual.utils.weights import normalized_weights
 
-__all__ = ["consolidate_dwc", "FALLBACKS", "SITE_POLICIES", "MAX_PRECISION_RATIO", "STD_RTOL"]
+__all__ = [
+    "consolidate_dwc",
+    "Fallback",
+    "ExcessStd",
+    "SitePolicy",
+    "FALLBACKS",
+    "SITE_POLICIES",
+    "MAX_PRECISION_RATIO",
+    "STD_RTOL",
+]
 
 PosteriorLike = Union[Posterior, str, os.PathLike]
-#: What to do where the consolidated precision is not positive.
-FALLBACKS = ("raise", "prior")
-#: What to do with a site posterior that breaks a bound: refuse it (naming the site), or clip it to the bound.
-SITE_POLICIES = ("raise", "clip")
+
+
+class Fallback(StrEnum):
+    """Where the consolidated precision is not positive: ``raise`` an error, or keep the ``prior``'s mean and std."""
+
+    RAISE = "raise"
+    PRIOR = "prior"
+
+
+class SitePolicy(StrEnum):
+    """A site posterior that breaks a bound: ``raise`` (refuse it, naming the site), or ``clip`` it to the bound."""
+
+    RAISE = "raise"
+    CLIP = "clip"
+
+
+class ExcessStd(StrEnum):
+    """A site std above the shared prior's: ``raise``, ``clip`` it to the prior's, or ``allow`` it."""
+
+    RAISE = "raise"
+    CLIP = "clip"
+    ALLOW = "allow"
+
+
+FALLBACKS = tuple(choice.value for choice in Fallback)
+SITE_POLICIES = tuple(choice.value for choice in SitePolicy)
 #: Default largest precision a site may claim, relative to the shared prior's, per weight (std ratio 100). Honest
 #: sites of the main job claimed at most 23 (129 at one Adam step on one case); a site at the bound holds
 #: 1e4 / (1e4 + S - 1) of the consolidated mean's weight where the others' data say nothing.
@@ -35,11 +68,11 @@ def _as_posterior(item: PosteriorLike) -> Posterior:
 def consolidate_dwc(
     prior: PosteriorLike,
     site_posteriors: Sequence[PosteriorLike] | Iterable[PosteriorLike],
-    fallback: str = "raise",
+    fallback: Fallback | str = Fallback.RAISE,
     progress: bool = False,
-    excess_std: str = "raise",
+    excess_std: ExcessStd | str = ExcessStd.RAISE,
     max_precision_ratio: float | None = MAX_PRECISION_RATIO,
-    dominance: str = "raise",
+    dominance: SitePolicy | str = SitePolicy.RAISE,
     site_weights: Sequence[float] | None = None,
     max_mean_shift: float | None = None,
     max_shift_fraction: float = 0.001,
@@ -97,14 +130,9 @@ def consolidate_dwc(
         >>> merged = consolidate_dwc(q0, ["site_a.safetensors", "site_b.safetensors", "site_c.safetensors"])
         >>> merged.to_prior(net, init_posterior=True)  # the next round starts from it
     """
-    if fallback not in FALLBACKS:
-        raise ValueError(f"consolidate_dwc: fallback must be one of {FALLBACKS}, got {fallback!r}.")
-    for option, value, allowed in (
-        ("excess_std", excess_std, (*SITE_POLICIES, "allow")),
-        ("dominance", dominance, SITE_POLICIES),
-    ):
-        if value not in allowed:
-            raise ValueError(f"consolidate_dwc: {option} must be one of {allowed}, got {value!r}.")
+    fallback = look_up_choice(fallback, Fallback, "consolidate_dwc: fallback")
+    excess_std = look_up_choice(excess_std, ExcessStd, "consolidate_dwc: excess_std")
+    dominance = look_up_choice(dominance, SitePolicy, "consolidate_dwc: dominance")
     if max_precision_ratio is not None and not max_precision_ratio >= 1:
         raise ValueError(f"consolidate_dwc: max_precision_ratio must be >= 1 or None, got {max_precision_ratio!r}.")
     clipped = {"std": 0, "precision": 0}
@@ -181,7 +209,7 @@ def consolidate_dwc(
         mean = (weighted_mean.pop(name) - (num_sites - 1) * prior_mean * prior_precision) / prec
         bad = ~(prec > 0)
         if bool(bad.any()):
-            if fallback == "raise":
+            if fallback == Fallback.RAISE:
                 raise ValueError(
                     f"consolidate_dwc: consolidated precision is <= 0 for {int(bad.sum())} of {bad.numel()} weights of "
                     f"parameter {name!r} (some site std exceeds the prior std); train sites with bound_std=True or "
@@ -212,8 +240,8 @@ def consolidate_dwc(
 
 
 def _checked_precision(
-    std: torch.Tensor, prior_std: torch.Tensor, who: str, name: str, excess_std: str, max_ratio: float | None,
-    dominance: str, clipped: dict[str, int],
+    std: torch.Tensor, prior_std: torch.Tensor, who: str, name: str, excess_std: ExcessStd, max_ratio: float | None,
+    dominance: SitePolicy, clipped: dict[str, int],
 ) -> torch.Tensor:
     """A site's precision 1/sigma_s^2 of one parameter after McClure's bound and the dominance bound."""
     std, prior_std = std.to(torch.float64), prior_std.to(torch.float64)
@@ -221,8 +249,8 @@ def _checked_precision(
         bad = int((~torch.isfinite(std) | ~(std > 0)).sum())
         raise ValueError(f"consolidate_dwc: {who}: {bad} std values of {name!r} are not finite and positive.")
     over = std > prior_std * (1 + STD_RTOL)
-    if excess_std != "allow" and bool(over.any()):
-        if excess_std == "raise":
+    if excess_std != ExcessStd.ALLOW and bool(over.any()):
+        if excess_std == ExcessStd.RAISE:
             raise ValueError(
                 f"consolidate_dwc: {who}: std exceeds the shared prior's for {int(over.sum())} of {over.numel()} "
                 f"weights of {name!r} (sigma_s <= sigma_0 is what Eq. 17 rests on); train sites with bound_std=True, "
@@ -235,7 +263,7 @@ def _checked_precision(
         bound = max_ratio * prior_std.pow(-2)
         dominant = precision > bound
         if bool(dominant.any()):
-            if dominance == "raise":
+            if dominance == SitePolicy.RAISE:
                 raise ValueError(
                     f"consolidate_dwc: {who} claims a precision above {max_ratio:g} times the prior's for "
                     f"{int(dominant.sum())} of {dominant.numel()} weights of {name!r} (std as small as "

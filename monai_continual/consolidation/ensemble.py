@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.utils import StrEnum
 from torch import nn
 
-__all__ = ["EnsembleModel"]
+from monai_continual.bayes.mc_inferer import Activation
+from monai_continual.utils.choices import look_up_choice
+
+__all__ = ["EnsembleModel", "EnsembleOutput"]
+
+
+class EnsembleOutput(StrEnum):
+    """``probs``: the mean probabilities; ``log``: their log (for steps that expect logits)."""
+
+    PROBS = "probs"
+    LOG = "log"
 
 
 class EnsembleModel(nn.Module):
@@ -29,27 +40,28 @@ class EnsembleModel(nn.Module):
         >>> probs = SlidingWindowInferer((64, 64, 64))(image, ensemble)
     """
 
-    def __init__(self, models: Sequence[nn.Module], activation: str = "softmax", output: str = "probs") -> None:
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        activation: Activation | str = Activation.SOFTMAX,
+        output: EnsembleOutput | str = EnsembleOutput.PROBS,
+    ) -> None:
         super().__init__()
         if len(models) == 0:
             raise ValueError("EnsembleModel: needs at least one model.")
-        if activation not in ("softmax", "sigmoid"):
-            raise ValueError(f"EnsembleModel: activation must be 'softmax' or 'sigmoid', got {activation!r}.")
-        if output not in ("probs", "log"):
-            raise ValueError(f"EnsembleModel: output must be 'probs' or 'log', got {output!r}.")
         self.members = nn.ModuleList(models)
-        self.activation = activation
-        self.output = output
+        self.activation = look_up_choice(activation, Activation, "EnsembleModel: activation")
+        self.output = look_up_choice(output, EnsembleOutput, "EnsembleModel: output")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = None
         for index, member in enumerate(self.members):
             logits = member(x)
-            probs = torch.softmax(logits, dim=1) if self.activation == "softmax" else torch.sigmoid(logits)
+            probs = torch.softmax(logits, dim=1) if self.activation == Activation.SOFTMAX else torch.sigmoid(logits)
             if total is not None and probs.shape != total.shape:
                 raise ValueError(
                     f"EnsembleModel: member {index} outputs shape {tuple(probs.shape)}, member 0 {tuple(total.shape)}."
                 )
             total = probs if total is None else total + probs
         mean = total / len(self.members)
-        return mean if self.output == "probs" else torch.log(mean.clamp_min(1e-12))
+        return mean if self.output == EnsembleOutput.PROBS else torch.log(mean.clamp_min(1e-12))

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from monai_continual.data.case_checks import check_case, check_sites
 from monai_continual.data.datalist import SPLITS, DatalistError, MultiSiteDatalist, SiteData, load_multisite_datalist
-from monai_continual.data.replay_buffer import REPLAY_POLICIES, ReplayBuffer
+from monai_continual.data.replay_buffer import REPLAY_POLICIES, ReplayBuffer, ReplayPolicy
 from monai_continual.data.replay_dataset import ReplayDataset
-from monai_continual.data.synthetic_sites import BRAIN_LABELS, DEFAULT_SITES, SiteProfile, make_sites, plot_sites
+from monai_continual.data.synthetic_sites import (
+    BRAIN_LABELS,
+    DEFAULT_SITES,
+    Contrast,
+    SiteProfile,
+    make_sites,
+    plot_sites,
+)
 
 __all__ = [
     "check_case",
     "check_sites",
     "BRAIN_LABELS",
+    "Contrast",
     "DEFAULT_SITES",
     "REPLAY_POLICIES",
     "SPLITS",
     "DatalistError",
     "MultiSiteDatalist",
     "ReplayBuffer",
+    "ReplayPolicy",
     "ReplayDataset",
     "SiteData",
     "SiteProfile",

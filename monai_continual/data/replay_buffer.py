@@ -10,12 +10,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai.utils import StrEnum
+
 from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.choices import look_up_choice
 from monai_continual.utils.names import check_site_name
 
-__all__ = ["ReplayBuffer", "REPLAY_POLICIES"]
+__all__ = ["ReplayBuffer", "ReplayPolicy", "REPLAY_POLICIES"]
 
-REPLAY_POLICIES = ("random", "reservoir", "first")
+
+class ReplayPolicy(StrEnum):
+    """Which of a site's items the replay memory keeps (see :class:`ReplayBuffer`)."""
+
+    RANDOM = "random"
+    RESERVOIR = "reservoir"
+    FIRST = "first"
+
+
+REPLAY_POLICIES = tuple(policy.value for policy in ReplayPolicy)
 _MANIFEST = "replay_manifest.json"
 _MANIFEST_VERSION = 1
 
@@ -49,13 +61,12 @@ class ReplayBuffer:
         >>> len(buffer), buffer.sites
     """
 
-    def __init__(self, capacity_per_site: int = 20, policy: str = "random", seed: int = 0) -> None:
+    def __init__(self, capacity_per_site: int = 20, policy: ReplayPolicy | str = ReplayPolicy.RANDOM,
+                 seed: int = 0) -> None:
         if int(capacity_per_site) < 1:
             raise ValueError(f"ReplayBuffer: capacity_per_site must be >= 1, got {capacity_per_site}.")
-        if policy not in REPLAY_POLICIES:
-            raise ValueError(f"ReplayBuffer: policy must be one of {REPLAY_POLICIES}, got {policy!r}.")
         self.capacity_per_site = int(capacity_per_site)
-        self.policy = policy
+        self.policy = look_up_choice(policy, ReplayPolicy, "ReplayBuffer: policy")
         self.seed = int(seed)
         self._kept: dict[str, list[dict[str, Any]]] = {}
         self._seen: dict[str, int] = {}
@@ -87,7 +98,7 @@ class ReplayBuffer:
         if len(kept) < self.capacity_per_site:
             kept.append(entry)
             return True
-        if self.policy == "first":
+        if self.policy == ReplayPolicy.FIRST:
             return False
         rng = self._rng(site)
         slot = rng.randrange(seen)
@@ -107,7 +118,7 @@ class ReplayBuffer:
         items = [dict(item) for item in items]
         if not items:
             raise ValueError(f"ReplayBuffer.add_site: site {site!r} has no items to add.")
-        if self.policy == "random":
+        if self.policy == ReplayPolicy.RANDOM:
             existing = self._kept.get(site, []) + items
             rng = self._rng(site)
             chosen = (
@@ -164,7 +175,7 @@ class ReplayBuffer:
         return {
             "version": _MANIFEST_VERSION,
             "capacity_per_site": self.capacity_per_site,
-            "policy": self.policy,
+            "policy": self.policy.value,
             "seed": self.seed,
             "kept": self._kept,
             "seen": self._seen,
@@ -177,7 +188,7 @@ class ReplayBuffer:
         for site in (*state["kept"], *state["seen"], *state.get("rng_state", {})):  # a manifest is read from disk
             check_site_name(site, "ReplayBuffer: manifest site")
         self.capacity_per_site = int(state["capacity_per_site"])
-        self.policy = str(state["policy"])
+        self.policy = look_up_choice(state["policy"], ReplayPolicy, "ReplayBuffer state: policy")
         self.seed = int(state["seed"])
         self._kept = {k: [dict(i) for i in v] for k, v in state["kept"].items()}
         self._seen = {k: int(v) for k, v in state["seen"].items()}

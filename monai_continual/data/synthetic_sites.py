@@ -19,18 +19,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import StrEnum
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from monai_continual.utils.atomic import atomic_save_nifti, atomic_write, atomic_write_text
+from monai_continual.utils.choices import look_up_choice
 from monai_continual.utils.hashing import config_sha256
 from monai_continual.utils.names import check_site_name
 
-__all__ = ["SiteProfile", "DEFAULT_SITES", "BRAIN_LABELS", "make_sites", "plot_sites", "GENERATOR_VERSION"]
+__all__ = ["Contrast", "SiteProfile", "DEFAULT_SITES", "BRAIN_LABELS", "make_sites", "plot_sites", "GENERATOR_VERSION"]
 
 GENERATOR_VERSION = 1
 BRAIN_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
 LESION_LABEL = 4
+
+
+
+class Contrast(StrEnum):
+    """A synthetic site's tissue contrast: ``t1`` (the template's) or ``t2`` (inverted: CSF bright, WM dark)."""
+
+    T1 = "t1"
+    T2 = "t2"
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,7 @@ class SiteProfile:
     modality: str = "T1w"
 
     def __post_init__(self) -> None:
-        if self.contrast not in ("t1", "t2"):
-            raise ValueError(f"site {self.name!r}: contrast must be 't1' or 't2', got {self.contrast!r}.")
+        look_up_choice(self.contrast, Contrast, f"site {self.name!r}: contrast")
         if self.num_subjects < (2 if self.held_out else 4):
             raise ValueError(
                 f"site {self.name!r}: needs at least {2 if self.held_out else 4} subjects, got {self.num_subjects}."
@@ -128,7 +137,7 @@ def _subject(
     intensity, probs = warped[0], warped[1:]
     label = probs.argmax(0).to(torch.uint8)
     brain = 1 - probs[0]
-    image = intensity * brain if profile.contrast == "t1" else (1.2 - intensity).clamp_min(0) * brain
+    image = intensity * brain if profile.contrast == Contrast.T1 else (1.2 - intensity).clamp_min(0) * brain
     if lesions:
         wm_voxels = torch.nonzero(label == 3)
         for _ in range(int(rng.integers(1, 4))):

@@ -7,7 +7,7 @@ needs to know nothing of sites.
 from __future__ import annotations
 
 from monai_continual.handlers.bayesian_site import BayesianSiteHandler, PosteriorEntry
-from monai_continual.handlers.consolidation_handler import ConsolidationHandler
+from monai_continual.handlers.consolidation_handler import ConsolidationHandler, ConsolidationMode
 from monai_continual.handlers.continual_evaluation import ContinualEvaluationHandler
 from monai_continual.handlers.epoch_checkpoint import EpochCheckpoint
 from monai_continual.handlers.epoch_losses import EpochLosses
@@ -23,6 +23,7 @@ from monai_continual.handlers.weight_transfer import WeightTransferHandler
 __all__ = [
     "BayesianSiteHandler",
     "ConsolidationHandler",
+    "ConsolidationMode",
     "ContinualEvaluationHandler",
     "EpochCheckpoint",
     "EpochLosses",

@@ -7,19 +7,27 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from monai.utils import IgniteInfo, min_version, optional_import
+from monai.utils import IgniteInfo, StrEnum, min_version, optional_import
 from torch import nn
 
-from monai_continual.consolidation.dwc import consolidate_dwc
+from monai_continual.consolidation.dwc import Fallback, consolidate_dwc
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.handlers._events import resolve_event
+from monai_continual.utils.choices import look_up_choice
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["ConsolidationHandler"]
+__all__ = ["ConsolidationHandler", "ConsolidationMode"]
+
+
+class ConsolidationMode(StrEnum):
+    """``export``: a site saves its posterior; ``consolidate``: the consolidating party merges the sites'."""
+
+    EXPORT = "export"
+    CONSOLIDATE = "consolidate"
 
 
 class ConsolidationHandler:
@@ -53,21 +61,20 @@ class ConsolidationHandler:
     def __init__(
         self,
         network: nn.Module,
-        mode: str = "export",
+        mode: ConsolidationMode | str = ConsolidationMode.EXPORT,
         posterior_file: str | os.PathLike | None = None,
         site: str | None = None,
         num_examples: int | None = None,
         prior: str | os.PathLike | None = None,
         site_posteriors: Sequence[str | os.PathLike] = (),
-        fallback: str = "raise",
+        fallback: Fallback | str = Fallback.RAISE,
         event: Any = None,
         max_mean_shift: float | None = 5.0,
     ) -> None:
-        if mode not in ("export", "consolidate"):
-            raise ValueError(f"ConsolidationHandler: mode must be 'export' or 'consolidate', got {mode!r}.")
-        if mode == "export" and posterior_file is None:
+        mode = look_up_choice(mode, ConsolidationMode, "ConsolidationHandler: mode")
+        if mode == ConsolidationMode.EXPORT and posterior_file is None:
             raise ValueError("ConsolidationHandler: export mode needs posterior_file.")
-        if mode == "consolidate" and (prior is None or not site_posteriors):
+        if mode == ConsolidationMode.CONSOLIDATE and (prior is None or not site_posteriors):
             raise ValueError("ConsolidationHandler: consolidate mode needs prior and site_posteriors.")
         self.network = network
         self.mode = mode
@@ -76,9 +83,10 @@ class ConsolidationHandler:
         self.num_examples = num_examples
         self.prior = None if prior is None else str(prior)
         self.site_posteriors = [str(p) for p in site_posteriors]
-        self.fallback = fallback
+        self.fallback = look_up_choice(fallback, Fallback, "ConsolidationHandler: fallback")
         self.max_mean_shift = max_mean_shift
-        self.event = resolve_event(event or ("COMPLETED" if mode == "export" else "STARTED"), "ConsolidationHandler")
+        default_event = "COMPLETED" if mode == ConsolidationMode.EXPORT else "STARTED"
+        self.event = resolve_event(event or default_event, "ConsolidationHandler")
         self.result: Posterior | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -96,7 +104,7 @@ class ConsolidationHandler:
         return files
 
     def __call__(self, engine: Engine | None = None) -> Posterior:
-        if self.mode == "export":
+        if self.mode == ConsolidationMode.EXPORT:
             meta = {k: v for k, v in (("site", self.site), ("num_examples", self.num_examples)) if v is not None}
             self.result = Posterior.from_model(self.network, **meta)
             self.result.save(self.posterior_file)

@@ -1,4 +1,8 @@
-"""Stops training at a validation plateau and restores the best weights (single weight transfer)."""
+"""Stops training at a validation plateau and restores the best weights (single weight transfer).
+
+Hand-written, not MONAI's ``EarlyStopHandler``: that only stops; it neither snapshots nor restores the best weights,
+and its state (ignite's counter and best score) cannot carry them or the score history in an epoch checkpoint.
+"""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_continual.data.replay_buffer import ReplayBuffer
+from monai_continual.data.replay_buffer import ReplayBuffer, ReplayPolicy
 from monai_continual.handlers._events import resolve_event
 from monai_continual.utils.names import check_site_name
 
@@ -47,7 +47,7 @@ class ReplayBufferHandler:
         directory: str | os.PathLike | None = None,
         event: Any = "COMPLETED",
         capacity_per_site: int = 20,
-        policy: str = "random",
+        policy: ReplayPolicy | str = ReplayPolicy.RANDOM,
         seed: int = 0,
     ) -> None:
         site = check_site_name(site, "ReplayBufferHandler: site")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from monai_continual.metrics.continual_matrix import ContinualMatrix
 from monai_continual.metrics.convergence import loss_plateaued
-from monai_continual.metrics.paired_tests import PairedTestResult, paired_tests
+from monai_continual.metrics.paired_tests import Alternative, PairedTestResult, paired_tests
 from monai_continual.metrics.segmentation import mean_dice, segmentation_volume, volume_correlation, weighted_average
 from monai_continual.metrics.site_evaluation import evaluate_sites
 from monai_continual.metrics.transfer import backward_transfer, forgetting, forward_transfer
 
 __all__ = [
+    "Alternative",
     "ContinualMatrix",
     "PairedTestResult",
     "backward_transfer",

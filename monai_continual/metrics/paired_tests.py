@@ -6,9 +6,20 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from monai.utils import StrEnum
 from scipy import stats
 
-__all__ = ["PairedTestResult", "paired_tests"]
+from monai_continual.utils.choices import look_up_choice
+
+__all__ = ["Alternative", "PairedTestResult", "paired_tests"]
+
+
+class Alternative(StrEnum):
+    """The alternative hypothesis: ``two-sided``, ``greater`` (A > B) or ``less`` (A < B)."""
+
+    TWO_SIDED = "two-sided"
+    GREATER = "greater"
+    LESS = "less"
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,9 @@ class PairedTestResult:
         return asdict(self)
 
 
-def paired_tests(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> PairedTestResult:
+def paired_tests(
+    a: Sequence[float], b: Sequence[float], alternative: Alternative | str = Alternative.TWO_SIDED
+) -> PairedTestResult:
     """Paired t-test (McClure et al.) and Wilcoxon signed-rank test (Remedios et al.) of per-volume scores.
 
     Args:
@@ -49,8 +62,7 @@ def paired_tests(a: Sequence[float], b: Sequence[float], alternative: str = "two
         raise ValueError(f"paired_tests: need at least 2 paired values, got {x.size}.")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("paired_tests: scores contain NaN or Inf.")
-    if alternative not in ("two-sided", "greater", "less"):
-        raise ValueError(f"paired_tests: alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}.")
+    alternative = look_up_choice(alternative, Alternative, "paired_tests: alternative").value
     diff = x - y
     if np.all(diff == 0):
         return PairedTestResult(int(x.size), 0.0, 0.0, 1.0, 0.0, 1.0)

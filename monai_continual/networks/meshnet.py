@@ -5,15 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.layers.factories import Conv, Dropout
 from torch import nn
 
-from monai_continual.bayes.bayes_conv import BayesConv1d, BayesConv2d, BayesConv3d
+from monai_continual.bayes.config import BayesConfig
+from monai_continual.bayes.convert import bayesianize
 
 __all__ = ["MeshNet"]
-
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_BAYES_CONV = {1: BayesConv1d, 2: BayesConv2d, 3: BayesConv3d}
-_DROPOUT = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
 
 
 class MeshNet(nn.Module):
@@ -21,8 +19,10 @@ class MeshNet(nn.Module):
 
     With the defaults this is Table 1 of McClure et al. (2018): seven 96-channel 3x3x3 convolutions with dilations
     1, 1, 1, 2, 4, 8, 1 (padding equal to the dilation) and a 1x1x1 classifier. With ``bayesian=True`` every
-    convolution, the classifier included, is an FFG layer (weight-normalized means, std initialized to 1e-3 and a
-    N(0, 1) prior unless told otherwise), trained with local reparameterization.
+    convolution, the classifier included, is an FFG layer trained with local reparameterization, built as
+    :func:`~monai_continual.bayes.bayesianize` builds it from the same plain network, with the settings of ``bayes``
+    (:class:`~monai_continual.bayes.BayesConfig`; its defaults: std 1e-3, a N(0, 1) prior, means *without* weight
+    normalization, as everywhere else in the package; the paper's weight-normalized means are ``weight_norm=True``).
 
     Args:
         spatial_dims: 1, 2 or 3.
@@ -32,14 +32,15 @@ class MeshNet(nn.Module):
         dilations: one dilation per hidden layer.
         bayesian: build the Bayesian twin.
         dropout: channel dropout after each hidden ReLU (0 disables it).
-        std_init: initial posterior std of the Bayesian layers.
-        prior_std: prior std of the Bayesian layers (prior mean 0).
-        weight_norm: weight-normalize the means of the Bayesian layers.
-        bound_std: keep std <= prior std by construction (for DWC site training).
+        std_init: overrides ``bayes.std_init``.
+        prior_std: overrides ``bayes.prior_std``.
+        weight_norm: overrides ``bayes.weight_norm``.
+        bound_std: overrides ``bayes.bound_std``.
+        bayes: the settings of the Bayesian layers (``None``: the defaults of ``BayesConfig``).
 
     Example::
 
-        >>> net = MeshNet(3, in_channels=1, out_channels=4, channels=16, bayesian=True)
+        >>> net = MeshNet(3, 1, 4, channels=16, bayesian=True, bayes=BayesConfig(weight_norm=True))
         >>> logits = net(torch.randn(2, 1, 32, 32, 32))  # (2, 4, 32, 32, 32)
     """
 
@@ -52,45 +53,40 @@ class MeshNet(nn.Module):
         dilations: Sequence[int] = (1, 1, 1, 2, 4, 8, 1),
         bayesian: bool = False,
         dropout: float = 0.0,
-        std_init: float = 1e-3,
-        prior_std: float = 1.0,
-        weight_norm: bool = True,
-        bound_std: bool = False,
+        std_init: float | str | None = None,
+        prior_std: float | str | None = None,
+        weight_norm: bool | None = None,
+        bound_std: bool | None = None,
+        bayes: BayesConfig | None = None,
     ) -> None:
         super().__init__()
-        if spatial_dims not in _CONV:
+        if spatial_dims not in (1, 2, 3):
             raise ValueError(f"MeshNet: spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
         if not dilations or any(int(d) < 1 for d in dilations):
             raise ValueError(f"MeshNet: dilations must be a non-empty sequence of positive ints, got {dilations}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MeshNet: dropout must be in [0, 1), got {dropout}.")
+        overrides = {"std_init": std_init, "prior_std": prior_std, "weight_norm": weight_norm, "bound_std": bound_std}
+        self.bayes = (bayes if bayes is not None else BayesConfig()).replace(
+            **{name: value for name, value in overrides.items() if value is not None}
+        )
         self.spatial_dims = spatial_dims
         self.bayesian = bayesian
-
-        def conv(c_in: int, c_out: int, kernel: int, dilation: int) -> nn.Module:
-            if bayesian:
-                return _BAYES_CONV[spatial_dims](
-                    c_in,
-                    c_out,
-                    kernel,
-                    padding=dilation * (kernel // 2),
-                    dilation=dilation,
-                    std_init=std_init,
-                    prior_std=prior_std,
-                    weight_norm=weight_norm,
-                    bound_std=bound_std,
-                )
-            return _CONV[spatial_dims](c_in, c_out, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        conv = Conv[Conv.CONV, spatial_dims]
+        # MONAI's 1-d dropout drops single elements; MeshNet drops whole channels in every dimension
+        channel_dropout = nn.Dropout1d if spatial_dims == 1 else Dropout[Dropout.DROPOUT, spatial_dims]
 
         layers: list[nn.Module] = []
         c_in = in_channels
-        for dilation in dilations:
-            layers += [conv(c_in, channels, 3, int(dilation)), nn.ReLU(inplace=True)]
+        for dilation in map(int, dilations):
+            layers += [conv(c_in, channels, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
             if dropout > 0:
-                layers.append(_DROPOUT[spatial_dims](dropout))
+                layers.append(channel_dropout(dropout))
             c_in = channels
-        layers.append(conv(c_in, out_channels, 1, 1))
+        layers.append(conv(c_in, out_channels, 1))
         self.layers = nn.Sequential(*layers)
+        if bayesian:  # the Bayesian twin's means are the plain layers' initial weights
+            bayesianize(self.layers, self.bayes, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

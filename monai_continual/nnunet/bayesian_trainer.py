@@ -12,18 +12,27 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import torch
+from monai.utils import StrEnum, look_up_option
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from monai_continual.bayes import bayesianize
-from monai_continual.bayes.laplace import calibrate_posterior_std, conversion_std_init
+from monai_continual.bayes import BayesConfig, StdInit, bayesianize
+from monai_continual.bayes.laplace import calibrate_posterior_std
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses import ELBOLoss
 
-__all__ = ["nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerVCLUnbounded", "POSTERIOR_FILE", "PRIOR_ENV"]
+__all__ = [
+    "ElboExamples",
+    "nnUNetTrainerBayesian",
+    "nnUNetTrainerVCL",
+    "nnUNetTrainerVCLUnbounded",
+    "POSTERIOR_FILE",
+    "PRIOR_ENV",
+]
 
 #: the posterior a Bayesian training leaves in its fold folder
 POSTERIOR_FILE = "posterior.safetensors"
@@ -31,33 +40,41 @@ POSTERIOR_FILE = "posterior.safetensors"
 PRIOR_ENV = "MONAI_CONTINUAL_PRIOR"
 
 
+class ElboExamples(StrEnum):
+    """What the ELBO's N counts: ``voxels`` (training cases x patch voxels) or ``volumes`` (training cases)."""
+
+    VOXELS = "voxels"
+    VOLUMES = "volumes"
+
+
 class nnUNetTrainerBayesian(nnUNetTrainer):
     """nnUNetTrainer with a Bayesian network (FFG posterior, local reparameterization) and the ELBO loss.
 
-    Settings (class attributes, so that variants are one-line subclasses), the same defaults as the MONAI runner:
-    ``std_init`` (``"laplace"``: at the start of training every posterior std is set from the site's data, see
-    :func:`~monai_continual.bayes.laplace.calibrate_posterior_std`; or a number, McClure et al.: 1e-3),
-    ``prior_std`` (``"he"``: per layer sqrt(2 / fan_in); or a number, McClure et al.: 1), ``elbo_examples``
-    (``"voxels"``: N = training cases x patch voxels; or ``"volumes"``), ``bound_std`` (False), ``kl_weight`` (1.0),
-    ``mc_samples`` (10, used by our ``predict``).
+    Settings (class attributes, so that variants are one-line subclasses): ``bayes``, the
+    :class:`~monai_continual.bayes.BayesConfig` of the network, the same as the MONAI runner's
+    (:meth:`~monai_continual.bayes.BayesConfig.calibrated`: ``std_init="laplace"``, at the start of training every
+    posterior std is set from the site's data, see :func:`~monai_continual.bayes.laplace.calibrate_posterior_std`;
+    ``prior_std="he"``, per layer sqrt(2 / fan_in)); ``elbo_examples`` (``"voxels"``: N = training cases x patch
+    voxels; or ``"volumes"``), ``kl_weight`` (1.0), ``mc_samples`` (10, used by our ``predict``).
 
     Example::
 
         python -m monai_continual.nnunet train 501 3d_fullres all -tr nnUNetTrainerBayesian -device cpu
         nnUNetv2_train 501 3d_fullres all -tr nnUNetTrainerBayesian   # with nnUNet_extTrainer set
+
+        class nnUNetTrainerBayesianPaper(nnUNetTrainerBayesian):  # McClure et al.'s fixed std and N(0, 1) prior
+            bayes = BayesConfig(weight_norm=True)
     """
 
-    std_init: float | str = "laplace"
-    prior_std: float | str = "he"
-    bound_std: bool = False
+    bayes: ClassVar[BayesConfig] = BayesConfig.calibrated()
     kl_weight: float = 1.0
     mc_samples: int = 10
-    elbo_examples: str = "voxels"
+    elbo_examples: ElboExamples = ElboExamples.VOXELS
 
     @classmethod
     def bayes_kwargs(cls) -> dict:
-        """Arguments of :func:`~monai_continual.bayes.bayesianize` for this trainer's network."""
-        return {"std_init": conversion_std_init(cls.std_init), "prior_std": cls.prior_std, "bound_std": cls.bound_std}
+        """Arguments of :func:`~monai_continual.bayes.bayesianize` for this trainer's network: ``bayes`` as a dict."""
+        return cls.bayes.to_dict()
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
@@ -81,7 +98,7 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
         network = nnUNetTrainer.build_network_architecture(
             plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision
         )
-        return bayesianize(network, inplace=True, **cls.bayes_kwargs())
+        return bayesianize(network, cls.bayes, inplace=True)
 
     def _build_loss(self) -> nn.Module:
         train_keys, _ = self.do_split()
@@ -92,13 +109,13 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
 
     def voxels_per_example(self) -> int:
         """Voxels of one training patch when the ELBO counts voxels (the default), else 1."""
-        if self.elbo_examples == "volumes":
+        if look_up_option(self.elbo_examples, ElboExamples) == ElboExamples.VOLUMES:
             return 1
         return int(math.prod(self.configuration_manager.patch_size))
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        if self.std_init != "laplace" or self.current_epoch > 0:
+        if self.bayes.std_init != StdInit.LAPLACE or self.current_epoch > 0:
             return
         # as many random patches as the site has cases, from nnU-Net's own training loader
         batches, seen = [], 0
@@ -154,7 +171,7 @@ class nnUNetTrainerVCL(nnUNetTrainerBayesian):
         MONAI_CONTINUAL_PRIOR=site_a/posterior.safetensors nnUNetv2_train 502 3d_fullres all -tr nnUNetTrainerVCL
     """
 
-    bound_std = True
+    bayes = nnUNetTrainerBayesian.bayes.replace(bound_std=True)
     init_posterior_from_prior: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -165,7 +182,7 @@ class nnUNetTrainerVCL(nnUNetTrainerBayesian):
     def initialize(self) -> None:
         super().initialize()
         if not self.prior_file:
-            self.print_to_log_file(f"VCL: no prior file; training from N(0, {self.prior_std}).")
+            self.print_to_log_file(f"VCL: no prior file; training from N(0, {self.bayes.prior_std}).")
             return
         prior = Posterior.load(self.prior_file)  # checks format, shapes and hash; names the file on error
         prior.to_prior(getattr(self.network, "_orig_mod", self.network), init_posterior=self.init_posterior_from_prior)
@@ -187,4 +204,4 @@ class nnUNetTrainerVCLUnbounded(nnUNetTrainerVCL):
             --prior site_a.safetensors
     """
 
-    bound_std = False
+    bayes = nnUNetTrainerVCL.bayes.replace(bound_std=False)

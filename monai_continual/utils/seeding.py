@@ -1,4 +1,8 @@
-"""Seeding every global generator at once."""
+"""Seeding every global generator at once.
+
+Hand-written, not ``monai.utils.set_determinism``: that reduces the seed modulo 2**32 before seeding torch (our stage
+seeds are larger, so every seeded stream would move) and switches cuDNN's benchmark mode off for the whole process.
+"""
 
 from __future__ import annotations
 
