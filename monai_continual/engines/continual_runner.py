@@ -12,11 +12,13 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from monai_continual.bayes import BayesConfig
 from monai_continual.consolidation import save_weights
 from monai_continual.data import MultiSiteDatalist, check_sites, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.monai_executor import MonaiStageExecutor
-from monai_continual.engines.settings import ElboExamples, MonaiSettings, OptimizerState
+from monai_continual.engines.settings import MonaiSettings, OptimizerState
+from monai_continual.losses import ElboExamples
 from monai_continual.metrics import ContinualMatrix
 from monai_continual.strategies import (
     Action,
@@ -36,7 +38,7 @@ __all__ = ["ContinualRunner", "StrategyResult", "OPTIMIZER_STATE_POLICIES", "ELB
 
 #: the optimizer-state policies (:class:`~monai_continual.engines.settings.OptimizerState`)
 OPTIMIZER_STATE_POLICIES = tuple(p.value for p in OptimizerState)
-#: what the ELBO's N counts (:class:`~monai_continual.engines.settings.ElboExamples`)
+#: what the ELBO's N counts (:class:`~monai_continual.losses.ElboExamples`)
 ELBO_EXAMPLES = tuple(e.value for e in ElboExamples)
 
 
@@ -89,13 +91,15 @@ class ContinualRunner:
         datalist: a :class:`MultiSiteDatalist` or the path of a multi-site datalist JSON.
         output_dir: where runs are written.
         network, train_transform, eval_transform, num_classes, loss, optimizer, bayes_optimizer, epochs, batch_size,
-            inferer, mc_samples, std_init, prior_std, weight_norm, elbo_examples, optimizer_state, device, seed,
-            progress: the run's settings, :class:`~monai_continual.engines.settings.MonaiSettings` (defaults and
-            meaning there). ``std_init="laplace"`` (default) computes a Bayesian stage's initial std from the site's
-            data and the stage's prior at the starting means, ``(N F + 1 / prior_std^2) ** -1/2`` with F the diagonal
-            empirical Fisher (:func:`~monai_continual.bayes.laplace.calibrate_posterior_std`); a number sets every
-            std to it (McClure et al.: 1e-3). A posterior used as prior is tight (std ~1e-3), so a Bayesian step much
-            larger than its std makes the KL term explode: keep ``bayes_optimizer``'s lr near 1e-3.
+            inferer, mc_samples, elbo_examples, optimizer_state, device, seed, progress: the run's settings,
+            :class:`~monai_continual.engines.settings.MonaiSettings` (defaults and meaning there).
+        std_init, prior_std, weight_norm: its :class:`~monai_continual.bayes.BayesConfig` (the others take
+            :meth:`~monai_continual.bayes.BayesConfig.calibrated`'s values). ``std_init="laplace"`` (default) computes a
+            Bayesian stage's initial std from the site's data and the stage's prior at the starting means, ``(N F + 1 /
+            prior_std^2) ** -1/2`` with F the diagonal empirical Fisher
+            (:func:`~monai_continual.bayes.laplace.calibrate_posterior_std`); a number sets every std to it (McClure et
+            al.: 1e-3). A posterior used as prior is tight (std ~1e-3), so a Bayesian step much larger than its std
+            makes the KL term explode: keep ``bayes_optimizer``'s lr near 1e-3.
         sites: training sites in their default order (default: the datalist's non-held-out sites).
         check_data: read every case once before any training (:func:`~monai_continual.data.check_sites`): label
             values outside ``num_classes``, image/label shape mismatches, NaN voxels and mixed channel counts are
@@ -155,8 +159,9 @@ class ContinualRunner:
         self.settings = MonaiSettings(
             network, train_transform, eval_transform, num_classes, loss=loss, optimizer=optimizer,
             bayes_optimizer=bayes_optimizer, epochs=epochs, batch_size=batch_size, inferer=inferer,
-            mc_samples=mc_samples, std_init=std_init, prior_std=prior_std, weight_norm=weight_norm,
-            elbo_examples=elbo_examples, optimizer_state=optimizer_state, device=device, seed=seed, progress=progress,
+            mc_samples=mc_samples, elbo_examples=elbo_examples,
+            bayes=BayesConfig.calibrated(std_init=std_init, prior_std=prior_std, weight_norm=weight_norm),
+            optimizer_state=optimizer_state, device=device, seed=seed, progress=progress,
         )
         if check_data:
             check_sites(self.data, self.eval_sites, self.settings.num_classes)

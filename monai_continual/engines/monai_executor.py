@@ -19,9 +19,9 @@ from monai_continual.consolidation.weight_store import load_stage_weights
 from monai_continual.data import MultiSiteDatalist, ReplayBuffer, ReplayDataset
 from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.epoch_sampler import EpochSampler
-from monai_continual.engines.settings import LAPLACE, ElboExamples, MonaiSettings, OptimizerState
+from monai_continual.engines.settings import MonaiSettings, OptimizerState
 from monai_continual.handlers import EpochCheckpoint, EpochLosses, EpochSeeder, FiniteGuard, PlateauStopper, ProgressBar
-from monai_continual.losses import ELBOLoss, voxels_per_item
+from monai_continual.losses import ElboExamples, ELBOLoss, voxels_per_item
 from monai_continual.metrics import evaluate_sites
 from monai_continual.strategies import (
     Action,
@@ -222,7 +222,7 @@ class MonaiStageExecutor(BaseStageExecutor):
         resumed = run.checkpoint.load()
         if resumed is None:
             self._start(stage, run.network)
-            if stage.network == NetworkKind.BAYES and s.std_init == LAPLACE:
+            if stage.network == NetworkKind.BAYES and s.laplace:
                 run.losses.std = calibrate_posterior_std(run.network, lambda: self._batches(items),
                                                          seed=s.seed + stage.number)
             transfer = s.optimizer_state == OptimizerState.TRANSFER

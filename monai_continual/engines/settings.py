@@ -13,13 +13,10 @@ from monai.losses import DiceCELoss
 from monai.utils import StrEnum, look_up_option
 from torch import nn
 
-from monai_continual.bayes import MCInferer, bayesianize
-from monai_continual.bayes.laplace import conversion_std_init
+from monai_continual.bayes import BayesConfig, MCInferer, StdInit, bayesianize
+from monai_continual.losses import ElboExamples
 
-__all__ = ["MonaiSettings", "OptimizerState", "ElboExamples", "LAPLACE"]
-
-#: ``std_init`` that computes a Bayesian stage's initial std from the site's data (Laplace approximation)
-LAPLACE = "laplace"
+__all__ = ["MonaiSettings", "OptimizerState"]
 
 
 class OptimizerState(StrEnum):
@@ -33,13 +30,6 @@ class OptimizerState(StrEnum):
     FRESH = "fresh"
     SITE = "site"
     TRANSFER = "transfer"
-
-
-class ElboExamples(StrEnum):
-    """What the ELBO's N counts: every labelled voxel (the likelihood is a product over voxels), or whole volumes."""
-
-    VOXELS = "voxels"
-    VOLUMES = "volumes"
 
 
 def _choice(name: str, value: Any, choices: type[StrEnum]) -> Any:
@@ -70,10 +60,9 @@ class MonaiSettings:
         batch_size: mini-batch size.
         inferer: prediction inferer (e.g. ``SlidingWindowInferer``); Bayesian models wrap it in ``MCInferer``.
         mc_samples: Monte Carlo samples of Bayesian models at evaluation.
-        std_init: ``"laplace"`` or a positive number (see :class:`~monai_continual.engines.ContinualRunner`).
-        prior_std: prior std of the first Bayesian stage: ``"he"`` or a number.
-        weight_norm: weight-normalize the Bayesian means.
-        elbo_examples: :class:`ElboExamples`.
+        bayes: how Bayesian stages convert the network (:class:`~monai_continual.bayes.BayesConfig`; default
+            :meth:`~monai_continual.bayes.BayesConfig.calibrated`: stds from the site's data, He-scaled prior).
+        elbo_examples: what the ELBO's N counts (:class:`~monai_continual.losses.ElboExamples`).
         optimizer_state: :class:`OptimizerState`.
         device: training device.
         seed: the seed of everything.
@@ -96,9 +85,7 @@ class MonaiSettings:
     batch_size: int = 2
     inferer: Inferer | None = None
     mc_samples: int = 10
-    std_init: float | str = LAPLACE
-    prior_std: float | str = "he"
-    weight_norm: bool = False
+    bayes: BayesConfig = field(default_factory=BayesConfig.calibrated)
     elbo_examples: ElboExamples | str = ElboExamples.VOXELS
     optimizer_state: OptimizerState | str = OptimizerState.FRESH
     device: torch.device | str = "cpu"
@@ -112,10 +99,8 @@ class MonaiSettings:
 
         if isinstance(self.epochs, bool) or int(self.epochs) < 1 or int(self.batch_size) < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}.")
-        std_init = self.std_init
-        if not (std_init == LAPLACE or (isinstance(std_init, (int, float)) and not isinstance(std_init, bool)
-                                        and std_init > 0)):
-            raise ValueError(f"std_init must be {LAPLACE!r} or a positive number, got {std_init!r}.")
+        if not isinstance(self.bayes, BayesConfig):
+            raise TypeError(f"bayes must be a BayesConfig, got {type(self.bayes).__name__}.")
         put("optimizer_state", _choice("optimizer_state", self.optimizer_state, OptimizerState))
         put("elbo_examples", _choice("elbo_examples", self.elbo_examples, ElboExamples))
         template = copy.deepcopy(self.network).cpu()
@@ -133,10 +118,9 @@ class MonaiSettings:
         put("inferer", self.inferer if self.inferer is not None else SimpleInferer())
 
     @property
-    def bayes_kwargs(self) -> dict[str, Any]:
-        """The settings :func:`~monai_continual.bayes.bayesianize` converts the network with."""
-        return {"std_init": conversion_std_init(self.std_init), "prior_std": self.prior_std,
-                "weight_norm": self.weight_norm}
+    def laplace(self) -> bool:
+        """Whether a Bayesian stage's initial stds are computed from the site's data."""
+        return self.bayes.std_init == StdInit.LAPLACE
 
     def plain_network(self) -> nn.Module:
         """A fresh copy of the deterministic network with the run's initial weights, on the CPU."""
@@ -146,7 +130,7 @@ class MonaiSettings:
 
     def bayesian(self, plain: nn.Module, bound_std: bool = False) -> nn.Module:
         """``plain`` converted in place to its Bayesian twin with the run's settings."""
-        return bayesianize(plain, bound_std=bound_std, inplace=True, **self.bayes_kwargs)
+        return bayesianize(plain, self.bayes, bound_std=bound_std, inplace=True)
 
     def new_network(self, bayesian: bool = False, bound_std: bool = False) -> nn.Module:
         """A fresh network with the run's initial weights on the run's device (Bayesian: converted)."""
@@ -162,7 +146,7 @@ class MonaiSettings:
         return {
             "batch_size": self.batch_size,
             "seed": self.seed,
-            "bayes": dict(self.bayes_kwargs, std_init=self.std_init, elbo_examples=str(self.elbo_examples)),
+            "bayes": dict(self.bayes.to_dict(), elbo_examples=str(self.elbo_examples)),
             "optimizer_state": str(self.optimizer_state),
             "mc_samples": self.mc_samples,
             "network": {k: list(v.shape) for k, v in self.init_state.items()},

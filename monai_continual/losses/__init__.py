@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from monai_continual.losses.elbo import ELBOLoss, voxels_per_item
+from monai_continual.losses.elbo import ElboExamples, ELBOLoss, voxels_per_item
 
-__all__ = ["ELBOLoss", "voxels_per_item"]
+__all__ = ["ELBOLoss", "ElboExamples", "voxels_per_item"]

@@ -6,12 +6,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import torch
+from monai.utils import StrEnum
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
 from monai_continual.bayes.kl import kl_divergence
 
-__all__ = ["ELBOLoss", "voxels_per_item"]
+__all__ = ["ELBOLoss", "ElboExamples", "voxels_per_item"]
+
+
+class ElboExamples(StrEnum):
+    """What the ELBO's N counts: every labelled voxel (``voxels``: training cases x voxels per case as the loss sees
+    them, the likelihood being a product over voxels), or whole ``volumes`` (training cases)."""
+
+    VOXELS = "voxels"
+    VOLUMES = "volumes"
 
 
 class ELBOLoss(_Loss):

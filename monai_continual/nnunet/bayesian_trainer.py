@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from monai.utils import StrEnum, look_up_option
+from monai.utils import look_up_option
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -23,7 +23,7 @@ from torch import nn
 from monai_continual.bayes import BayesConfig, StdInit, bayesianize
 from monai_continual.bayes.laplace import calibrate_posterior_std
 from monai_continual.consolidation.posterior import Posterior
-from monai_continual.losses import ELBOLoss
+from monai_continual.losses import ElboExamples, ELBOLoss
 
 __all__ = [
     "ElboExamples",
@@ -38,13 +38,6 @@ __all__ = [
 POSTERIOR_FILE = "posterior.safetensors"
 #: environment variable naming the prior posterior file of nnUNetTrainerVCL (for nnU-Net's own CLI)
 PRIOR_ENV = "MONAI_CONTINUAL_PRIOR"
-
-
-class ElboExamples(StrEnum):
-    """What the ELBO's N counts: ``voxels`` (training cases x patch voxels) or ``volumes`` (training cases)."""
-
-    VOXELS = "voxels"
-    VOLUMES = "volumes"
 
 
 class nnUNetTrainerBayesian(nnUNetTrainer):

@@ -201,7 +201,7 @@ class NnUNetStageExecutor(BaseStageExecutor):
             if bayes:  # means from deterministic weights (DWC's MAP stage -> q0; VCL's first site)
                 plain = self.evaluator.network(_MAP_TRAINER, dataset)
                 plain.load_state_dict(state)
-                state = bayesianize(plain, inplace=True, **type(instance).bayes_kwargs()).state_dict()
+                state = bayesianize(plain, type(instance).bayes, inplace=True).state_dict()
             network.load_state_dict(state)
         return instance
 
