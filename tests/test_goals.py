@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from monai_continual.experiment.goals import check_goals, order_spread, training_budget
 from monai_continual.metrics import loss_plateaued
+from monai_continual.report import check_goals, order_spread, training_budget
 
 
 def test_loss_plateaued():

@@ -1,17 +1,22 @@
-"""The main multi-site experiment: every strategy, a Table-2-like summary, the papers' comparisons."""
+"""The main multi-site experiment: plan the runs, run them, hand their states to :mod:`monai_continual.report`."""
 
 from __future__ import annotations
 
-from monai_continual.experiment.comparisons import PAPER_COMPARISONS, run_comparisons
 from monai_continual.experiment.inference import load_weights, mc_segment_files
-from monai_continual.experiment.multisite_experiment import ROW_ORDER, SEQUENTIAL_STRATEGIES, MultiSiteExperiment
+from monai_continual.experiment.multisite_experiment import MultiSiteExperiment
+from monai_continual.experiment.plan import PlannedRun, PlanSettings, plan_runs, site_orders
+from monai_continual.experiment.run_plan import run_plan
+from monai_continual.experiment.tracking import RunTracker, Tracking
 
 __all__ = [
-    "PAPER_COMPARISONS",
-    "ROW_ORDER",
-    "SEQUENTIAL_STRATEGIES",
     "MultiSiteExperiment",
+    "PlanSettings",
+    "PlannedRun",
+    "RunTracker",
+    "Tracking",
     "load_weights",
     "mc_segment_files",
-    "run_comparisons",
+    "plan_runs",
+    "run_plan",
+    "site_orders",
 ]

@@ -6,13 +6,43 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRACKERS", "RunTracker"]
+import numpy as np
+from monai.utils import StrEnum, look_up_option
 
-#: the tracking back ends (``tracking`` in the bundle configs; ``""`` or ``None``: none)
-TRACKERS = ("tensorboard", "mlflow")
+from monai_continual.metrics import backward_transfer, forward_transfer
+from monai_continual.report import FinishedRun, weighted_dice
+from monai_continual.strategies import INITIAL_STAGE
+
+__all__ = ["Tracking", "RunTracker", "tracking_of"]
+
+
+class Tracking(StrEnum):
+    """The tracking back ends (``tracking`` in the bundle configs; ``""`` or ``None``: none)."""
+
+    TENSORBOARD = "tensorboard"
+    MLFLOW = "mlflow"
+
+
+def tracking_of(kind: str | None, owner: str, *, required: bool = False) -> Tracking | None:
+    """The :class:`Tracking` named ``kind``, ``None`` for an empty name unless ``required``; ``owner`` names the caller
+    in the error.
+
+    Example::
+
+        >>> tracking_of("mlflow", "RunTracker") is Tracking.MLFLOW
+        True
+    """
+    if not kind and not required:
+        return None
+    found = look_up_option(kind, Tracking, default=None) if kind else None
+    if found is None:
+        raise ValueError(f"{owner}: tracking must be one of {[str(t) for t in Tracking]} (or empty for none), "
+                         f"got {kind!r}.")
+    return found
 
 
 class RunTracker:
@@ -26,7 +56,7 @@ class RunTracker:
     ``MLFlowHandler``); a local MLflow store is a directory (``file:`` URI).
 
     Args:
-        kind: one of :data:`TRACKERS`.
+        kind: one of :class:`Tracking`.
         directory: where TensorBoard's event files go (``<directory>/<run>``), or the MLflow store when
             ``tracking_uri`` is not given (``<directory>/mlruns``).
         experiment_name: the MLflow experiment.
@@ -40,13 +70,11 @@ class RunTracker:
 
     def __init__(self, kind: str, directory: str | os.PathLike, experiment_name: str = "monai_continual",
                  tracking_uri: str | None = None) -> None:
-        if kind not in TRACKERS:
-            raise ValueError(f"RunTracker: tracking must be one of {TRACKERS} (or empty for none), got {kind!r}.")
-        self.kind = kind
+        self.kind = tracking_of(kind, "RunTracker", required=True)
         self.directory = Path(directory)
         self.experiment_name = experiment_name
         self.tracking_uri = tracking_uri or (self.directory / "mlruns").resolve().as_uri()
-        if kind == "mlflow":
+        if self.kind == Tracking.MLFLOW:
             import mlflow
 
             if self.tracking_uri.startswith("file:"):
@@ -57,9 +85,27 @@ class RunTracker:
         else:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (fails early when tensorboard is missing)
 
+    def log_finished(self, run: FinishedRun, test_sizes: Mapping[str, int], single: FinishedRun | None = None) -> None:
+        """Log a run of the main job: its stage records, R matrix, weighted Dice and, for a sequential strategy, BWT
+        and FWT (against ``single``'s site models: b_i is site i's own model).
+
+        Args:
+            run: the finished run.
+            test_sizes: training site -> test-set size (the weighted Dice's weights).
+            single: the finished ``single_site`` run, if there is one yet.
+        """
+        numbers: dict[str, float | None] = {"weighted_dice": weighted_dice(run.result.scores, test_sizes)}
+        if run.strategy.sequential:
+            numbers["bwt"] = float(backward_transfer(run.result.matrix))
+            if single is not None:
+                baseline = {s: float(np.mean(single.result.scores[s])) for s in test_sizes}
+                numbers["fwt"] = float(forward_transfer(run.result.matrix, baseline))
+        records = [asdict(r) for r in run.state.stage_records() if r.number > INITIAL_STAGE]
+        self.log_run(run.key, records, run.result.matrix, numbers)
+
     def log_run(self, name: str, records: Sequence[Mapping[str, Any]], matrix: Any,
                 summary: Mapping[str, float | None]) -> None:
-        """Log one run: its stage records (``state.json``'s ``stages``), R matrix and summary numbers."""
+        """Log one run: its stage records (as mappings), R matrix and summary numbers."""
         scalars: list[tuple[str, float, int]] = []
         epoch = 0
         for record in records:
@@ -77,7 +123,7 @@ class RunTracker:
         scalars += [(f"summary/{k}", v, last) for k, v in summary.items() if v is not None and math.isfinite(v)]
         figure = matrix.figure(title=f"{name}: R matrix")
         try:
-            if self.kind == "tensorboard":
+            if self.kind == Tracking.TENSORBOARD:
                 self._tensorboard(name, scalars, figure, matrix)
             else:
                 self._mlflow(name, scalars, figure, matrix)

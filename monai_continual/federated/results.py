@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from monai_continual.metrics import backward_transfer, weighted_average
-from monai_continual.report import summary_markdown
-from monai_continual.strategies import SEQUENTIAL, RunState, Stage, strategy_of
-from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.report import copy_heatmap, summary_row, write_summary
+from monai_continual.strategies import NetworkKind, RunState, Stage, strategy_of
 
 __all__ = ["write_results"]
 
@@ -26,20 +20,12 @@ def write_results(run_dir: Path, strategy: str, stages: Sequence[Stage], state: 
     matrix.save_json(run_dir / "R.json")
     matrix.save_csv(run_dir / "R.csv")
     matrix.plot(run_dir / "R.png", title=f"{strategy} (federated): R matrix (mean Dice)")
-    (run_dir / "heatmaps").mkdir(exist_ok=True)
-    shutil.copyfile(run_dir / "R.png", run_dir / "heatmaps" / f"{strategy}.png")
+    copy_heatmap(run_dir / "R.png", run_dir, strategy)
     last = [s for s in stages if s.evaluate][-1]
     scores = state.scores(last.number)
     sizes = {s: len(scores.get(s, [])) for s in sites}
-    means = {s: float(np.mean(scores[s])) for s in training if scores.get(s)}
-    bwt = backward_transfer(matrix) if strategy_of(strategy) in SEQUENTIAL else None
-    row = {
-        "sites": means,
-        "weighted_average": weighted_average(means, {s: sizes[s] for s in means}) if means else float("nan"),
-        "held_out": {s: float(np.mean(scores[s])) for s in held_out if scores.get(s)},
-        "bwt": None if bwt is None or bwt != bwt else float(bwt),
-        "bayesian": str(last.network) == "bayes",
-    }
+    row = summary_row(scores, matrix, training_sites=training, held_out_sites=held_out, test_sizes=sizes,
+                      sequential=strategy_of(strategy).sequential, bayesian=last.network == NetworkKind.BAYES)
     summary = {
         "training_sites": list(training),
         "held_out_sites": list(held_out),
@@ -52,6 +38,5 @@ def write_results(run_dir: Path, strategy: str, stages: Sequence[Stage], state: 
         "engine": "nvflare",
         "seconds": float(sum(r.details.get("seconds", 0.0) for r in state.stage_records())),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(run_dir / "summary.md", summary_markdown(summary))
+    write_summary(run_dir, summary)
     return summary

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from monai.utils import StrEnum, look_up_option
 
-__all__ = ["Strategy", "strategy_of", "SEQUENTIAL", "BAYESIAN"]
+__all__ = [
+    "Strategy",
+    "strategy_of",
+    "SEQUENTIAL",
+    "BAYESIAN",
+    "ORDER_DEPENDENT",
+    "DWC_FINETUNED",
+    "SUMMARY_ROWS",
+]
 
 
 class Strategy(StrEnum):
@@ -28,6 +36,33 @@ class Strategy(StrEnum):
     DWC = "dwc"
     FEDERATED_AVERAGING = "federated_averaging"
 
+    @property
+    def sequential(self) -> bool:
+        """Whether the R matrix is a sequence of site visits (backward transfer applies): :data:`SEQUENTIAL`."""
+        return self in SEQUENTIAL
+
+    @property
+    def bayesian(self) -> bool:
+        """Whether the strategy trains Bayesian networks: :data:`BAYESIAN`."""
+        return self in BAYESIAN
+
+    @property
+    def order_dependent(self) -> bool:
+        """Whether the result depends on the order the sites are visited in: :data:`ORDER_DEPENDENT`."""
+        return self in ORDER_DEPENDENT
+
+    @property
+    def summary_rows(self) -> tuple[str, ...]:
+        """The rows of a summary table this strategy's run gives, each a named result of the run or the strategy's
+        own final model: ``dwc`` gives the consolidated model before and after fine-tuning.
+
+        Example::
+
+            >>> Strategy.DWC.summary_rows
+            ('dwc', 'dwc_finetuned')
+        """
+        return (self.value, DWC_FINETUNED) if self is Strategy.DWC else (self.value,)
+
 
 #: strategies whose R matrix is a sequence of site visits (backward transfer applies)
 SEQUENTIAL = (
@@ -39,6 +74,12 @@ SEQUENTIAL = (
 )
 #: strategies that train Bayesian networks
 BAYESIAN = (Strategy.VCL, Strategy.DWC)
+#: strategies whose result depends on the site order, in the order a summary lists their spread over orders
+ORDER_DEPENDENT = (Strategy.FINE_TUNING, Strategy.REPLAY, Strategy.VCL, Strategy.CYCLIC_WEIGHT_TRANSFER)
+#: the named result of DWC's consolidated model fine-tuned on the first site (``dwc``: before fine-tuning)
+DWC_FINETUNED = "dwc_finetuned"
+#: every summary row in display order (:attr:`Strategy.summary_rows` of each strategy)
+SUMMARY_ROWS = tuple(row for strategy in Strategy for row in strategy.summary_rows)
 
 
 def strategy_of(name: str | Strategy) -> Strategy:

@@ -17,7 +17,19 @@ __all__ = ["plot_predictions"]
 
 
 def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> Path:
-    """Load ``result``'s final Bayesian model and plot, per site, the middle axial slice of the first test subject."""
+    """Load ``result``'s final Bayesian model and plot, per site, the middle axial slice of the first test subject.
+
+    Args:
+        runner: the :class:`~monai_continual.engines.ContinualRunner` that made ``result`` (network, transforms,
+            inferer, Monte Carlo samples).
+        data: the multi-site datalist.
+        result: a Bayesian strategy's :class:`~monai_continual.engines.StrategyResult`.
+        path: the PNG file.
+
+    Example::
+
+        >>> plot_predictions(runner, data, runner.run("vcl"), "outputs/experiment/predictions.png")
+    """
     import matplotlib
 
     matplotlib.use("Agg")
