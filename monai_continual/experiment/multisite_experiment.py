@@ -28,6 +28,7 @@ from monai_continual.report import (
     write_summary,
 )
 from monai_continual.strategies import strategy_of
+from monai_continual.strategies.layout import RunLayout
 from monai_continual.strategies.names import DWC_FINETUNED, Strategy
 
 __all__ = ["MultiSiteExperiment"]
@@ -165,7 +166,7 @@ class MultiSiteExperiment:
         """Every strategy's R matrix under ``heatmaps/``, and the Bayesian model's predictions (DWC's, else VCL's)."""
         main = {run.strategy: run.result for run in runs if run.variant == RunVariant.MAIN}
         for strategy, result in main.items():
-            png = result.directory / "R.png"
+            png = RunLayout(result.directory).matrix_file(".png")
             if not png.exists():
                 result.matrix.plot(png, title=f"{strategy}: R matrix (mean Dice)")
             copy_heatmap(png, self.output_dir, str(strategy))

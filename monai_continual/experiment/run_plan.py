@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from monai_continual.engines import ContinualRunner
 from monai_continual.experiment.plan import PlannedRun
 from monai_continual.experiment.tracking import RunTracker
-from monai_continual.report import FinishedRun, RunVariant, read_run_state
+from monai_continual.report import FinishedRun, RunVariant
+from monai_continual.strategies import RunState
 from monai_continual.strategies.names import Strategy
 
 __all__ = ["run_plan"]
@@ -41,7 +42,7 @@ def run_plan(
         print(f"[{number}/{len(plan)}] {planned.key} ({time.time() - start:.0f} s so far)", flush=True)
         result = runner.run(planned.strategy, directory=planned.directory, **planned.options)
         run = FinishedRun(planned.key, planned.strategy, planned.variant, planned.order, result,
-                          read_run_state(result.directory))
+                          RunState.read(result.directory))
         finished.append(run)
         if tracker is not None:
             single = next((r for r in finished

@@ -15,7 +15,6 @@ from monai_continual.report.goals import check_goals
 from monai_continual.report.main_summary import main_summary, single_site_models
 from monai_continual.report.order_spread import order_spread
 from monai_continual.report.paper_claims import PAPER_CLAIMS, SINGLE_SITE_MEAN, Check, Claim, Volumes
-from monai_continual.report.run_state_reader import read_run_state
 from monai_continual.report.summary_files import copy_heatmap, write_summary
 from monai_continual.report.summary_markdown import summary_markdown
 from monai_continual.report.summary_row import summary_row, weighted_dice
@@ -35,7 +34,6 @@ __all__ = [
     "main_summary",
     "order_spread",
     "plot_predictions",
-    "read_run_state",
     "run_comparisons",
     "single_site_models",
     "summary_markdown",

@@ -11,6 +11,7 @@ from monai.transforms import apply_transform
 
 from monai_continual.bayes import MCInferer
 from monai_continual.consolidation.weight_store import load_weights
+from monai_continual.strategies.layout import RunLayout
 from monai_continual.utils.atomic import atomic_write
 
 __all__ = ["plot_predictions"]
@@ -35,7 +36,7 @@ def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    network = load_weights(runner.new_network(bayesian=True), result.directory / "final_model.safetensors").eval()
+    network = load_weights(runner.new_network(bayesian=True), RunLayout(result.directory).final_model).eval()
     inferer = MCInferer(runner.settings.mc_samples, runner.settings.inferer, return_uncertainty=True)
     sites = data.site_names
     fig, axes = plt.subplots(4, len(sites), figsize=(2.4 * len(sites), 9.6), squeeze=False)
@@ -43,7 +44,8 @@ def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> P
     for column, site in enumerate(sites):
         item = apply_transform(runner.settings.eval_transform, dict(data.items(site, "test")[0]))
         image = torch.as_tensor(item["image"])[None]
-        out = inferer(image, network)
+        with torch.no_grad():  # the network sits on the run's device; the panels are drawn from CPU copies
+            out = {k: v.detach().cpu() for k, v in inferer(image.to(runner.settings.device), network).items()}
         z = image.shape[-1] // 2
         panels = [
             (image[0, 0, :, :, z], "gray", "image"),

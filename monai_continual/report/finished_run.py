@@ -40,7 +40,7 @@ class FinishedRun:
 
     Example::
 
-        >>> run = FinishedRun("vcl", Strategy.VCL, RunVariant.MAIN, ("a", "b"), result, read_run_state(directory))
+        >>> run = FinishedRun("vcl", Strategy.VCL, RunVariant.MAIN, ("a", "b"), result, RunState.read(directory))
     """
 
     key: str

@@ -71,6 +71,28 @@ class RunState:
         return self.directory / STATE_FILE
 
     @classmethod
+    def read(cls, directory: str | os.PathLike) -> RunState:
+        """A finished (or interrupted) run's state as it was saved, with the configuration it names (for reports,
+        which do not know the configuration a backend ran with).
+
+        Raises:
+            RunStateError: the directory holds no run state, or a damaged one.
+
+        Example::
+
+            >>> [r.label for r in RunState.read("outputs/experiment/runs/vcl").stage_records()]
+        """
+        path = Path(directory) / STATE_FILE
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            strategy, config = saved["strategy"], saved["config"]
+        except FileNotFoundError as err:
+            raise RunStateError(f"no run state in {str(directory)!r}.") from err
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise RunStateError(f"run state {str(path)!r} is damaged or of an older format: {err}") from err
+        return cls.open(directory, strategy, config)
+
+    @classmethod
     def open(cls, directory: str | os.PathLike, strategy: str, config: Any) -> RunState:
         """Load the run's state (checked against ``config``) or start a new one."""
         state = cls(directory, strategy, config)
