@@ -14,6 +14,7 @@ from monai_continual.data import ReplayBuffer, load_multisite_datalist
 from monai_continual.handlers import (
     ConsolidationHandler,
     ContinualEvaluationHandler,
+    PosteriorExportHandler,
     PriorHandler,
     ReplayBufferHandler,
     WeightTransferHandler,
@@ -78,16 +79,14 @@ def test_prior_and_consolidation_handlers_in_a_plain_trainer(data, tmp_path):
         items = data.items(site, "training")
         loss = ELBOLoss(DiceCELoss(to_onehot_y=True, softmax=True), net, len(items))
         prior_handler = PriorHandler(prior_file, net, init_posterior=True)
-        export = ConsolidationHandler(
-            net, "export", tmp_path / f"{site}.safetensors", site=site, num_examples=len(items)
-        )
+        export = PosteriorExportHandler(net, tmp_path / f"{site}.safetensors", site=site, num_examples=len(items))
         _trainer(net, items, [prior_handler, export], loss=loss).run()
         assert prior_handler.loaded_sha256 == Posterior.load(prior_file).sha256()
         files.append(tmp_path / f"{site}.safetensors")
         assert Posterior.load(files[-1]).site == site
     merged_net = bayesianize(_net())
-    consolidate = ConsolidationHandler(merged_net, "consolidate", tmp_path / "merged.safetensors", prior=prior_file,
-                                       site_posteriors=[str(tmp_path / "[bg]*a.safetensors")])
+    consolidate = ConsolidationHandler(merged_net, prior_file, [str(tmp_path / "[bg]*a.safetensors")],
+                                       tmp_path / "merged.safetensors")
     _trainer(merged_net, data.items("alpha", "training"), [consolidate]).run()  # consolidates when training starts
     expected = consolidate_dwc(prior_file, files)
     assert consolidate.site_files() == [str(f) for f in files]
@@ -95,11 +94,9 @@ def test_prior_and_consolidation_handlers_in_a_plain_trainer(data, tmp_path):
         Posterior.load(tmp_path / "merged.safetensors").mean["layers.0.weight"], expected.mean["layers.0.weight"]
     )
     with pytest.raises(ValueError, match="no site posterior files match"):
-        ConsolidationHandler(
-            merged_net, "consolidate", prior=prior_file, site_posteriors=[str(tmp_path / "none*.safetensors")]
-        ).site_files()
-    with pytest.raises(ValueError, match="export mode needs posterior_file"):
-        ConsolidationHandler(merged_net, "export")
+        ConsolidationHandler(merged_net, prior_file, [str(tmp_path / "none*.safetensors")]).site_files()
+    with pytest.raises(ValueError, match="site_posteriors is empty"):
+        ConsolidationHandler(merged_net, prior_file, [])
 
 
 def test_weight_transfer_refuses_weights_of_another_network(data, tmp_path):

@@ -382,7 +382,7 @@ def test_a_shifted_posterior_in_a_shared_exchange_directory_is_refused_by_name(t
     assert done.returncode != 0 and "site_m" in done.stderr and not (tmp_path / "out.safetensors").exists()
     from monai_continual.handlers import ConsolidationHandler
 
-    handler = ConsolidationHandler(torch.nn.Linear(1, 1), "consolidate", prior=files[0], site_posteriors=files[1:])
+    handler = ConsolidationHandler(torch.nn.Linear(1, 1), files[0], files[1:])
     with pytest.raises(ValueError, match="site_m"):
         handler()
 

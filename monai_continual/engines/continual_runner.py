@@ -240,7 +240,7 @@ class ContinualRunner:
         if name == Strategy.ENSEMBLE:
             ensemble = ContinualMatrix(self.eval_sites)
             row = state.matrix([last], self.eval_sites).as_array()[-1]
-            ensemble.add_stage(list(last.sites), dict(zip(self.eval_sites, row)), "ensemble")
+            ensemble.add_stage(list(last.sites), dict(zip(self.eval_sites, row)), Strategy.ENSEMBLE.value)
             return StrategyResult(name.value, ensemble, state.scores(last.number), run_dir, False, {}, transfers)
         if name == Strategy.SINGLE_SITE:
             site_stages = [s for s in stages if s.action == Action.TRAIN]

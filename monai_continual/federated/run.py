@@ -54,34 +54,43 @@ class FederatedRun:
         ...              options={"cycles": 2}).run()
     """
 
-    script = CLIENT_SCRIPT
-
     def __init__(self, config_file: str | os.PathLike, strategy: str, datalist: str | os.PathLike,
                  output_dir: str | os.PathLike, options: Mapping[str, Any] | None = None,
                  overrides: Mapping[str, Any] | None = None, engine: str = "simulator", export: str = "",
                  epochs: int = 1, seed: int = 0, min_clients: int | None = None, task_timeout: int = 0,
                  allow_data_to_leave_sites: bool = False, payload_log: str = "",
                  boundary: Mapping[str, Any] | None = None, accept_margin: float | None = None) -> None:
-        name = strategy_of(strategy)
-        self.options = dict(options or {})
-        make_options(name, **self.options)  # bad options fail here, not in a server process
-        refuse_data_transfer(name.value, allow_data_to_leave_sites)
-        if engine not in ENGINES:
-            raise ValueError(f"FederatedRun: engine must be one of {ENGINES}, got {engine!r}.")
-        self.strategy = name.value
         self.config_file = str(Path(config_file).resolve())
         self.datalist = str(Path(datalist).resolve())
         data = load_multisite_datalist(self.datalist)
-        self.sites = data.training_sites()
-        self.eval_sites = data.site_names
+        self._setup(strategy, options, data.training_sites(), data.site_names, output_dir,
+                    check_overrides({**dict(overrides or {}), "datalist": self.datalist}, MONAI_SITE_KEYS),
+                    CLIENT_SCRIPT, engine=engine, export=export, epochs=epochs, seed=seed, min_clients=min_clients,
+                    task_timeout=task_timeout, allow=allow_data_to_leave_sites, payload_log=payload_log,
+                    boundary=boundary, accept_margin=accept_margin)
+
+    def _setup(self, strategy: str, options: Mapping[str, Any] | None, sites: Sequence[str],
+               eval_sites: Sequence[str], output_dir: str | os.PathLike, overrides: dict[str, Any], script: Path, *,
+               engine: str, export: str, epochs: int, seed: int, min_clients: int | None, task_timeout: int,
+               allow: bool, payload_log: str, boundary: Mapping[str, Any] | None,
+               accept_margin: float | None) -> None:
+        """What both backends' runs hold, checked before any process starts."""
+        name = strategy_of(strategy)
+        self.options = dict(options or {})
+        make_options(name, **self.options)  # bad options fail here, not in a server process
+        refuse_data_transfer(name.value, allow)
+        if engine not in ENGINES:
+            raise ValueError(f"FederatedRun: engine must be one of {ENGINES}, got {engine!r}.")
+        self.strategy = name.value
+        self.sites, self.eval_sites = list(sites), list(eval_sites)
         self.output_dir = Path(output_dir).resolve()
-        self.overrides = check_overrides({**dict(overrides or {}), "datalist": self.datalist}, MONAI_SITE_KEYS)
-        self.engine = engine
-        self.export = export
+        self.overrides = overrides
+        self.script = script
+        self.engine, self.export = engine, export
         self.epochs, self.seed = int(epochs), int(seed)
         self.min_clients = int(min_clients) if min_clients else len(self.sites)
         self.task_timeout = int(task_timeout)
-        self.allow = bool(allow_data_to_leave_sites)
+        self.allow = bool(allow)
         self.payload_log = payload_log
         self.boundary = BoundaryPolicy.from_dict(boundary).to_dict()
         self.accept_margin = None if accept_margin is None else float(accept_margin)
@@ -89,39 +98,30 @@ class FederatedRun:
     @classmethod
     def nnunet(cls, datasets: Sequence[str], strategy: str, output_dir: str | os.PathLike,
                eval_datasets: Sequence[str] = (), options: Mapping[str, Any] | None = None,
-               settings: Mapping[str, Any] | None = None, **kwargs: Any) -> FederatedRun:
+               settings: Mapping[str, Any] | None = None, *, engine: str = "simulator", export: str = "",
+               epochs: int = 1, seed: int = 0, min_clients: int | None = None, task_timeout: int = 0,
+               payload_log: str = "", boundary: Mapping[str, Any] | None = None) -> FederatedRun:
         """The nnU-Net backend: one client per nnU-Net dataset (planned with shared plans), named after it.
 
-        ``settings`` are :func:`~monai_continual.nnunet.sites.run_sites`' nnU-Net options (``configuration``,
+        ``settings`` are :class:`~monai_continual.nnunet.settings.NnUNetSiteSettings`' fields (``configuration``,
         ``plans``, ``fold``, ``iterations_per_epoch``, ``val_iterations_per_epoch``, ``device``, ``mirroring``,
-        ``mc_samples``, ``threads``: torch's CPU threads); each site needs its own ``nnUNet_raw``,
-        ``nnUNet_preprocessed`` and ``nnUNet_results``.
+        ``mc_samples``, ``replay_capacity``, ``seed``) and ``threads`` (torch's CPU threads); each site needs its own
+        ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results``. The nnU-Net executor does not score
+        validation cases, so sites do not check received models (``accept_margin``).
 
         Example::
 
             >>> FederatedRun.nnunet(["Dataset501_site_a", "Dataset502_site_b"], "cyclic_weight_transfer", "out",
             ...                     options={"cycles": 2}, settings={"iterations_per_epoch": 20}).run()
         """
-        name = strategy_of(strategy)
         run = cls.__new__(cls)
-        run.options = dict(options or {})
-        make_options(name, **run.options)
-        refuse_data_transfer(name.value, kwargs.pop("allow_data_to_leave_sites", False))
-        run.strategy, run.config_file, run.datalist = name.value, "", ""
-        run.sites = [check_site_name(d, "FederatedRun.nnunet: dataset") for d in datasets]
-        run.eval_sites = [*run.sites, *(check_site_name(d, "FederatedRun.nnunet: dataset") for d in eval_datasets)]
-        run.output_dir = Path(output_dir).resolve()
-        run.overrides = check_overrides(dict(settings or {}), NNUNET_SITE_KEYS)
-        run.engine, run.export = kwargs.pop("engine", "simulator"), kwargs.pop("export", "")
-        run.epochs, run.seed = int(kwargs.pop("epochs", 1)), int(kwargs.pop("seed", 0))
-        run.min_clients = int(kwargs.pop("min_clients", None) or len(run.sites))
-        run.task_timeout, run.allow = int(kwargs.pop("task_timeout", 0)), False
-        run.payload_log = kwargs.pop("payload_log", "")
-        run.boundary = BoundaryPolicy.from_dict(kwargs.pop("boundary", None)).to_dict()
-        run.accept_margin = None  # the nnU-Net executor does not score validation cases
-        if kwargs:
-            raise TypeError(f"FederatedRun.nnunet: unexpected arguments {sorted(kwargs)}.")
-        run.script = NNUNET_CLIENT_SCRIPT
+        run.config_file, run.datalist = "", ""
+        sites = [check_site_name(d, "FederatedRun.nnunet: dataset") for d in datasets]
+        held_out = [check_site_name(d, "FederatedRun.nnunet: dataset") for d in eval_datasets]
+        run._setup(strategy, options, sites, [*sites, *held_out], output_dir,
+                   check_overrides(dict(settings or {}), NNUNET_SITE_KEYS), NNUNET_CLIENT_SCRIPT, engine=engine,
+                   export=export, epochs=epochs, seed=seed, min_clients=min_clients, task_timeout=task_timeout,
+                   allow=False, payload_log=payload_log, boundary=boundary, accept_margin=None)
         return run
 
     @property

@@ -1,4 +1,4 @@
-"""DWC in training loops: export a site's posterior when it finishes; consolidate site posteriors into a network."""
+"""DWC in training loops: consolidate the sites' posteriors into a network (Eq. 17)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from monai.utils import IgniteInfo, StrEnum, min_version, optional_import
+from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from monai_continual.consolidation.dwc import Fallback, consolidate_dwc
@@ -20,73 +20,52 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["ConsolidationHandler", "ConsolidationMode"]
-
-
-class ConsolidationMode(StrEnum):
-    """``export``: a site saves its posterior; ``consolidate``: the consolidating party merges the sites'."""
-
-    EXPORT = "export"
-    CONSOLIDATE = "consolidate"
+__all__ = ["ConsolidationHandler"]
 
 
 class ConsolidationHandler:
-    """Both sides of distributed weight consolidation (McClure et al.) as one ignite handler.
+    """The consolidating party of distributed weight consolidation (McClure et al.) as an ignite handler.
 
-    ``mode="export"`` (a site): at ``event`` (default: training completed) save ``Posterior.from_model(network)``
-    with the site name and its number of training examples to ``posterior_file``.
-
-    ``mode="consolidate"`` (the consolidating party): at ``event`` (default: started) consolidate the
-    ``site_posteriors`` (paths or glob patterns) with the shared ``prior`` (Eq. 17), load the result into the
-    network as posterior and prior (the next round starts from it), and save it to ``posterior_file`` if given.
+    At ``event`` (default: started) consolidate the ``site_posteriors`` (paths or glob patterns, as written by
+    :class:`~monai_continual.handlers.PosteriorExportHandler`) with the shared ``prior`` (Eq. 17), load the result
+    into the network as posterior and prior (the next round starts from it), and save it to ``posterior_file`` if
+    given.
 
     Args:
         network: the Bayesian network.
-        mode: ``"export"`` or ``"consolidate"``.
-        posterior_file: where the site's (or the consolidated) posterior is written.
-        site: the site's name (export).
-        num_examples: the site's number of training examples (export; weights the deterministic averages).
-        prior: the shared prior file (consolidate).
-        site_posteriors: site posterior files or glob patterns (consolidate).
+        prior: the shared prior file.
+        site_posteriors: site posterior files or glob patterns.
+        posterior_file: where the consolidated posterior is written.
         fallback: see :func:`consolidate_dwc`.
+        event: an ignite event or its name.
         max_mean_shift: see :func:`consolidate_dwc`: the site posteriors come from other parties through the exchange
             directory, so one whose means moved more than 5 prior stds on more than 0.1% of its weights is refused
             (``None``: not checked).
 
     Example::
 
-        >>> ConsolidationHandler(net, "export", "/shared/site_a.safetensors", site="A", num_examples=90).attach(trainer)
+        >>> ConsolidationHandler(net, "/shared/q0.safetensors", ["/shared/sites/*.safetensors"]).attach(trainer)
     """
 
     def __init__(
         self,
         network: nn.Module,
-        mode: ConsolidationMode | str = ConsolidationMode.EXPORT,
+        prior: str | os.PathLike,
+        site_posteriors: Sequence[str | os.PathLike],
         posterior_file: str | os.PathLike | None = None,
-        site: str | None = None,
-        num_examples: int | None = None,
-        prior: str | os.PathLike | None = None,
-        site_posteriors: Sequence[str | os.PathLike] = (),
         fallback: Fallback | str = Fallback.RAISE,
-        event: Any = None,
+        event: Any = "STARTED",
         max_mean_shift: float | None = 5.0,
     ) -> None:
-        mode = look_up_choice(mode, ConsolidationMode, "ConsolidationHandler: mode")
-        if mode == ConsolidationMode.EXPORT and posterior_file is None:
-            raise ValueError("ConsolidationHandler: export mode needs posterior_file.")
-        if mode == ConsolidationMode.CONSOLIDATE and (prior is None or not site_posteriors):
-            raise ValueError("ConsolidationHandler: consolidate mode needs prior and site_posteriors.")
+        if not site_posteriors:
+            raise ValueError("ConsolidationHandler: site_posteriors is empty.")
         self.network = network
-        self.mode = mode
         self.posterior_file = None if posterior_file is None else str(posterior_file)
-        self.site = site
-        self.num_examples = num_examples
-        self.prior = None if prior is None else str(prior)
+        self.prior = str(prior)
         self.site_posteriors = [str(p) for p in site_posteriors]
         self.fallback = look_up_choice(fallback, Fallback, "ConsolidationHandler: fallback")
         self.max_mean_shift = max_mean_shift
-        default_event = "COMPLETED" if mode == ConsolidationMode.EXPORT else "STARTED"
-        self.event = resolve_event(event or default_event, "ConsolidationHandler")
+        self.event = resolve_event(event, "ConsolidationHandler")
         self.result: Posterior | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -104,16 +83,11 @@ class ConsolidationHandler:
         return files
 
     def __call__(self, engine: Engine | None = None) -> Posterior:
-        if self.mode == ConsolidationMode.EXPORT:
-            meta = {k: v for k, v in (("site", self.site), ("num_examples", self.num_examples)) if v is not None}
-            self.result = Posterior.from_model(self.network, **meta)
+        self.result = consolidate_dwc(self.prior, self.site_files(), fallback=self.fallback,
+                                      max_mean_shift=self.max_mean_shift)
+        self.result.to_prior(self.network, init_posterior=True)
+        if self.posterior_file is not None:
             self.result.save(self.posterior_file)
-        else:
-            self.result = consolidate_dwc(self.prior, self.site_files(), fallback=self.fallback,
-                                          max_mean_shift=self.max_mean_shift)
-            self.result.to_prior(self.network, init_posterior=True)
-            if self.posterior_file is not None:
-                self.result.save(self.posterior_file)
         if engine is not None:
-            engine.logger.info(f"ConsolidationHandler ({self.mode}): {self.result!r}")
+            engine.logger.info(f"ConsolidationHandler: {self.result!r}")
         return self.result
