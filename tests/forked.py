@@ -60,7 +60,11 @@ def _child(target: Callable[[Sequence[str]], object], argv: Sequence[str], env: 
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
     os.close(descriptor)
-    target(list(argv))
+    code = target(list(argv))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if isinstance(code, int) and code:
+        sys.exit(code)  # a command line's exit status
 
 
 class ForkedWorker:
@@ -104,7 +108,8 @@ class ForkedWorker:
 
 def run_forked(target: Callable[[Sequence[str]], object], argv: Sequence[str], env: Mapping[str, str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``target(argv)`` in a forked worker until it ends; its exit status and output like :func:`subprocess.run`."""
+    """Run ``target(argv)`` in a forked worker until it ends; its exit status (``os._exit``'s, ``sys.exit``'s or the
+    integer ``target`` returned) and output like :func:`subprocess.run`."""
     worker = ForkedWorker(target, argv, env)
     code = worker.wait(timeout)
     return subprocess.CompletedProcess(worker.args, code, worker.output, worker.output)
