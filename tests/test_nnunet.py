@@ -29,6 +29,7 @@ from monai_continual.nnunet import (  # noqa: E402
 )
 from monai_continual.nnunet import cli as nnunet_cli  # noqa: E402
 from monai_continual.nnunet.sites import run_sites  # noqa: E402
+from monai_continual.strategies.layout import RunLayout
 from runner_utils import tiny_sites  # noqa: E402
 
 ENV = {"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": "2"}
@@ -279,8 +280,9 @@ def test_vcl_and_dwc_across_sites(nnunet, site_runs):
                                  f"dwc+ft:{names[0]}"]
     # the fine-tuning stage starts from the consolidated posterior as prior, with the data weighted as one example
     assert dwc.stages[6]["loaded"]["prior"] == dwc.stages[5]["published"] and dwc.stages[6]["sites"] == [names[0]]
-    log = next((dwc.directory / "stages" / f"006_{names[0]}").rglob("training_log_*.txt")).read_text()
-    patch = json.loads(next((dwc.directory / "stages" / f"006_{names[0]}").rglob("plans.json")).read_text())
+    stage_dir = RunLayout(dwc.directory).stage_dir(6, names[0])
+    log = next(stage_dir.rglob("training_log_*.txt")).read_text()
+    patch = json.loads(next(stage_dir.rglob("plans.json")).read_text())
     voxels = int(np.prod(patch["configurations"]["3d_fullres"]["patch_size"]))
     assert f"N = {voxels})" in log  # one example's voxels
 

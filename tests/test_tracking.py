@@ -64,3 +64,35 @@ def test_mlflow_store_holds_the_run(vcl_run, tmp_path):
 def test_unknown_tracking_is_refused(tmp_path):
     with pytest.raises(ValueError, match="tracking must be one of"):
         RunTracker("wandb", tmp_path)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_stages_are_logged_live_so_a_stopped_run_is_complete_up_to_its_last_stage(tmp_path):
+    """The tracker used to replay the state after the run: a run stopped half-way had logged nothing."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runner = tiny_runner(tiny_sites(tmp_path / "data"), tmp_path / "runs", epochs=2)
+    tracker = RunTracker("tensorboard", tmp_path / "tb")
+    log = tracker.stage_logger("vcl")
+
+    def stop_after_stage_2(state, record):
+        log(state, record)
+        if record.number == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        runner.run("vcl", on_stage=stop_after_stage_2)
+    events = EventAccumulator(str(tmp_path / "tb" / "vcl"), size_guidance={"scalars": 0}).Reload()
+    assert len(events.Scalars("loss/train")) == 4  # two stages of two epochs, logged before the stop
+    assert {e.step for e in events.Scalars("dice/alpha")} == {1, 2}
+    result = runner.run("vcl", on_stage=log)  # resumed: the remaining stages are logged, none twice
+    records = [r for r in json.loads((result.directory / "state.json").read_text())["stages"] if r["number"] > 0]
+    events = EventAccumulator(str(tmp_path / "tb" / "vcl"), size_guidance={"scalars": 0}).Reload()
+    dice, elbo = _expected(records)
+    for (tag, step), value in dice.items():
+        assert [e.value for e in events.Scalars(tag) if e.step == step] == pytest.approx([value], rel=1e-6)
+    assert [e.step for e in events.Scalars("loss/train")] == list(range(1, 1 + 2 * len(records)))
+    assert [e.value for e in events.Scalars("elbo/kl_over_n")] == pytest.approx([kl for _, kl in elbo], rel=1e-6)

@@ -26,6 +26,7 @@ from monai_continual.strategies import (
     ReplayOptions,
     RunState,
     Stage,
+    StageRecord,
     Strategy,
     build_schedule,
     make_options,
@@ -188,12 +189,14 @@ class ContinualRunner:
         opts = make_options(strategy, **options)
         return build_schedule(strategy, self.sites, opts, self.settings.epochs, self.settings.seed)
 
-    def run(self, strategy: str | Strategy, directory: str | None = None, **options: Any) -> StrategyResult:
+    def run(self, strategy: str | Strategy, directory: str | None = None, *,
+            on_stage: Callable[[RunState, StageRecord], None] | None = None, **options: Any) -> StrategyResult:
         """Run (or resume) ``strategy`` with its options (the fields of its options dataclass, e.g.
         :class:`~monai_continual.strategies.options.CyclicWeightTransferOptions`).
 
         ``directory`` names the run's folder under ``output_dir`` (default: the strategy's name; give one per
-        variant, e.g. per site order, to keep several runs of one strategy).
+        variant, e.g. per site order, to keep several runs of one strategy). ``on_stage(state, record)`` is called
+        after every stage is saved (e.g. :meth:`~monai_continual.experiment.RunTracker.stage_logger`).
 
         Raises:
             ValueError: an unknown strategy (the valid ones are listed) or an invalid option value.
@@ -212,7 +215,8 @@ class ContinualRunner:
             stale.unlink(missing_ok=True)
         state = RunState.open(run_dir, run, self._config(run, stages))
         executor = self.executor(run_dir, stages)
-        run_stages(stages, executor, state, self.eval_sites, log=print if self.settings.progress else None)
+        run_stages(stages, executor, state, self.eval_sites, log=print if self.settings.progress else None,
+                   on_stage=on_stage)
         return self._result(name, stages, state, executor)
 
     # ----------------------------------------------------------------------------------------------------------------

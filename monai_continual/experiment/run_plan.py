@@ -28,7 +28,7 @@ def run_plan(
     Args:
         runner: runs each strategy.
         plan: from :func:`~monai_continual.experiment.plan.plan_runs`.
-        tracker: logs every run as it finishes (``None``: no tracking).
+        tracker: logs every stage as it is saved and every run as it finishes (``None``: no tracking).
         test_sizes: training site -> test-set size (the tracker's weighted Dice).
         start: when the job started (``time.time()``), for the progress lines.
 
@@ -40,7 +40,8 @@ def run_plan(
     finished: list[FinishedRun] = []
     for number, planned in enumerate(plan, start=1):
         print(f"[{number}/{len(plan)}] {planned.key} ({time.time() - start:.0f} s so far)", flush=True)
-        result = runner.run(planned.strategy, directory=planned.directory, **planned.options)
+        on_stage = None if tracker is None else tracker.stage_logger(planned.key)
+        result = runner.run(planned.strategy, directory=planned.directory, on_stage=on_stage, **planned.options)
         run = FinishedRun(planned.key, planned.strategy, planned.variant, planned.order, result,
                           RunState.read(result.directory))
         finished.append(run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from monai.utils import StrEnum, look_up_option
 
 from monai_continual.metrics import backward_transfer, forward_transfer
 from monai_continual.report import FinishedRun, weighted_dice
-from monai_continual.strategies import INITIAL_STAGE
+from monai_continual.strategies import INITIAL_STAGE, RunState, StageRecord
 
 __all__ = ["Tracking", "RunTracker", "tracking_of"]
 
@@ -74,6 +74,7 @@ class RunTracker:
         self.directory = Path(directory)
         self.experiment_name = experiment_name
         self.tracking_uri = tracking_uri or (self.directory / "mlruns").resolve().as_uri()
+        self._mlflow_runs: dict[str, str] = {}
         if self.kind == Tracking.MLFLOW:
             import mlflow
 
@@ -85,9 +86,29 @@ class RunTracker:
         else:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (fails early when tensorboard is missing)
 
+    def stage_logger(self, name: str) -> Callable[[RunState, StageRecord], None]:
+        """A callback for :meth:`~monai_continual.engines.ContinualRunner.run`'s ``on_stage``: logs each stage of run
+        ``name`` as soon as it is saved (its epochs' losses and ELBO terms, its Dice per site), so a killed run's
+        record is complete up to its last finished stage.
+
+        Example::
+
+            >>> runner.run("vcl", on_stage=tracker.stage_logger("vcl"))
+        """
+
+        def log(state: RunState, record: StageRecord) -> None:
+            if record.number <= INITIAL_STAGE:
+                return
+            earlier = [r for r in state.stage_records() if INITIAL_STAGE < r.number < record.number]
+            epoch = sum(len(r.details.get("loss") or []) for r in earlier)
+            self._write(name, _stage_scalars(asdict(record), epoch)[0])
+
+        return log
+
     def log_finished(self, run: FinishedRun, test_sizes: Mapping[str, int], single: FinishedRun | None = None) -> None:
-        """Log a run of the main job: its stage records, R matrix, weighted Dice and, for a sequential strategy, BWT
-        and FWT (against ``single``'s site models: b_i is site i's own model).
+        """Log what a finished run of the main job adds to its stages (logged live by :meth:`stage_logger`): its R
+        matrix, weighted Dice and, for a sequential strategy, BWT and FWT (against ``single``'s site models: b_i is
+        site i's own model).
 
         Args:
             run: the finished run.
@@ -100,37 +121,32 @@ class RunTracker:
             if single is not None:
                 baseline = {s: float(np.mean(single.result.scores[s])) for s in test_sizes}
                 numbers["fwt"] = float(forward_transfer(run.result.matrix, baseline))
-        records = [asdict(r) for r in run.state.stage_records() if r.number > INITIAL_STAGE]
-        self.log_run(run.key, records, run.result.matrix, numbers)
+        last = max((r.number for r in run.state.stage_records()), default=INITIAL_STAGE)
+        self._write(run.key, _summary_scalars(numbers, last), run.result.matrix)
 
     def log_run(self, name: str, records: Sequence[Mapping[str, Any]], matrix: Any,
                 summary: Mapping[str, float | None]) -> None:
-        """Log one run: its stage records (as mappings), R matrix and summary numbers."""
+        """Log one whole run at once: its stage records (as mappings), R matrix and summary numbers."""
         scalars: list[tuple[str, float, int]] = []
         epoch = 0
         for record in records:
-            details = record.get("details") or {}
-            for value in details.get("loss") or []:
-                epoch += 1
-                scalars.append(("loss/train", value, epoch))
-            first = epoch - len(details.get("loss") or []) + 1
-            for offset, (data, kl) in enumerate(details.get("elbo") or []):
-                scalars += [("elbo/data_term", data, first + offset), ("elbo/kl_over_n", kl, first + offset)]
-            for site, scores in (record.get("scores") or {}).items():
-                if scores:
-                    scalars.append((f"dice/{site}", sum(scores) / len(scores), int(record["number"])))
+            stage_scalars, epoch = _stage_scalars(record, epoch)
+            scalars += stage_scalars
         last = int(records[-1]["number"]) if records else 0
-        scalars += [(f"summary/{k}", v, last) for k, v in summary.items() if v is not None and math.isfinite(v)]
-        figure = matrix.figure(title=f"{name}: R matrix")
+        self._write(name, scalars + _summary_scalars(summary, last), matrix)
+
+    def _write(self, name: str, scalars: list[tuple[str, float, int]], matrix: Any = None) -> None:
+        figure = None if matrix is None else matrix.figure(title=f"{name}: R matrix")
         try:
             if self.kind == Tracking.TENSORBOARD:
                 self._tensorboard(name, scalars, figure, matrix)
             else:
                 self._mlflow(name, scalars, figure, matrix)
         finally:
-            import matplotlib.pyplot as plt
+            if figure is not None:
+                import matplotlib.pyplot as plt
 
-            plt.close(figure)
+                plt.close(figure)
 
     def _tensorboard(self, name: str, scalars, figure, matrix) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -139,7 +155,8 @@ class RunTracker:
         try:
             for tag, value, step in scalars:
                 writer.add_scalar(tag, float(value), step)
-            writer.add_text("R matrix", json.dumps(matrix.to_dict()))
+            if matrix is not None:
+                writer.add_text("R matrix", json.dumps(matrix.to_dict()))
             if figure is not None:
                 writer.add_figure("R matrix", figure)
         finally:
@@ -148,9 +165,30 @@ class RunTracker:
     def _mlflow(self, name: str, scalars, figure, matrix) -> None:
         import mlflow
 
-        with mlflow.start_run(run_name=name):
+        run_id = self._mlflow_runs.get(name)  # one MLflow run per strategy run, logged stage by stage
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as active:
+            self._mlflow_runs[name] = active.info.run_id
             for tag, value, step in scalars:
                 mlflow.log_metric(tag, float(value), step=step)
-            mlflow.log_dict(matrix.to_dict(), "R.json")
+            if matrix is not None:
+                mlflow.log_dict(matrix.to_dict(), "R.json")
             if figure is not None:
                 mlflow.log_figure(figure, "R.png")
+
+
+def _stage_scalars(record: Mapping[str, Any], epoch: int) -> tuple[list[tuple[str, float, int]], int]:
+    """A stage record's scalars (losses and ELBO terms per epoch, stepped from ``epoch``; Dice per site, stepped by
+    stage number) and the epoch count after it."""
+    details = record.get("details") or {}
+    losses = details.get("loss") or []
+    scalars = [("loss/train", value, epoch + offset) for offset, value in enumerate(losses, 1)]
+    for offset, (data, kl) in enumerate(details.get("elbo") or [], 1):
+        scalars += [("elbo/data_term", data, epoch + offset), ("elbo/kl_over_n", kl, epoch + offset)]
+    for site, scores in (record.get("scores") or {}).items():
+        if scores:
+            scalars.append((f"dice/{site}", sum(scores) / len(scores), int(record["number"])))
+    return scalars, epoch + len(losses)
+
+
+def _summary_scalars(summary: Mapping[str, float | None], step: int) -> list[tuple[str, float, int]]:
+    return [(f"summary/{k}", v, step) for k, v in summary.items() if v is not None and math.isfinite(v)]

@@ -34,6 +34,7 @@ def run_stages(
     state: RunState,
     eval_sites: Sequence[str],
     log: Callable[[str], None] | None = print,
+    on_stage: Callable[[RunState, StageRecord], None] | None = None,
 ) -> RunState:
     """Run (or resume) ``stages`` with ``executor``; return the state with every stage recorded.
 
@@ -43,6 +44,8 @@ def run_stages(
         state: the run's state (:meth:`RunState.open`); finished stages are skipped.
         eval_sites: sites whose test data score every evaluated stage (held-out sites included).
         log: where a line per finished stage goes (``None``: quiet).
+        on_stage: called with the state and the record of every stage once it is saved (live tracking: what a
+            killed run had finished is logged).
 
     Example::
 
@@ -75,6 +78,8 @@ def run_stages(
         record = StageRecord(stage.number, stage.label, list(stage.sites), str(stage.action), output.loaded,
                              output.published, int(output.num_examples), scores, details)
         state.complete(record)
+        if on_stage is not None:
+            on_stage(state, record)
         if log is not None:
             line = f"[{state.strategy}] stage {stage.number}/{len(stages)} {stage.label}"
             if scores:
