@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai.utils import StrEnum, look_up_option
+
 from monai_continual.data import load_multisite_datalist
 from monai_continual.federated.boundary import BoundaryPolicy
 from monai_continual.federated.controller import StrategyController, refuse_data_transfer
@@ -17,9 +19,18 @@ from monai_continual.report import summary_table
 from monai_continual.strategies import make_options, strategy_of
 from monai_continual.utils.names import check_site_name
 
-__all__ = ["FederatedRun", "ENGINES"]
+__all__ = ["FederatedRun", "Engine", "ENGINES"]
 
-ENGINES = ("simulator", "poc")
+
+class Engine(StrEnum):
+    """Where a federated run's parties run: NVFlare's ``simulator`` (one machine) or ``poc`` (separate processes
+    with mutual TLS, ``nvflare poc``)."""
+
+    SIMULATOR = "simulator"
+    POC = "poc"
+
+
+ENGINES = tuple(e.value for e in Engine)
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
 NNUNET_CLIENT_SCRIPT = Path(__file__).with_name("nnunet_client.py")
 
@@ -81,6 +92,7 @@ class FederatedRun:
         refuse_data_transfer(name.value, allow)
         if engine not in ENGINES:
             raise ValueError(f"FederatedRun: engine must be one of {ENGINES}, got {engine!r}.")
+        engine = look_up_option(engine, Engine)
         self.strategy = name.value
         self.sites, self.eval_sites = list(sites), list(eval_sites)
         self.output_dir = Path(output_dir).resolve()
@@ -173,7 +185,7 @@ class FederatedRun:
             )
             return None
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.engine == "simulator":
+        if self.engine == Engine.SIMULATOR:
             workspace = self.output_dir / "simulator"
             shutil.rmtree(workspace, ignore_errors=True)
             job.simulator_run(str(workspace), clients=list(self.eval_sites), threads=len(self.eval_sites))
