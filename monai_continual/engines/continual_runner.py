@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from monai_continual.bayes import BayesConfig
+from monai_continual.bayes import BayesConfig, PriorStd, StdInit
 from monai_continual.consolidation import save_weights
 from monai_continual.data import MultiSiteDatalist, check_sites, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
@@ -91,8 +90,9 @@ class ContinualRunner:
     Args:
         datalist: a :class:`MultiSiteDatalist` or the path of a multi-site datalist JSON.
         output_dir: where runs are written.
-        network, train_transform, eval_transform, num_classes, loss, optimizer, bayes_optimizer, epochs, batch_size,
-            inferer, mc_samples, elbo_examples, optimizer_state, device, seed, progress: the run's settings,
+        network, train_transform, eval_transform, num_classes, settings: the run's settings (``loss``, ``optimizer``,
+            ``bayes_optimizer``, ``epochs``, ``batch_size``, ``inferer``, ``mc_samples``, ``elbo_examples``,
+            ``optimizer_state``, ``device``, ``seed``, ``progress``, or a whole ``bayes``):
             :class:`~monai_continual.engines.settings.MonaiSettings` (defaults and meaning there).
         std_init, prior_std, weight_norm: its :class:`~monai_continual.bayes.BayesConfig` (the others take
             :meth:`~monai_continual.bayes.BayesConfig.calibrated`'s values). ``std_init="laplace"`` (default) computes a
@@ -122,23 +122,13 @@ class ContinualRunner:
         train_transform: Callable,
         eval_transform: Callable,
         num_classes: int,
-        loss: Callable | None = None,
-        optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
-        bayes_optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
-        epochs: int = 2,
-        batch_size: int = 2,
-        inferer: Inferer | None = None,
-        mc_samples: int = 10,
-        std_init: float | str = "laplace",
-        prior_std: float | str = "he",
-        weight_norm: bool = False,
-        elbo_examples: str = "voxels",
-        optimizer_state: str = "fresh",
+        *,
         sites: Sequence[str] | None = None,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        progress: bool = True,
         check_data: bool = True,
+        std_init: float | str = StdInit.LAPLACE,
+        prior_std: float | str = PriorStd.HE,
+        weight_norm: bool = False,
+        **settings: Any,
     ) -> None:
         self.data = datalist if isinstance(datalist, MultiSiteDatalist) else load_multisite_datalist(datalist)
         self.output_dir = Path(output_dir)
@@ -157,13 +147,13 @@ class ContinualRunner:
                 f"site(s) {missing_test} of {self.data.source or 'the datalist'} have no test cases; "
                 "every site needs a test set."
             )
-        self.settings = MonaiSettings(
-            network, train_transform, eval_transform, num_classes, loss=loss, optimizer=optimizer,
-            bayes_optimizer=bayes_optimizer, epochs=epochs, batch_size=batch_size, inferer=inferer,
-            mc_samples=mc_samples, elbo_examples=elbo_examples,
-            bayes=BayesConfig.calibrated(std_init=std_init, prior_std=prior_std, weight_norm=weight_norm),
-            optimizer_state=optimizer_state, device=device, seed=seed, progress=progress,
-        )
+        unknown = sorted(set(settings) - set(MonaiSettings.option_names()))
+        if unknown:
+            raise TypeError(f"ContinualRunner: unknown setting(s) {unknown}; settings are "
+                            f"{sorted(MonaiSettings.option_names())}.")
+        bayes = BayesConfig.calibrated(std_init=std_init, prior_std=prior_std, weight_norm=weight_norm)
+        self.settings = MonaiSettings(network, train_transform, eval_transform, num_classes,
+                                      **{"bayes": bayes, **settings})
         if check_data:
             check_sites(self.data, self.eval_sites, self.settings.num_classes)
         self.replay_options = ReplayOptions()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -30,6 +30,9 @@ class OptimizerState(StrEnum):
     FRESH = "fresh"
     SITE = "site"
     TRANSFER = "transfer"
+
+
+_REQUIRED = ("network", "train_transform", "eval_transform", "num_classes")
 
 
 def _choice(name: str, value: Any, choices: type[StrEnum]) -> Any:
@@ -116,6 +119,11 @@ class MonaiSettings:
         put("optimizer", self.optimizer if self.optimizer is not None else _adam)
         put("bayes_optimizer", self.bayes_optimizer if self.bayes_optimizer is not None else self.optimizer)
         put("inferer", self.inferer if self.inferer is not None else SimpleInferer())
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The settings with defaults (what a runner takes as keywords)."""
+        return tuple(f.name for f in fields(cls) if f.init and f.name not in _REQUIRED)
 
     @property
     def laplace(self) -> bool:
