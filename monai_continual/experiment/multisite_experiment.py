@@ -150,7 +150,7 @@ class MultiSiteExperiment:
         )
         training = runner.sites
         plan = plan_runs(self.plan_settings, training, {s: len(data.site(s).training) for s in training},
-                         schedule_seed=runner.seed)
+                         schedule_seed=runner.settings.seed)
         tracker = None if self.tracking is None else RunTracker(self.tracking, self.output_dir / "tracking",
                                                                 tracking_uri=self.tracking_uri)
         runs = run_plan(runner, plan, tracker=tracker, test_sizes={s: len(data.site(s).test) for s in training},
