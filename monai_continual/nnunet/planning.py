@@ -19,7 +19,7 @@ from monai_continual.nnunet.datasets import check_datasets_compatible, raw_datas
 from monai_continual.nnunet.environment import dataset_id, nnunet_paths
 from monai_continual.utils.atomic import atomic_write_text
 
-__all__ = ["plan_and_preprocess_sites", "plans_file", "shared_plans", "preprocessed_data_folder"]
+__all__ = ["plan_and_preprocess_sites", "plans_file", "shared_plans", "preprocessed_data_folder", "check_shared_plans"]
 
 
 def plans_file(dataset: str | int, plans: str = "nnUNetPlans") -> Path:
@@ -34,6 +34,22 @@ def shared_plans(plans: Mapping[str, Any]) -> dict[str, Any]:
     Returned JSON-normalized (tuples as lists), so that two results compare equal exactly when the plans agree.
     """
     return json.loads(json.dumps({k: v for k, v in plans.items() if k not in ("dataset_name", "image_reader_writer")}))
+
+
+def check_shared_plans(datasets: Sequence[str], plans: str = "nnUNetPlans") -> None:
+    """Refuse, naming them, datasets without plans or preprocessed with different plans (weights would not fit).
+
+    Example::
+
+        >>> check_shared_plans(["Dataset501_site_a", "Dataset502_site_b"])
+    """
+    missing = [d for d in datasets if not plans_file(d, plans).is_file()]
+    if missing:
+        raise FileNotFoundError(f"datasets {missing} have no {plans}.json; run plan_and_preprocess_sites first.")
+    shared = {json.dumps(shared_plans(json.loads(plans_file(d, plans).read_text())), sort_keys=True) for d in datasets}
+    if len(shared) != 1:
+        raise ValueError(f"datasets {list(datasets)} were preprocessed with different plans; plan once and move the "
+                         "plans (plan_and_preprocess_sites) so that weights fit every site.")
 
 
 def preprocessed_data_folder(dataset_folder: str | os.PathLike, configuration: str, plans: str = "nnUNetPlans") -> Path:

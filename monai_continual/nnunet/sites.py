@@ -16,7 +16,6 @@ command again after the process was killed resumes exactly (the engine's invaria
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ from monai_continual.nnunet.environment import nnunet_paths, results_folder
 from monai_continual.nnunet.evaluation import SiteEvaluator
 from monai_continual.nnunet.launcher import build_trainer
 from monai_continual.nnunet.names import SITE_STRATEGY_TRAINERS
-from monai_continual.nnunet.planning import plans_file, preprocessed_data_folder, shared_plans
+from monai_continual.nnunet.planning import check_shared_plans, plans_file, preprocessed_data_folder
 from monai_continual.nnunet.plateau import run_training_to_plateau
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.settings import NnUNetSiteSettings
@@ -271,21 +270,14 @@ def run_sites(
         raise ValueError(f"a dataset is listed twice: {[*datasets, *eval_datasets]}.")
     opts = _options(name, rounds, order, names, datasets, settings.replay_capacity, dwc_finetune, options or {})
     stages = build_schedule(name, names, opts, epochs, settings.seed)
-    plans = settings.plans
-    missing = [n for n in names if not plans_file(n, plans).is_file()]
-    if missing:
-        raise FileNotFoundError(f"datasets {missing} have no {plans}.json; run plan_and_preprocess_sites first.")
-    shared = {json.dumps(shared_plans(json.loads(plans_file(n, plans).read_text())), sort_keys=True) for n in names}
-    if len(shared) != 1:
-        raise ValueError(f"datasets {names} were preprocessed with different plans; plan once and move the plans "
-                         "(plan_and_preprocess_sites) so that weights fit every site.")
+    check_shared_plans(names, settings.plans)
     trainer_name = settings.trainer or SITE_STRATEGIES[name.value]
     trainer_class, required = find_trainer(trainer_name), find_trainer(SITE_STRATEGIES[name.value])
     bayesian = issubclass(trainer_class, nnUNetTrainerBayesian)
     if not issubclass(trainer_class, required) or (bayesian and name not in BAYESIAN):
         raise ValueError(f"strategy {name.value} trains with {required.__name__} or a subclass of it"
                          f"{'' if name in BAYESIAN else ' that is not Bayesian'}; got {trainer_name}.")
-    evaluator = SiteEvaluator(names + held_out, settings.configuration, plans, settings.torch_device(),
+    evaluator = SiteEvaluator(names + held_out, settings.configuration, settings.plans, settings.torch_device(),
                               settings.mirroring, settings.mc_samples)
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
