@@ -1,9 +1,14 @@
-"""Runs one strategy of the tiny runner; the resume tests start it, kill it (or let it crash) and start it again."""
+"""Runs one strategy of the tiny runner; the resume tests start it, kill it (or let it crash) and start it again.
+
+``python resume_worker.py SITES OUTPUT STRATEGY OPTIONS_JSON [LR]``, or :func:`main` in a forked worker
+(``forked.py``).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -11,11 +16,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from runner_utils import tiny_runner  # noqa: E402
 
-if __name__ == "__main__":
+
+def main(argv: Sequence[str]) -> None:
     torch.set_num_threads(1)
-    sites, output, strategy, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-    lr = float(sys.argv[5]) if len(sys.argv) > 5 else 1e-3
+    sites, output, strategy, options = argv[0], argv[1], argv[2], json.loads(argv[3])
+    lr = float(argv[4]) if len(argv) > 4 else 1e-3
     runner = tiny_runner(Path(sites), Path(output), optimizer_state="site",
                          optimizer=lambda p: torch.optim.Adam(p, lr=lr),
                          bayes_optimizer=lambda p: torch.optim.Adam(p, lr=lr))
     runner.run(strategy, **options)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

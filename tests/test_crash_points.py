@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import resume_worker
+from forked import run_forked
 from monai_continual.strategies import CRASH_ENV
 from runner_utils import tiny_sites
 
-WORKER = Path(__file__).parent / "resume_worker.py"
 LR = "0.03"  # large enough that every stage changes the R matrix
 CASES = {
     "cyclic_weight_transfer": ({"cycles": 2, "epochs": 2, "epochs_per_visit": 2},
@@ -38,8 +38,8 @@ def _run(sites: Path, output: Path, strategy: str, crash: str | None) -> subproc
     if crash:
         env[CRASH_ENV] = crash
     options = json.dumps(CASES[strategy][0])
-    return subprocess.run([sys.executable, str(WORKER), str(sites), str(output), strategy, options, LR],
-                          env=env, capture_output=True, text=True, timeout=300)
+    # a separate process each time (forked from one that imported the package once): a fault point ends it for real
+    return run_forked(resume_worker.main, [str(sites), str(output), strategy, options, LR], env=env, timeout=300)
 
 
 def _final(run_dir: Path) -> tuple[dict, list]:

@@ -18,6 +18,7 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
+from forked import run_forked  # noqa: E402
 from monai_continual.consolidation import Posterior, consolidate_dwc  # noqa: E402
 from monai_continual.nnunet import (  # noqa: E402
     NnUNetDatasetError,
@@ -26,6 +27,7 @@ from monai_continual.nnunet import (  # noqa: E402
     ext_trainer_folder,
     plan_and_preprocess_sites,
 )
+from monai_continual.nnunet import cli as nnunet_cli  # noqa: E402
 from monai_continual.nnunet.sites import run_sites  # noqa: E402
 from runner_utils import tiny_sites  # noqa: E402
 
@@ -56,6 +58,30 @@ def nnunet(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+#: the shortest schedule of run_sites: one epoch of one training and one validation iteration, no mirroring
+TINY_SCHEDULE = dict(
+    epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False
+)
+
+
+@pytest.fixture(scope="module")
+def site_runs(nnunet):
+    """``run(strategy, **options)``: run_sites over the three sites on :data:`TINY_SCHEDULE`, each strategy and options
+    run once per module; the tests that check the same run (the schedule against the MONAI runner's, VCL's and DWC's
+    stages) read its results."""
+    names = list(nnunet["names"].values())
+    done: dict[str, object] = {}
+
+    def run(strategy: str, **options):
+        key = json.dumps([strategy, options], sort_keys=True)
+        if key not in done:
+            directory = nnunet["root"] / "runs" / "shared" / f"{strategy}_{len(done)}"
+            done[key] = run_sites(names, strategy, directory, **options, **TINY_SCHEDULE)
+        return done[key]
+
+    return run
 
 
 def _cli(nnunet, *args, check=True):
@@ -220,23 +246,22 @@ def test_cyclic_transfer_over_sites_fills_the_matrix_moves_weights_and_resumes(n
     assert not (nnunet["root"] / "runs" / "wrong").exists()
 
 
-def test_vcl_and_dwc_across_sites(nnunet):
+def test_vcl_and_dwc_across_sites(nnunet, site_runs):
     names = list(nnunet["names"].values())
-    options = dict(
-        epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False
-    )
-    vcl = run_sites(names[:2], "vcl", nnunet["root"] / "runs" / "vcl", **options)
-    assert vcl.matrix.labels == [f"map:{names[0]}", f"1:{names[0]}", f"2:{names[1]}"]
+    vcl = site_runs("vcl")  # the run test_one_schedule_drives_both_backends checks against the schedule
+    assert vcl.matrix.labels == [f"map:{names[0]}", f"1:{names[0]}", f"2:{names[1]}", f"3:{names[2]}"]
     assert vcl.stages[2]["loaded"] == {"start": vcl.stages[1]["published"]}  # means from the MAP network
-    assert vcl.stages[3]["loaded"] == {"start": vcl.stages[2]["published"], "prior": vcl.stages[2]["published"]}
-    for number in (2, 3):  # every std set from the data at the start, never above the prior's
+    for number in (3, 4):  # each site's prior is the previous site's posterior
+        previous = vcl.stages[number - 1]["published"]
+        assert vcl.stages[number]["loaded"] == {"start": previous, "prior": previous}
+    for number in (2, 3, 4):  # every std set from the data at the start, never above the prior's
         std = vcl.stages[number]["details"]["std"]
         assert std["before"]["median"] != std["after"]["median"]
         assert std["after"]["ratio_p95"] <= 1 + 1e-6 and std["trained"]["ratio_p95"] <= 1 + 1e-6
         data_term, kl_over_n = vcl.stages[number]["details"]["elbo"][0]
         assert data_term > 0 and kl_over_n >= 0
     assert vcl.stages[2]["details"]["std"]["before"]["median"] == pytest.approx(1e-3)  # the conversion's placeholder
-    dwc = run_sites(names, "dwc", nnunet["root"] / "runs" / "dwc", rounds=1, dwc_finetune=True, **options)
+    dwc = site_runs("dwc", rounds=1)  # fine-tuning on the first site is DWC's default
     files = sorted((dwc.directory / "posteriors").glob("stage*.safetensors"))
     assert len(files) == 5
     expected = consolidate_dwc(files[0], files[1:3])
@@ -316,23 +341,21 @@ def test_nnunetv2_train_finds_ours_through_ext_trainer(nnunet):
     ).is_file()
 
 
-def test_one_schedule_drives_both_backends(nnunet, tmp_path):
+def test_one_schedule_drives_both_backends(nnunet, site_runs, tmp_path):
     """The MONAI runner and the nnU-Net sites follow the same core schedule: sites, stage numbers, and which
     published model (by content hash) each stage loaded."""
     from runner_utils import tiny_runner
 
     names = list(nnunet["names"].values())
     plain = {"alpha": names[0], "beta": names[1], "gamma": names[2]}
-    options = dict(
-        epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu", progress=False
-    )
+    options = TINY_SCHEDULE
     runner = tiny_runner(nnunet["root"] / "data" / "datalist.json", tmp_path / "monai")
     cases = (("cyclic_weight_transfer", {"rounds": 2}, {"cycles": 2}),
              ("federated_averaging", {"rounds": 1}, {"rounds": 1}),
              ("fine_tuning", {}, {}), ("single_weight_transfer", {"options": {"patience": 1}}, {"patience": 1}),
              ("vcl", {}, {}), ("dwc", {"rounds": 1}, {"rounds": 1}))
     for strategy, kwargs, core_options in cases:
-        nn_result = run_sites(names, strategy, tmp_path / strategy, **kwargs, **options)
+        nn_result = site_runs(strategy, **kwargs)
         monai_result = runner.run(strategy, **core_options)
         schedule = runner.schedule(strategy, **core_options)
         monai_state = json.loads((monai_result.directory / "state.json").read_text())["stages"]
@@ -384,9 +407,10 @@ def test_nnunet_runs_crashed_at_step_boundaries_resume_exactly(nnunet, tmp_path,
     env.pop(CRASH_ENV, None)
 
     def run(directory: Path, crash: str | None) -> subprocess.CompletedProcess:
+        # `python -m monai_continual.nnunet` in a separate process each time, forked from one that imported torch and
+        # MONAI once (nnU-Net is imported in the process, after its folders are set): a fault point ends it for real
         extra = {CRASH_ENV: crash} if crash else {}
-        return subprocess.run([sys.executable, "-m", "monai_continual.nnunet", *args, "-o", str(directory)],
-                              env={**env, **extra}, capture_output=True, text=True, timeout=600)
+        return run_forked(nnunet_cli.main, [*args, "-o", str(directory)], env={**env, **extra}, timeout=600)
 
     def records(directory: Path) -> list:
         state = json.loads((directory / "state.json").read_text())

@@ -5,28 +5,24 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import resume_worker
+from forked import ForkedWorker
 from runner_utils import tiny_sites
 
-WORKER = Path(__file__).parent / "resume_worker.py"
 CASES = {
     "cyclic_weight_transfer": {"cycles": 2, "epochs_per_visit": 2},
     "vcl": {},
 }
 
 
-def _start(sites: Path, output: Path, strategy: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), str(sites), str(output), strategy, json.dumps(CASES[strategy])],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+def _start(sites: Path, output: Path, strategy: str) -> ForkedWorker:
+    # a separate process (forked from one that imported the package once), killed for real with SIGKILL
+    return ForkedWorker(resume_worker.main, [str(sites), str(output), strategy, json.dumps(CASES[strategy])])
 
 
 def _completed(run_dir: Path) -> int:
@@ -36,7 +32,7 @@ def _completed(run_dir: Path) -> int:
         return 0
 
 
-def _kill_when(process: subprocess.Popen, condition, timeout: float = 240) -> bool:
+def _kill_when(process: ForkedWorker, condition, timeout: float = 240) -> bool:
     start = time.time()
     while time.time() - start < timeout:
         if process.poll() is not None:
@@ -58,7 +54,7 @@ def sites(tmp_path_factory):
 @pytest.mark.parametrize("strategy", sorted(CASES))
 def test_killed_runs_resume_to_the_same_r_matrix(sites, tmp_path, strategy):
     reference = _start(sites, tmp_path / "reference", strategy)
-    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-2000:]
+    assert reference.wait(timeout=300) == 0, reference.output[-2000:]
     expected = json.loads((tmp_path / "reference" / strategy / "R.json").read_text())
 
     run_dir = tmp_path / "killed" / strategy
@@ -71,7 +67,7 @@ def test_killed_runs_resume_to_the_same_r_matrix(sites, tmp_path, strategy):
         process = _start(sites, tmp_path / "killed", strategy)
         killed += _kill_when(process, condition)
     final = _start(sites, tmp_path / "killed", strategy)
-    assert final.wait(timeout=300) == 0, final.stderr.read().decode()[-2000:]
+    assert final.wait(timeout=300) == 0, final.output[-2000:]
     assert killed >= 1  # the run really was interrupted
     assert json.loads((run_dir / "R.json").read_text()) == expected
     assert not list(run_dir.rglob(".*.tmp"))  # no half-written file left behind

@@ -113,7 +113,9 @@ class MCnnUNetPredictor(nnUNetPredictor):
 
         output_folder = Path(output_folder)
         output_folder.mkdir(parents=True, exist_ok=True)
-        cases, outputs, _ = self._manage_input_and_output_lists(str(input_folder), str(output_folder))
+        cases, outputs, _ = self._manage_input_and_output_lists(
+            _cases_of_folder(input_folder, self.dataset_json["file_ending"]), str(output_folder)
+        )
         if not cases:
             raise FileNotFoundError(f"no images ending in _0000{self.dataset_json['file_ending']} in {input_folder}.")
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
@@ -128,3 +130,18 @@ class MCnnUNetPredictor(nnUNetPredictor):
                 self.export_uncertainty(self.last_uncertainty.cpu(), properties, output)
             written.append(Path(output + self.dataset_json["file_ending"]))
         return written
+
+
+def _cases_of_folder(folder: str | os.PathLike, file_ending: str) -> list[list[str]]:
+    """Every case's channel files in an nnU-Net images folder (``<case>_XXXX<ending>``), listed in this process.
+
+    What nnU-Net's ``create_lists_from_splitted_dataset_folder`` returns, without its pool of 12 worker processes
+    forked for every call (seconds per prediction on a small CPU).
+    """
+    from batchgenerators.utilities.file_and_folder_operations import subfiles
+    from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
+
+    folder = str(folder)
+    files = subfiles(folder, suffix=file_ending, join=False, sort=True)
+    return [create_paths_fn(folder, files, file_ending, case)
+            for case in get_identifiers_from_splitted_dataset_folder(folder, file_ending)]
