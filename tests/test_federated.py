@@ -28,6 +28,8 @@ SITES = [SiteProfile("alpha", 4, "t1", noise=0.02), SiteProfile("beta", 5, "t2",
          SiteProfile("omega", 2, "t1", noise=0.04, held_out=True)]
 OVERRIDES = {"channels": 4, "dilations": [1, 2, 1], "epochs": 1, "mc_samples": 2, "device": "cpu", "threads": 1,
              "learning_rate": 0.03, "bayes_learning_rate": 0.01}
+#: seconds a site waits before asking for its next task (NVFlare's default, 2 s, is most of a short stage's time)
+POLL = 0.2
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,7 @@ def datalist(tmp_path_factory):
 def _federated(datalist, out, strategy, options=None, **kwargs):
     # the in-process runner weights sites by their own counts; the federated default (equal weights) would differ
     kwargs.setdefault("boundary", {"weighting": "reported"})
+    kwargs.setdefault("task_request_interval", POLL)
     run = FederatedRun(CONFIG, strategy, datalist, out, options=options, overrides=OVERRIDES,
                        payload_log=str(out / "payloads.jsonl"), **kwargs)
     return run, run.run()
@@ -165,13 +168,13 @@ def _finished_stages(run_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_poc_server_killed_mid_run_and_the_job_resubmitted_ends_with_the_uninterrupted_result(datalist, tmp_path):
-    """Separate processes with mutual TLS on loopback (nvflare poc), SIGKILL of the server after two stages, the
-    services restarted and the same job submitted again: it continues from the server's run state."""
+    """Separate processes with mutual TLS on loopback (nvflare poc), SIGKILL of the server after two stages (then of
+    the sites), the services restarted and the same job submitted again: it continues from the server's run state."""
     from monai_continual.federated.poc import PocDeployment
 
     options = {"cycles": 2}
     run = FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "poc_run", options=options,
-                       overrides=OVERRIDES, engine="poc")
+                       overrides=OVERRIDES, engine="poc", task_request_interval=POLL)
     with PocDeployment(tmp_path / "workspace", run.eval_sites, logs_dir=tmp_path / "logs") as poc:
         assert poc.pids("server") and all(poc.pids(site) for site in run.eval_sites)  # one process tree per party
         poc.submit(run.job())
@@ -179,7 +182,7 @@ def test_poc_server_killed_mid_run_and_the_job_resubmitted_ends_with_the_uninter
         for pid in poc.pids("server"):
             os.kill(pid, signal.SIGKILL)
         interrupted = _finished_stages(run.run_dir)
-        poc.stop()
+        poc.stop(graceful=False)  # nothing can be asked to shut down through a dead server: the sites are killed too
         assert not poc.pids()  # everything the deployment started is gone
         poc.start()
         status = poc.submit_and_wait(run.job(), timeout=300)
@@ -195,7 +198,7 @@ def test_poc_server_killed_mid_run_and_the_job_resubmitted_ends_with_the_uninter
 def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
     """Weight transfer skips the dead site's later visits and records them; FedAvg goes on with min_clients."""
     run = FederatedRun(CONFIG, strategy, datalist, tmp_path, options=options, overrides=OVERRIDES, min_clients=1,
-                       task_timeout=20)
+                       task_timeout=20, task_request_interval=POLL)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(summary=run.run()), daemon=True)
     thread.start()
@@ -230,7 +233,8 @@ def test_the_bundle_config_runs_and_exports_with_monai_bundle(datalist, tmp_path
     common = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--bundle_root", str(tmp_path),
               "--datalist", str(datalist), "--channels", "4", "--dilations", "[1,2,1]", "--epochs", "1",
               "--mc_samples", "2", "--threads", "1", "--device", "cpu", "--strategy", "federated_averaging",
-              "--strategy_options", "{'rounds': 1}", "--federated#config_file", str(CONFIG)]
+              "--strategy_options", "{'rounds': 1}", "--federated#config_file", str(CONFIG),
+              "--task_request_interval", str(POLL)]
     export = subprocess.run([*common, "--export", str(tmp_path / "job")], capture_output=True, text=True, timeout=300)
     assert export.returncode == 0, export.stderr[-3000:]
     meta = json.loads((tmp_path / "job" / "monai_continual_federated_averaging" / "meta.json").read_text())

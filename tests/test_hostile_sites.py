@@ -107,7 +107,7 @@ def test_the_simulator_runs_the_same_bounded_run_with_a_hostile_client(datalist,
     monkeypatch.setenv("MONAI_CONTINUAL_TEST_ATTACK", "beta:count,random,nan_scores")
     options, overrides = {"rounds": 2, "local_epochs": 1}, dict(OVERRIDES, channels=4)
     run = FederatedRun(CONFIG, "federated_averaging", datalist, tmp_path / "simulator", options=options,
-                       overrides=overrides, min_clients=2)
+                       overrides=overrides, min_clients=2, task_request_interval=0.2)
     run.script = HOSTILE_CLIENT
     summary = run.run()
     twin = loopback_run(CONFIG, datalist, tmp_path / "loopback", "federated_averaging", options, overrides,

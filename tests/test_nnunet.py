@@ -447,7 +447,8 @@ def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_pa
         "threads": 1,
     }
     run = FederatedRun.nnunet(names, "cyclic_weight_transfer", tmp_path / "federated", options={"cycles": 1},
-                              settings=settings, payload_log=str(tmp_path / "payloads.jsonl"))
+                              settings=settings, payload_log=str(tmp_path / "payloads.jsonl"),
+                              task_request_interval=0.2)
     summary = run.run()
     assert set(summary["strategies"]["cyclic_weight_transfer"]["sites"]) == set(names)
     threads = torch.get_num_threads()

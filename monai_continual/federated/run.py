@@ -58,6 +58,9 @@ class FederatedRun:
             fields): FedAvg weighting, update-norm bound, robust aggregation, posterior screening.
         accept_margin: every site checks a received model on its own validation cases before training from it
             (:class:`~monai_continual.federated.SiteWorker`'s ``accept_margin``); ``None``: off.
+        task_request_interval: seconds a site waits before asking the server for its next task (NVFlare's server
+            setting ``task_request_interval``; ``None``: NVFlare's default, 2 s). Every task of a sequential strategy
+            waits for it once; a shorter interval suits a run on one machine (simulator, POC).
 
     Example::
 
@@ -70,7 +73,8 @@ class FederatedRun:
                  overrides: Mapping[str, Any] | None = None, engine: str = "simulator", export: str = "",
                  epochs: int = 1, seed: int = 0, min_clients: int | None = None, task_timeout: int = 0,
                  allow_data_to_leave_sites: bool = False, payload_log: str = "",
-                 boundary: Mapping[str, Any] | None = None, accept_margin: float | None = None) -> None:
+                 boundary: Mapping[str, Any] | None = None, accept_margin: float | None = None,
+                 task_request_interval: float | None = None) -> None:
         self.config_file = str(Path(config_file).resolve())
         self.datalist = str(Path(datalist).resolve())
         data = load_multisite_datalist(self.datalist)
@@ -78,13 +82,13 @@ class FederatedRun:
                     check_overrides({**dict(overrides or {}), "datalist": self.datalist}, MONAI_SITE_KEYS),
                     CLIENT_SCRIPT, engine=engine, export=export, epochs=epochs, seed=seed, min_clients=min_clients,
                     task_timeout=task_timeout, allow=allow_data_to_leave_sites, payload_log=payload_log,
-                    boundary=boundary, accept_margin=accept_margin)
+                    boundary=boundary, accept_margin=accept_margin, task_request_interval=task_request_interval)
 
     def _setup(self, strategy: str, options: Mapping[str, Any] | None, sites: Sequence[str],
                eval_sites: Sequence[str], output_dir: str | os.PathLike, overrides: dict[str, Any], script: Path, *,
                engine: str, export: str, epochs: int, seed: int, min_clients: int | None, task_timeout: int,
                allow: bool, payload_log: str, boundary: Mapping[str, Any] | None,
-               accept_margin: float | None) -> None:
+               accept_margin: float | None, task_request_interval: float | None) -> None:
         """What both backends' runs hold, checked before any process starts."""
         name = strategy_of(strategy)
         self.options = dict(options or {})
@@ -106,13 +110,17 @@ class FederatedRun:
         self.payload_log = payload_log
         self.boundary = BoundaryPolicy.from_dict(boundary).to_dict()
         self.accept_margin = None if accept_margin is None else float(accept_margin)
+        if task_request_interval is not None and not float(task_request_interval) > 0:
+            raise ValueError(f"FederatedRun: task_request_interval must be > 0 seconds, got {task_request_interval!r}.")
+        self.task_request_interval = None if task_request_interval is None else float(task_request_interval)
 
     @classmethod
     def nnunet(cls, datasets: Sequence[str], strategy: str, output_dir: str | os.PathLike,
                eval_datasets: Sequence[str] = (), options: Mapping[str, Any] | None = None,
                settings: Mapping[str, Any] | None = None, *, engine: str = "simulator", export: str = "",
                epochs: int = 1, seed: int = 0, min_clients: int | None = None, task_timeout: int = 0,
-               payload_log: str = "", boundary: Mapping[str, Any] | None = None) -> FederatedRun:
+               payload_log: str = "", boundary: Mapping[str, Any] | None = None,
+               task_request_interval: float | None = None) -> FederatedRun:
         """The nnU-Net backend: one client per nnU-Net dataset (planned with shared plans), named after it.
 
         ``settings`` are :class:`~monai_continual.nnunet.settings.NnUNetSiteSettings`' fields (``configuration``,
@@ -133,7 +141,8 @@ class FederatedRun:
         run._setup(strategy, options, sites, [*sites, *held_out], output_dir,
                    check_overrides(dict(settings or {}), NNUNET_SITE_KEYS), NNUNET_CLIENT_SCRIPT, engine=engine,
                    export=export, epochs=epochs, seed=seed, min_clients=min_clients, task_timeout=task_timeout,
-                   allow=False, payload_log=payload_log, boundary=boundary, accept_margin=None)
+                   allow=False, payload_log=payload_log, boundary=boundary, accept_margin=None,
+                   task_request_interval=task_request_interval)
         return run
 
     @property
@@ -154,6 +163,8 @@ class FederatedRun:
             payload_log=self.payload_log, allow_data_to_leave_sites=self.allow, boundary=self.boundary,
         )
         job.to_server(controller)
+        if self.task_request_interval is not None:  # the server app's system setting (config_fed_server.json)
+            job.to_server({"server": {"task_request_interval": self.task_request_interval}})
         args = ["--workdir", str(self.output_dir / "sites")] + (
             ["--config", self.config_file] if self.config_file else []
         )
