@@ -17,7 +17,9 @@ The format follows MONAI's Decathlon-style datalists, one level up::
     }
 
 Relative paths are resolved against the datalist's directory (or ``base_dir``). A held-out site (``held_out: true``)
-is never trained on: it only has test cases (McClure et al.'s ABIDE).
+is never trained on: it only has test cases (McClure et al.'s ABIDE). A multi-modality case lists one file per
+modality as its image, ``{"image": ["sub000_t1.nii.gz", "sub000_flair.nii.gz"], "label": "sub000_seg.nii.gz"}``:
+MONAI's ``LoadImaged`` stacks them as channels, in that order.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 
 from monai_continual.utils.names import check_site_name
 
-__all__ = ["SiteData", "MultiSiteDatalist", "load_multisite_datalist", "DatalistError", "SPLITS"]
+__all__ = ["SiteData", "MultiSiteDatalist", "load_multisite_datalist", "DatalistError", "SPLITS", "item_paths"]
 
 SPLITS = ("training", "validation", "test")
 
@@ -119,11 +121,33 @@ def _resolve(item: Any, base: Path, where: str, keys: Sequence[str]) -> dict[str
     for key in keys:
         if key not in out:
             raise DatalistError(f"{where}: item lacks {key!r}: {dict(item)}.")
-        if not isinstance(out[key], str) or not out[key] or "\x00" in out[key]:
-            raise DatalistError(f"{where}: item's {key!r} must be a non-empty path, got {out[key]!r}.")
-        path = Path(os.path.expanduser(out[key]))
-        out[key] = str(path if path.is_absolute() else base / path)
+        if key == "image" and isinstance(out[key], list):  # one file per modality, stacked as channels
+            if not out[key]:
+                raise DatalistError(f"{where}: item's 'image' lists no modality file.")
+            out[key] = [_resolve_path(value, base, where, key) for value in out[key]]
+        else:
+            out[key] = _resolve_path(out[key], base, where, key)
     return out
+
+
+def _resolve_path(value: Any, base: Path, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise DatalistError(f"{where}: item's {key!r} must be a non-empty path (or, for 'image', a list of them), "
+                            f"got {value!r}.")
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else base / path)
+
+
+def item_paths(item: Mapping[str, Any], key: str) -> list[str]:
+    """The file(s) of ``item[key]``: one path, or a multi-modality image's list of paths.
+
+    Example::
+
+        >>> item_paths({"image": ["t1.nii.gz", "flair.nii.gz"], "label": "seg.nii.gz"}, "image")
+        ['t1.nii.gz', 'flair.nii.gz']
+    """
+    value = item[key]
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
 def _check_label_values(path: str, allowed: set[int], where: str) -> None:
@@ -215,14 +239,15 @@ def load_multisite_datalist(
             for split, items in splits.items():
                 for item in items:
                     for key in keys:
-                        try:
-                            exists = Path(item[key]).exists()
-                        except OSError as err:  # e.g. a name too long for the file system
-                            raise DatalistError(
-                                f"{where}, {split}: {key} path {item[key]!r} is unusable: {err}"
-                            ) from err
-                        if not exists:
-                            raise DatalistError(f"{where}, {split}: {key} file {item[key]!r} does not exist.")
+                        for file in item_paths(item, key):
+                            try:
+                                exists = Path(file).exists()
+                            except OSError as err:  # e.g. a name too long for the file system
+                                raise DatalistError(
+                                    f"{where}, {split}: {key} path {file!r} is unusable: {err}"
+                                ) from err
+                            if not exists:
+                                raise DatalistError(f"{where}, {split}: {key} file {file!r} does not exist.")
                     if check_labels and labels and "label" in item:
                         _check_label_values(item["label"], set(labels), f"{where}, {split}")
         extra = {k: v for k, v in entry.items() if k not in SPLITS and k not in ("modality", "held_out")}

@@ -12,6 +12,7 @@ from typing import Any
 
 from monai.utils import StrEnum
 
+from monai_continual.data.datalist import item_paths
 from monai_continual.utils.atomic import atomic_write_text
 from monai_continual.utils.choices import look_up_choice
 from monai_continual.utils.names import check_site_name
@@ -244,10 +245,13 @@ class ReplayBuffer:
             for index, item in enumerate(items):
                 for key in keys:
                     if key in item:
-                        source = Path(item[key])
-                        target = folder / f"{index:03d}_{key}_{source.name}"
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(source, target)
-                        item[key] = str(target)
+                        copies = []
+                        several = isinstance(item[key], (list, tuple))  # a multi-modality image: every file
+                        for m, source in enumerate(map(Path, item_paths(item, key))):
+                            target = folder / f"{index:03d}_{key}{m if several else ''}_{source.name}"
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            shutil.copy2(source, target)
+                            copies.append(str(target))
+                        item[key] = copies if several else copies[0]
         exported.save(destination)
         return destination

@@ -92,8 +92,10 @@ class ContinualRunner:
         output_dir: where runs are written.
         network, train_transform, eval_transform, num_classes, settings: the run's settings (``loss``, ``optimizer``,
             ``bayes_optimizer``, ``epochs``, ``batch_size``, ``inferer``, ``mc_samples``, ``elbo_examples``,
-            ``optimizer_state``, ``device``, ``seed``, ``progress``, or a whole ``bayes``):
-            :class:`~monai_continual.engines.settings.MonaiSettings` (defaults and meaning there).
+            ``optimizer_state``, ``device``, ``seed``, ``progress``, or a whole ``bayes``; for real scans
+            ``patch_size``, ``samples_per_volume``, ``sw_roi_size``, ``sw_batch_size``, ``sw_overlap``, ``amp``,
+            ``num_workers``, ``cache``): :class:`~monai_continual.engines.settings.MonaiSettings` (defaults and
+            meaning there).
         std_init, prior_std, weight_norm: its :class:`~monai_continual.bayes.BayesConfig` (the others take
             :meth:`~monai_continual.bayes.BayesConfig.calibrated`'s values). ``std_init="laplace"`` (default) computes a
             Bayesian stage's initial std from the site's data and the stage's prior at the starting means, ``(N F + 1 /
@@ -104,7 +106,8 @@ class ContinualRunner:
         sites: training sites in their default order (default: the datalist's non-held-out sites).
         check_data: read every case once before any training (:func:`~monai_continual.data.check_sites`): label
             values outside ``num_classes``, image/label shape mismatches, NaN voxels and mixed channel counts are
-            refused naming site and file.
+            refused naming site and file, and so are image/label affines that disagree (a multi-modality image, a
+            list of files, has one channel per file).
 
     Example::
 

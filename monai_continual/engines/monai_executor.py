@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data.utils import json_hashing, list_data_collate
 from monai.engines import SupervisedTrainer
+from monai.transforms import Compose
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
@@ -19,7 +21,7 @@ from monai_continual.consolidation.weight_store import load_stage_weights
 from monai_continual.data import MultiSiteDatalist, ReplayBuffer, ReplayDataset
 from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.epoch_sampler import EpochSampler
-from monai_continual.engines.settings import MonaiSettings, OptimizerState
+from monai_continual.engines.settings import DatasetCache, MonaiSettings, OptimizerState
 from monai_continual.handlers import EpochCheckpoint, EpochLosses, EpochSeeder, FiniteGuard, PlateauStopper, ProgressBar
 from monai_continual.losses import ElboExamples, ELBOLoss, voxels_per_item
 from monai_continual.metrics import evaluate_sites
@@ -122,7 +124,8 @@ class MonaiStageExecutor(BaseStageExecutor):
 
     def _score(self, network: nn.Module, items: dict[str, list[dict[str, Any]]], bayesian: bool) -> dict:
         s = self.settings
-        return evaluate_sites(network, items, s.eval_transform, s.num_classes, s.inferer_for(bayesian), s.device)
+        return evaluate_sites(network, items, s.eval_transform, s.num_classes, s.inferer_for(bayesian), s.device,
+                              amp=s.amp)
 
     def score(self, network: nn.Module, stage: Stage, site: str) -> list[float]:
         bayesian = stage.network == NetworkKind.BAYES and stage.action != Action.ENSEMBLE
@@ -200,12 +203,14 @@ class MonaiStageExecutor(BaseStageExecutor):
         network = s.new_network(bayesian=bayes, bound_std=stage.bound_std)
         seed_everything(s.seed * 7919 + stage.number)
         if replayed:
-            dataset: Any = ReplayDataset(items, memory, transform=s.train_transform,
+            dataset: Any = ReplayDataset(items, memory, transform=s.train_chain,
                                          replay_fraction=self.replay.replay_fraction, seed=s.seed + stage.number)
         else:
-            dataset = Dataset(items, transform=s.train_transform)
+            dataset = self._dataset(items)
         sampler = EpochSampler(len(dataset), seed=s.seed * 31 + stage.number)
-        loader = DataLoader(dataset, batch_size=s.batch_size, sampler=sampler, num_workers=0)
+        # a volume's patches (a list from the crop) become items of the mini-batch
+        loader = DataLoader(dataset, batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
+                            collate_fn=list_data_collate)
         n_elbo = (stage.num_examples if stage.num_examples is not None else len(dataset)) * self._voxels(items)
         loss = ELBOLoss(s.loss, network, n_elbo) if bayes else s.loss
         optimizer = (s.bayes_optimizer if bayes else s.optimizer)(network.parameters())
@@ -223,15 +228,15 @@ class MonaiStageExecutor(BaseStageExecutor):
         if resumed is None:
             self._start(stage, run.network)
             if stage.network == NetworkKind.BAYES and s.laplace:
-                run.losses.std = calibrate_posterior_std(run.network, lambda: self._batches(items),
-                                                         seed=s.seed + stage.number)
+                seed = s.seed + stage.number
+                run.losses.std = calibrate_posterior_std(run.network, lambda: self._batches(items, seed), seed=seed)
             transfer = s.optimizer_state == OptimizerState.TRANSFER
             source = self._optimizer_file(stage, stage.start if transfer else stage.previous_visit)
             if source is not None and source.exists():
                 run.optimizer.load_state_dict(load_optimizer_state(source))
         # the finiteness guard runs before the checkpoint, so a diverged epoch is never saved to resume from;
         # the epoch's losses are recorded before the checkpoint saves them
-        handlers: list[Any] = [EpochSeeder(s.seed * 104_729 + stage.number, s.train_transform),
+        handlers: list[Any] = [EpochSeeder(s.seed * 104_729 + stage.number, s.train_chain),
                                FiniteGuard(stage, run.network), run.losses, run.checkpoint,
                                _CrashAfterEpoch(stage.number)]
         if run.plateau is not None:
@@ -240,7 +245,7 @@ class MonaiStageExecutor(BaseStageExecutor):
         trainer = SupervisedTrainer(
             device=s.device, max_epochs=max(stage.epochs, 1), train_data_loader=run.loader, network=run.network,
             optimizer=run.optimizer, loss_function=run.loss, epoch_length=stage.iterations, train_handlers=handlers,
-            decollate=False,
+            decollate=False, amp=s.amp and s.device.type == "cuda",
         )
         if resumed is not None:
             trainer.state.epoch, trainer.state.iteration = int(resumed["epoch"]), int(resumed["iteration"])
@@ -270,15 +275,39 @@ class MonaiStageExecutor(BaseStageExecutor):
         run.checkpoint.path.unlink(missing_ok=True)
         return StageOutput(published, self.artifacts.loaded(stage), len(items), details)
 
-    def _voxels(self, items: Sequence[dict[str, Any]]) -> int:
-        """Voxels per training example when the ELBO counts voxels (the default), else 1."""
-        if self.settings.elbo_examples == ElboExamples.VOLUMES:
-            return 1
-        return voxels_per_item(self.settings.train_transform(dict(items[0])))
-
-    def _batches(self, items: Sequence[dict[str, Any]]):
+    def _dataset(self, items: list[dict[str, Any]]) -> Dataset:
+        """The training dataset: the training chain, its deterministic part cached with ``cache="memory"`` or
+        ``"disk"`` (the user's ``train_transform`` up to its first random transform; the patch crop always runs on
+        top, with the same transform objects, so the epoch seeding reaches it)."""
         s = self.settings
-        for batch in DataLoader(Dataset(items, transform=s.train_transform), batch_size=s.batch_size, num_workers=0):
+        if s.cache == DatasetCache.NONE:
+            return Dataset(items, transform=s.train_chain)
+        if s.cache == DatasetCache.MEMORY:
+            cached: Dataset = CacheDataset(items, transform=s.train_transform, progress=False)
+        else:
+            self.layout.cache_dir.mkdir(parents=True, exist_ok=True)
+            cached = PersistentDataset(items, transform=s.train_transform, cache_dir=self.layout.cache_dir,
+                                       hash_transform=json_hashing)
+        return Dataset(cached, transform=Compose(list(s.patch_transforms))) if s.patch_transforms else cached
+
+    def _voxels(self, items: Sequence[dict[str, Any]]) -> int:
+        """Voxels per training item when the ELBO counts voxels (the default: a patch's voxels times the patches per
+        volume when training on patches, else the volume's), or 1 when it counts volumes."""
+        s = self.settings
+        if s.elbo_examples == ElboExamples.VOLUMES:
+            return 1
+        if s.patch_voxels is not None:
+            return s.patch_voxels * s.samples_per_volume
+        return voxels_per_item(s.train_transform(dict(items[0])))
+
+    def _batches(self, items: Sequence[dict[str, Any]], seed: int):
+        """The training batches of a Laplace calibration: patches when training on patches, seeded by ``seed``."""
+        s = self.settings
+        if hasattr(s.train_chain, "set_random_state"):
+            s.train_chain.set_random_state(seed=seed % 2**32)
+        loader = DataLoader(Dataset(items, transform=s.train_chain), batch_size=s.batch_size, num_workers=0,
+                            collate_fn=list_data_collate)
+        for batch in loader:
             yield batch["image"].to(s.device), batch["label"].to(s.device)
 
 

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
-from monai.inferers import Inferer, SimpleInferer
+from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from monai.losses import DiceCELoss
+from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
 from monai.utils import StrEnum, look_up_option
 from torch import nn
 
 from monai_continual.bayes import BayesConfig, MCInferer, StdInit, bayesianize
 from monai_continual.losses import ElboExamples
 
-__all__ = ["MonaiSettings", "OptimizerState"]
+__all__ = ["MonaiSettings", "OptimizerState", "DatasetCache"]
 
 
 class OptimizerState(StrEnum):
@@ -32,6 +34,22 @@ class OptimizerState(StrEnum):
     TRANSFER = "transfer"
 
 
+class DatasetCache(StrEnum):
+    """Where the deterministic part of the training chain (the user's ``train_transform`` up to its first random
+    transform) is kept between epochs; the random patch crop always runs after it.
+
+    - ``none``: every item is transformed at every epoch.
+    - ``memory``: MONAI's ``CacheDataset``.
+    - ``disk``: MONAI's ``PersistentDataset`` under the run's ``cache`` folder
+      (:attr:`~monai_continual.strategies.layout.RunLayout.cache_dir`).
+    """
+
+    NONE = "none"
+    MEMORY = "memory"
+    DISK = "disk"
+
+
+_KEYS = ("image", "label")
 _REQUIRED = ("network", "train_transform", "eval_transform", "num_classes")
 
 
@@ -40,6 +58,18 @@ def _choice(name: str, value: Any, choices: type[StrEnum]) -> Any:
         return look_up_option(value, choices)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
+
+
+def _spatial(name: str, value: Sequence[int] | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        size = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {value!r}.") from None
+    if not size or any(v < 1 for v in size) or any(v != float(w) for v, w in zip(size, value)):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {value!r}.")
+    return size
 
 
 def _adam(params: Any) -> torch.optim.Optimizer:
@@ -61,7 +91,9 @@ class MonaiSettings:
         bayes_optimizer: optimizer of Bayesian stages (default: ``optimizer``).
         epochs: epochs per site stage.
         batch_size: mini-batch size.
-        inferer: prediction inferer (e.g. ``SlidingWindowInferer``); Bayesian models wrap it in ``MCInferer``.
+        inferer: prediction inferer of every evaluation (test scores, validation plateaus, checks of a received
+            model); Bayesian models wrap it in ``MCInferer``. Default: a ``SlidingWindowInferer`` when ``sw_roi_size``
+            or ``patch_size`` is set, else ``SimpleInferer`` (whole volumes). A given inferer wins.
         mc_samples: Monte Carlo samples of Bayesian models at evaluation.
         bayes: how Bayesian stages convert the network (:class:`~monai_continual.bayes.BayesConfig`; default
             :meth:`~monai_continual.bayes.BayesConfig.calibrated`: stds from the site's data, He-scaled prior).
@@ -70,11 +102,26 @@ class MonaiSettings:
         device: training device.
         seed: the seed of everything.
         progress: show progress bars.
+        patch_size: train on label-aware patches of this spatial size (``None``: whole volumes). The executor appends
+            ``SpatialPadd`` (a smaller volume is padded) and ``RandCropByPosNegLabeld`` (pos/neg 1/1) to
+            ``train_transform``; ``eval_transform`` is left as is (evaluation sees whole volumes). The ELBO's N then
+            counts patch voxels.
+        samples_per_volume: patches drawn from a volume per visit; they become items of the mini-batch (a batch has
+            ``batch_size * samples_per_volume`` patches).
+        sw_roi_size: the sliding window of evaluation (default: ``patch_size``).
+        sw_batch_size: windows per forward pass of the sliding window.
+        sw_overlap: overlap of neighbouring windows, in ``[0, 1)``.
+        amp: mixed precision on CUDA (``SupervisedTrainer(amp=True)`` and evaluation under ``torch.autocast``); a
+            no-op on the CPU.
+        num_workers: worker processes of the training ``DataLoader``.
+        cache: :class:`DatasetCache` of the training dataset (does not change results).
 
     Example::
 
         >>> settings = MonaiSettings(MeshNet(3, 1, 4, channels=16), train_transform, eval_transform, num_classes=4)
         >>> settings.new_network(bayesian=True)
+        >>> patches = MonaiSettings(net, train_transform, eval_transform, 4, patch_size=(96, 96, 96), amp=True)
+        >>> patches.inferer  # SlidingWindowInferer(roi_size=(96, 96, 96), sw_batch_size=1, overlap=0.25)
     """
 
     network: nn.Module
@@ -94,7 +141,18 @@ class MonaiSettings:
     device: torch.device | str = "cpu"
     seed: int = 0
     progress: bool = True
+    patch_size: tuple[int, ...] | None = None
+    samples_per_volume: int = 1
+    sw_roi_size: tuple[int, ...] | None = None
+    sw_batch_size: int = 1
+    sw_overlap: float = 0.25
+    amp: bool = False
+    num_workers: int = 0
+    cache: DatasetCache | str = DatasetCache.NONE
     init_state: dict[str, torch.Tensor] = field(init=False, repr=False, compare=False)
+    patch_transforms: tuple[Callable, ...] = field(init=False, repr=False, compare=False)
+    train_chain: Callable = field(init=False, repr=False, compare=False)
+    window: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -104,6 +162,21 @@ class MonaiSettings:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}.")
         if not isinstance(self.bayes, BayesConfig):
             raise TypeError(f"bayes must be a BayesConfig, got {type(self.bayes).__name__}.")
+        for name in ("samples_per_volume", "sw_batch_size"):
+            if isinstance(getattr(self, name), bool) or int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
+            put(name, int(getattr(self, name)))
+        if isinstance(self.num_workers, bool) or int(self.num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}.")
+        if not (isinstance(self.sw_overlap, (int, float)) and 0 <= float(self.sw_overlap) < 1):
+            raise ValueError(f"sw_overlap must be in [0, 1), got {self.sw_overlap!r}.")
+        if not isinstance(self.amp, bool):
+            raise TypeError(f"amp must be True or False, got {self.amp!r}.")
+        put("num_workers", int(self.num_workers))
+        put("sw_overlap", float(self.sw_overlap))
+        put("patch_size", _spatial("patch_size", self.patch_size))
+        put("sw_roi_size", _spatial("sw_roi_size", self.sw_roi_size))
+        put("cache", _choice("cache", self.cache, DatasetCache))
         put("optimizer_state", _choice("optimizer_state", self.optimizer_state, OptimizerState))
         put("elbo_examples", _choice("elbo_examples", self.elbo_examples, ElboExamples))
         template = copy.deepcopy(self.network).cpu()
@@ -118,7 +191,22 @@ class MonaiSettings:
         put("loss", self.loss if self.loss is not None else DiceCELoss(to_onehot_y=True, softmax=True))
         put("optimizer", self.optimizer if self.optimizer is not None else _adam)
         put("bayes_optimizer", self.bayes_optimizer if self.bayes_optimizer is not None else self.optimizer)
-        put("inferer", self.inferer if self.inferer is not None else SimpleInferer())
+        roi = self.sw_roi_size or self.patch_size
+        put("window", roi if self.inferer is None else None)  # the sliding window these settings built, if any
+        if self.inferer is not None:
+            put("inferer", self.inferer)
+        elif roi is not None:
+            put("inferer", SlidingWindowInferer(roi, sw_batch_size=self.sw_batch_size, overlap=self.sw_overlap))
+        else:
+            put("inferer", SimpleInferer())
+        crop: tuple[Callable, ...] = ()
+        if self.patch_size is not None:
+            crop = (SpatialPadd(_KEYS, spatial_size=self.patch_size),
+                    RandCropByPosNegLabeld(_KEYS, "label", self.patch_size, pos=1, neg=1,
+                                           num_samples=self.samples_per_volume))
+        put("patch_transforms", crop)
+        # one Randomizable chain: seeding it (EpochSeeder) seeds the user's random transforms and the crop
+        put("train_chain", Compose([self.train_transform, *crop]) if crop else self.train_transform)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -149,8 +237,15 @@ class MonaiSettings:
         """The evaluation inferer: Monte Carlo over ``mc_samples`` passes for Bayesian models."""
         return MCInferer(self.mc_samples, self.inferer) if bayesian else self.inferer
 
+    @property
+    def patch_voxels(self) -> int | None:
+        """Voxels of one training patch (``None``: whole volumes)."""
+        return None if self.patch_size is None else math.prod(self.patch_size)
+
     def identity(self) -> dict[str, Any]:
-        """The settings that make a run directory's results what they are (a run with others is refused)."""
+        """The settings that make a run directory's results what they are (a run with others is refused); the
+        dataset cache and the data-loader workers do not change results and stay out."""
+        sw = self.window
         return {
             "batch_size": self.batch_size,
             "seed": self.seed,
@@ -158,4 +253,9 @@ class MonaiSettings:
             "optimizer_state": str(self.optimizer_state),
             "mc_samples": self.mc_samples,
             "network": {k: list(v.shape) for k, v in self.init_state.items()},
+            "patch_size": None if self.patch_size is None else list(self.patch_size),
+            "samples_per_volume": self.samples_per_volume,
+            "sliding_window": None if sw is None else {"roi_size": list(sw), "sw_batch_size": self.sw_batch_size,
+                                                       "overlap": self.sw_overlap},
+            "amp": self.amp,
         }

@@ -25,6 +25,7 @@ def evaluate_sites(
     device: str | torch.device = "cpu",
     include_background: bool = False,
     progress: bool = False,
+    amp: bool = False,
 ) -> dict[str, list[float]]:
     """Per-volume class-averaged Dice of ``network`` on each site's items.
 
@@ -38,6 +39,7 @@ def evaluate_sites(
         device: where to run.
         include_background: count the background class in the Dice average.
         progress: show a progress bar over volumes.
+        amp: predict under ``torch.autocast`` (mixed precision) when ``device`` is a CUDA device; ignored elsewhere.
 
     Returns:
         site -> list of per-volume Dice, in item order.
@@ -47,13 +49,14 @@ def evaluate_sites(
         >>> scores = evaluate_sites(net, {s: data.items(s, "test") for s in data.site_names}, eval_transform, 4)
     """
     inferer = inferer or SimpleInferer()
+    autocast = bool(amp) and torch.device(device).type == "cuda"
     was_training = network.training
     network.eval()
     total = sum(len(v) for v in site_items.values())
     bar = tqdm(total=total, desc="evaluating", disable=not progress, leave=False)
     scores: dict[str, list[float]] = {}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cuda", enabled=autocast):
             for site, items in site_items.items():
                 scores[site] = []
                 for item in items:

@@ -14,6 +14,7 @@
     <run>/sites/<site>/optimizer_<kind>_stage####.safetensors   a site's own optimizer state
     <run>/stages/stage####_<dataset>/               nnU-Net's results folder of a stage
     <run>/predictions/stage####/<site>/             a stage's predictions of a site's test images
+    <run>/cache/                                    the training datasets' disk cache (MONAI run, cache="disk")
     <run>/R.json, R.csv, R.png                      the R matrix
     <run>/final_model.safetensors                   the strategy's final model
 """
@@ -62,6 +63,11 @@ class RunLayout:
     @property
     def store(self) -> Path:
         return self.root / "store"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where a MONAI run's ``PersistentDataset`` keeps transformed training items (never a result)."""
+        return self.root / "cache"
 
     @property
     def final_model(self) -> Path:
