@@ -78,17 +78,17 @@ def test_stages_are_logged_live_so_a_stopped_run_is_complete_up_to_its_last_stag
     tracker = RunTracker("tensorboard", tmp_path / "tb")
     log = tracker.stage_logger("vcl")
 
-    def stop_after_stage_2(state, record):
-        log(state, record)
-        if record.number == 2:
+    def stopped_at_stage_2(state, record):
+        if record.number == 2:  # killed after stage 2 was saved, before it was logged
             raise _Stop
+        log(state, record)
 
     with pytest.raises(_Stop):
-        runner.run("vcl", on_stage=stop_after_stage_2)
+        runner.run("vcl", on_stage=stopped_at_stage_2)
     events = EventAccumulator(str(tmp_path / "tb" / "vcl"), size_guidance={"scalars": 0}).Reload()
-    assert len(events.Scalars("loss/train")) == 4  # two stages of two epochs, logged before the stop
-    assert {e.step for e in events.Scalars("dice/alpha")} == {1, 2}
-    result = runner.run("vcl", on_stage=log)  # resumed: the remaining stages are logged, none twice
+    assert len(events.Scalars("loss/train")) == 2  # stage 1's two epochs, logged as soon as it was saved
+    assert {e.step for e in events.Scalars("dice/alpha")} == {1}
+    result = runner.run("vcl", on_stage=tracker.stage_logger("vcl"))  # resumed: stage 2 and the rest, once each
     records = [r for r in json.loads((result.directory / "state.json").read_text())["stages"] if r["number"] > 0]
     events = EventAccumulator(str(tmp_path / "tb" / "vcl"), size_guidance={"scalars": 0}).Reload()
     dice, elbo = _expected(records)

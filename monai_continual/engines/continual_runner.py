@@ -11,7 +11,7 @@ from typing import Any
 from monai.inferers import Inferer
 from torch import nn
 
-from monai_continual.bayes import BayesConfig, PriorStd, StdInit
+from monai_continual.bayes import BayesConfig
 from monai_continual.consolidation import save_weights
 from monai_continual.data import MultiSiteDatalist, check_sites, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
@@ -128,9 +128,9 @@ class ContinualRunner:
         *,
         sites: Sequence[str] | None = None,
         check_data: bool = True,
-        std_init: float | str = StdInit.LAPLACE,
-        prior_std: float | str = PriorStd.HE,
-        weight_norm: bool = False,
+        std_init: float | str | None = None,
+        prior_std: float | str | None = None,
+        weight_norm: bool | None = None,
         **settings: Any,
     ) -> None:
         self.data = datalist if isinstance(datalist, MultiSiteDatalist) else load_multisite_datalist(datalist)
@@ -154,9 +154,12 @@ class ContinualRunner:
         if unknown:
             raise TypeError(f"ContinualRunner: unknown setting(s) {unknown}; settings are "
                             f"{sorted(MonaiSettings.option_names())}.")
-        bayes = BayesConfig.calibrated(std_init=std_init, prior_std=prior_std, weight_norm=weight_norm)
-        self.settings = MonaiSettings(network, train_transform, eval_transform, num_classes,
-                                      **{"bayes": bayes, **settings})
+        shorthand = {k: v for k, v in (("std_init", std_init), ("prior_std", prior_std), ("weight_norm", weight_norm))
+                     if v is not None}
+        if "bayes" in settings and shorthand:
+            raise TypeError(f"ContinualRunner: give either bayes or {sorted(shorthand)}, not both.")
+        settings.setdefault("bayes", BayesConfig.calibrated(**shorthand))
+        self.settings = MonaiSettings(network, train_transform, eval_transform, num_classes, **settings)
         if check_data:
             check_sites(self.data, self.eval_sites, self.settings.num_classes)
         self.replay_options = ReplayOptions()

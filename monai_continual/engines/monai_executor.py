@@ -303,10 +303,9 @@ class MonaiStageExecutor(BaseStageExecutor):
     def _batches(self, items: Sequence[dict[str, Any]], seed: int):
         """The training batches of a Laplace calibration: patches when training on patches, seeded by ``seed``."""
         s = self.settings
-        if hasattr(s.train_chain, "set_random_state"):
-            s.train_chain.set_random_state(seed=seed % 2**32)
+        # MONAI's DataLoader seeds the chain's random state from its generator (num_workers=0)
         loader = DataLoader(Dataset(items, transform=s.train_chain), batch_size=s.batch_size, num_workers=0,
-                            collate_fn=list_data_collate)
+                            collate_fn=list_data_collate, generator=torch.Generator().manual_seed(seed % 2**63))
         for batch in loader:
             yield batch["image"].to(s.device), batch["label"].to(s.device)
 

@@ -12,11 +12,12 @@ import torch
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
-from monai.utils import StrEnum, look_up_option
+from monai.utils import StrEnum
 from torch import nn
 
 from monai_continual.bayes import BayesConfig, MCInferer, StdInit, bayesianize
 from monai_continual.losses import ElboExamples
+from monai_continual.utils.choices import look_up_choice
 
 __all__ = ["MonaiSettings", "OptimizerState", "DatasetCache"]
 
@@ -51,13 +52,6 @@ class DatasetCache(StrEnum):
 
 _KEYS = ("image", "label")
 _REQUIRED = ("network", "train_transform", "eval_transform", "num_classes")
-
-
-def _choice(name: str, value: Any, choices: type[StrEnum]) -> Any:
-    try:
-        return look_up_option(value, choices)
-    except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
 
 
 def _spatial(name: str, value: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -176,9 +170,9 @@ class MonaiSettings:
         put("sw_overlap", float(self.sw_overlap))
         put("patch_size", _spatial("patch_size", self.patch_size))
         put("sw_roi_size", _spatial("sw_roi_size", self.sw_roi_size))
-        put("cache", _choice("cache", self.cache, DatasetCache))
-        put("optimizer_state", _choice("optimizer_state", self.optimizer_state, OptimizerState))
-        put("elbo_examples", _choice("elbo_examples", self.elbo_examples, ElboExamples))
+        put("cache", look_up_choice(self.cache, DatasetCache, "cache"))
+        put("optimizer_state", look_up_choice(self.optimizer_state, OptimizerState, "optimizer_state"))
+        put("elbo_examples", look_up_choice(self.elbo_examples, ElboExamples, "elbo_examples"))
         template = copy.deepcopy(self.network).cpu()
         put("network", template)
         put("init_state", {k: v.detach().clone() for k, v in template.state_dict().items()})
@@ -244,7 +238,8 @@ class MonaiSettings:
 
     def identity(self) -> dict[str, Any]:
         """The settings that make a run directory's results what they are (a run with others is refused); the
-        dataset cache and the data-loader workers do not change results and stay out."""
+        dataset cache does not change results and stays out. The data-loader workers are in: each worker reseeds
+        the random transforms (MONAI's ``worker_init_fn``), so the drawn patches depend on their number."""
         sw = self.window
         return {
             "batch_size": self.batch_size,
@@ -258,4 +253,5 @@ class MonaiSettings:
             "sliding_window": None if sw is None else {"roi_size": list(sw), "sw_batch_size": self.sw_batch_size,
                                                        "overlap": self.sw_overlap},
             "amp": self.amp,
+            "num_workers": self.num_workers,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -16,8 +17,11 @@ from monai.utils import StrEnum, look_up_option
 from monai_continual.metrics import backward_transfer, forward_transfer
 from monai_continual.report import FinishedRun, weighted_dice
 from monai_continual.strategies import INITIAL_STAGE, RunState, StageRecord
+from monai_continual.utils.atomic import atomic_write_text
 
 __all__ = ["Tracking", "RunTracker", "tracking_of"]
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.@+\[\]-]+")
 
 
 class Tracking(StrEnum):
@@ -74,7 +78,6 @@ class RunTracker:
         self.directory = Path(directory)
         self.experiment_name = experiment_name
         self.tracking_uri = tracking_uri or (self.directory / "mlruns").resolve().as_uri()
-        self._mlflow_runs: dict[str, str] = {}
         if self.kind == Tracking.MLFLOW:
             import mlflow
 
@@ -89,7 +92,9 @@ class RunTracker:
     def stage_logger(self, name: str) -> Callable[[RunState, StageRecord], None]:
         """A callback for :meth:`~monai_continual.engines.ContinualRunner.run`'s ``on_stage``: logs each stage of run
         ``name`` as soon as it is saved (its epochs' losses and ELBO terms, its Dice per site), so a killed run's
-        record is complete up to its last finished stage.
+        record is complete up to its last finished stage. Which stages were logged is kept beside the logs
+        (``<directory>/<name>.tracked.json``): a resumed run logs each remaining stage once, including one finished
+        but not yet logged when the process was killed.
 
         Example::
 
@@ -97,13 +102,30 @@ class RunTracker:
         """
 
         def log(state: RunState, record: StageRecord) -> None:
-            if record.number <= INITIAL_STAGE:
-                return
-            earlier = [r for r in state.stage_records() if INITIAL_STAGE < r.number < record.number]
-            epoch = sum(len(r.details.get("loss") or []) for r in earlier)
-            self._write(name, _stage_scalars(asdict(record), epoch)[0])
+            logged = set(self._progress(name).get("stages", []))
+            epoch = 0
+            for done in state.stage_records():
+                if INITIAL_STAGE < done.number and done.number not in logged:
+                    self._write(name, _stage_scalars(asdict(done), epoch)[0])
+                    logged.add(done.number)
+                    self._save_progress(name, stages=sorted(logged))
+                epoch += len(done.details.get("loss") or [])
 
         return log
+
+    def _progress_file(self, name: str) -> Path:
+        if not _RUN_NAME.fullmatch(name) or name.startswith("."):  # it names a file beside the logs
+            raise ValueError(f"RunTracker: run name {name!r} must match {_RUN_NAME.pattern} (no path parts).")
+        return self.directory / f"{name}.tracked.json"
+
+    def _progress(self, name: str) -> dict[str, Any]:
+        path = self._progress_file(name)
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def _save_progress(self, name: str, **fields: Any) -> None:
+        path = self._progress_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({**self._progress(name), **fields}) + "\n")
 
     def log_finished(self, run: FinishedRun, test_sizes: Mapping[str, int], single: FinishedRun | None = None) -> None:
         """Log what a finished run of the main job adds to its stages (logged live by :meth:`stage_logger`): its R
@@ -165,9 +187,9 @@ class RunTracker:
     def _mlflow(self, name: str, scalars, figure, matrix) -> None:
         import mlflow
 
-        run_id = self._mlflow_runs.get(name)  # one MLflow run per strategy run, logged stage by stage
+        run_id = self._progress(name).get("mlflow_run_id")  # one MLflow run per strategy run, across processes
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as active:
-            self._mlflow_runs[name] = active.info.run_id
+            self._save_progress(name, mlflow_run_id=active.info.run_id)
             for tag, value, step in scalars:
                 mlflow.log_metric(tag, float(value), step=step)
             if matrix is not None:

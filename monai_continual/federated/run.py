@@ -134,12 +134,16 @@ class FederatedRun:
             >>> FederatedRun.nnunet(["Dataset501_site_a", "Dataset502_site_b"], "cyclic_weight_transfer", "out",
             ...                     options={"cycles": 2}, settings={"iterations_per_epoch": 20}).run()
         """
+        from monai_continual.nnunet.settings import NnUNetSiteSettings  # the nnU-Net backend only
+
+        overrides = check_overrides(dict(settings or {}), NNUNET_SITE_KEYS)
+        NnUNetSiteSettings.from_mapping(overrides)  # a bad value fails here, not in the site processes
         run = cls.__new__(cls)
         run.config_file, run.datalist = "", ""
         sites = [check_site_name(d, "FederatedRun.nnunet: dataset") for d in datasets]
         held_out = [check_site_name(d, "FederatedRun.nnunet: dataset") for d in eval_datasets]
         run._setup(strategy, options, sites, [*sites, *held_out], output_dir,
-                   check_overrides(dict(settings or {}), NNUNET_SITE_KEYS), NNUNET_CLIENT_SCRIPT, engine=engine,
+                   overrides, NNUNET_CLIENT_SCRIPT, engine=engine,
                    export=export, epochs=epochs, seed=seed, min_clients=min_clients, task_timeout=task_timeout,
                    allow=False, payload_log=payload_log, boundary=boundary, accept_margin=None,
                    task_request_interval=task_request_interval)

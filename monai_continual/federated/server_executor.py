@@ -288,7 +288,7 @@ class FederatedStageExecutor(BaseStageExecutor):
         for site, factor in report.clipped.items():
             self._event(stage.number, site=site, update="clipped", factor=factor, norm=report.norms[site],
                         bound=report.bound)
-        return merged, sizes, {"inputs_used": list(inputs), "weights": sizes, "aggregation": report.to_dict()}
+        return merged, sizes, {"weights": sizes, "aggregation": report.to_dict()}
 
     def combine_posteriors(self, stage: Stage, inputs: Sequence[int], counts: Sequence[float]) -> Posterior:
         return consolidate_dwc(self.layout.posterior_file(stage.prior), [self.layout.posterior_file(i) for i in inputs],

@@ -26,7 +26,6 @@ from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses import ElboExamples, ELBOLoss
 
 __all__ = [
-    "ElboExamples",
     "nnUNetTrainerBayesian",
     "nnUNetTrainerVCL",
     "nnUNetTrainerVCLUnbounded",
@@ -64,10 +63,13 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
     mc_samples: int = 10
     elbo_examples: ElboExamples = ElboExamples.VOXELS
 
-    @classmethod
-    def bayes_kwargs(cls) -> dict:
-        """Arguments of :func:`~monai_continual.bayes.bayesianize` for this trainer's network: ``bayes`` as a dict."""
-        return cls.bayes.to_dict()
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = sorted(name for name in ("std_init", "prior_std", "prior_mean", "weight_norm", "bound_std",
+                                          "sample_mode") if name in vars(cls))
+        if legacy:  # these settings live in one BayesConfig: a class attribute of that name would do nothing
+            raise TypeError(f"{cls.__name__}: set {legacy} through the BayesConfig class attribute, e.g. "
+                            f"bayes = nnUNetTrainerBayesian.bayes.replace({legacy[0]}=...).")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:

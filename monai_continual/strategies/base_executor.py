@@ -89,14 +89,16 @@ class BaseStageExecutor:
     def published(self, stage: Stage, strict: bool = False) -> StageOutput | None:
         """The record of ``stage`` when its model was published before an interruption from the stage's current
         inputs (its count and details from the receipt written before publishing); ``None`` when it was not, or when
-        its receipt names other inputs (the stage trains again). ``strict``: a published model without a matching
-        receipt also trains again."""
+        its receipt names other inputs or another model (the stage trains again). ``strict``: a published model
+        without any receipt also trains again (non-strict tolerates run directories from before receipts)."""
         sha = self.artifacts.published_sha(stage.number)
         if sha is None:
             return None
         receipt = self.artifacts.receipt(stage.number, sha)
         loaded = self.artifacts.loaded(stage)
-        if (strict and not receipt) or receipt.get("inputs", loaded) != loaded:
+        # a receipt of another model: a newer attempt wrote it and stopped before publishing, so train again
+        other = not receipt and self.layout.receipt_file(stage.number).exists()
+        if (strict and not receipt) or other or receipt.get("inputs", loaded) != loaded:
             return None
         return StageOutput(sha, loaded, int(receipt.get("num_examples", 0)), dict(receipt.get("details", {})))
 
@@ -128,12 +130,11 @@ class BaseStageExecutor:
             merged, used, details = self.average(stage, inputs, counts)
             crash_point("mid_consolidation", stage.number)
             entry = self.store.publish(merged, "average", stage.number, weights=used)
-            return StageOutput(entry.sha256, loaded, int(sum(counts)), details)
+            return StageOutput(entry.sha256, loaded, int(sum(counts)), {"inputs_used": list(inputs), **details})
         posterior = self.combine_posteriors(stage, inputs, counts)
         crash_point("mid_consolidation", stage.number)
         posterior.save(self.layout.posterior_file(stage.number))
-        return StageOutput(posterior.sha256(), loaded, int(sum(counts)),
-                           {"inputs_used": inputs} if list(inputs) != list(stage.inputs) else {})
+        return StageOutput(posterior.sha256(), loaded, int(sum(counts)), {"inputs_used": list(inputs)})
 
     def consolidation_inputs(self, stage: Stage, counts: list[float]) -> tuple[list[int], list[float]]:
         """The stages a consolidation combines and their counts (every input, by default)."""

@@ -6,10 +6,10 @@
     <run>/store/                                    weights of deterministic stages (DirectoryWeightStore)
     <run>/store/optimizer_stage####.safetensors     the optimizer state that travels (optimizer_state="transfer")
     <run>/posteriors/stage####.safetensors          posteriors of Bayesian stages
-    <run>/receipts/stage####.json                   what arrived with a stage's model, written before publishing
+    <run>/receipts/stage####.json                   a stage's count, details and input hashes, written before
+                                                    its model is published
     <run>/checks/stage####.json                     a site's check of a model it received
     <run>/replay/stage####/                         the replay memory after a stage
-    <run>/sites/<site>/details_stage####.json       what a stage recorded while training, with its inputs
     <run>/sites/<site>/checkpoint_stage####.pt      a stage's epoch checkpoint (read back only by that site)
     <run>/sites/<site>/optimizer_<kind>_stage####.safetensors   a site's own optimizer state
     <run>/stages/stage####_<dataset>/               nnU-Net's results folder of a stage
@@ -57,10 +57,6 @@ class RunLayout:
         self.root = Path(run_dir)
 
     @property
-    def state_file(self) -> Path:
-        return self.root / STATE_FILE
-
-    @property
     def store(self) -> Path:
         return self.root / "store"
 
@@ -87,9 +83,6 @@ class RunLayout:
 
     def site_dir(self, site: str) -> Path:
         return self.root / "sites" / site
-
-    def details_file(self, site: str, number: int) -> Path:
-        return self.site_dir(site) / stage_file_name(number, ".json", prefix="details_")
 
     def checkpoint_file(self, site: str, number: int) -> Path:
         return self.site_dir(site) / stage_file_name(number, ".pt", prefix="checkpoint_")

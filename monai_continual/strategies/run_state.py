@@ -106,8 +106,9 @@ class RunState:
             raise RunStateError(f"run state {str(state.path)!r} is damaged or of an older format: {err}") from err
         if saved_hash != state.config_hash:
             raise RunStateError(
-                f"run directory {str(state.directory)!r} holds a run of {data.get('strategy')!r} with other settings; "
-                "use another output directory or remove it to start over."
+                f"run directory {str(state.directory)!r} holds a run of {data.get('strategy')!r} with other settings "
+                "(or made by an earlier version of monai-continual); use another output directory or remove it to "
+                "start over."
             )
         state.records = {r.number: r for r in records}
         return state
