@@ -62,8 +62,11 @@ def _report(args: argparse.Namespace) -> int:
 def _make_sites(args: argparse.Namespace) -> int:
     from monai_continual.data import load_multisite_datalist, make_sites
 
+    if args.shape and args.voxel_size:
+        raise SystemExit("make-sites: give --shape or --voxel-size, not both.")
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else (40, 48, 40)
-    path = make_sites(args.outdir, sites=args.sites, seed=args.seed, shape=shape, lesions=args.lesions)
+    path = make_sites(args.outdir, sites=args.sites, seed=args.seed, shape=shape, lesions=args.lesions,
+                      voxel_size=args.voxel_size)
     data = load_multisite_datalist(path)
     for name, site in data.sites.items():
         role = "held out" if site.held_out else "training"
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--sites", nargs="+", help="names of the default sites to generate (default: all)")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--shape", help="voxel grid, e.g. 40,48,40 (default)")
+    mk.add_argument("--voxel-size", type=float, help="voxels of this size in mm instead of --shape, e.g. 2 (the "
+                    "realistic tier: 76x94x80 voxels) or 1 (the paper's resolution)")
     mk.add_argument("--lesions", action="store_true", help="add small hyperintense white-matter lesions (label 4)")
     mk.set_defaults(func=_make_sites)
 

@@ -6,7 +6,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_continual.data import BRAIN_LABELS, DEFAULT_SITES, SiteProfile, load_multisite_datalist, make_sites
+from monai_continual.data import (
+    BRAIN_LABELS,
+    DEFAULT_SITES,
+    SiteProfile,
+    load_multisite_datalist,
+    make_sites,
+    mni_brain_shape,
+)
 
 
 def _volumes(data, site, split="test"):
@@ -103,3 +110,19 @@ def test_make_sites_refuses_a_file_as_output(tmp_path):
     target.write_text("x")
     with pytest.raises(ValueError, match="is not a directory"):
         make_sites(target, sites=["site_a"])
+
+
+def test_a_voxel_size_gives_that_spacing_on_the_brains_box(tmp_path):
+    # the brain's box of the 1 mm template is what the grids divide: a finer voxel gives proportionally more voxels
+    one, two = mni_brain_shape(1.0), mni_brain_shape(2.0)
+    assert all(abs(a - 2 * b) <= 1 for a, b in zip(one, two)) and 70 < min(two) and max(two) < 110
+    path = make_sites(tmp_path, sites=[SiteProfile("alpha", 4), SiteProfile("omega", 2, held_out=True)],
+                      voxel_size=6.0, figure=False, progress=False)
+    image = nib.load(load_multisite_datalist(path).items("alpha", "training")[0]["image"])
+    assert image.shape == mni_brain_shape(6.0)
+    zooms = np.asarray(image.header.get_zooms()[:3])
+    assert np.all(np.abs(zooms * np.asarray(image.shape) - np.asarray(one)) <= 1.0)  # the same box, in mm
+    assert np.all(np.abs(zooms - 6.0) <= 0.5 * 6.0 / np.asarray(image.shape) + 1e-6)  # half a voxel over the box
+    for bad in (0.1, True, "2"):
+        with pytest.raises(ValueError, match="voxel_size"):
+            mni_brain_shape(bad)

@@ -91,9 +91,11 @@ def check_case(item: Mapping[str, Any], num_classes: int, channels: int | None =
     return found
 
 
-def check_sites(data: MultiSiteDatalist, sites: Sequence[str], num_classes: int, channels: int | None = None) -> int:
+def check_sites(data: MultiSiteDatalist, sites: Sequence[str], num_classes: int, channels: int | None = None,
+                in_channels: int | None = None) -> int:
     """:func:`check_case` on every case of ``sites`` (all splits); return the common channel count (every case of
-    every site has the same: one network reads them all).
+    every site has the same: one network reads them all). With ``in_channels`` (the network's), a case with another
+    channel count is refused naming its site and file.
 
     Example::
 
@@ -103,6 +105,10 @@ def check_sites(data: MultiSiteDatalist, sites: Sequence[str], num_classes: int,
     for site in sites:
         for split in ("training", "validation", "test"):
             for item in data.items(site, split):
-                found = check_case(item, num_classes, channels, f"datalist {source!r}, site {site!r}, {split}")
+                where = f"datalist {source!r}, site {site!r}, {split}"
+                found = check_case(item, num_classes, channels, where)
+                if in_channels is not None and found != in_channels:
+                    raise DatalistError(f"{where}: image {item['image']!r} has {found} channel(s); the network's "
+                                        f"in_channels is {in_channels}.")
                 channels = found if channels is None else channels
     return channels or 1

@@ -28,7 +28,8 @@ from monai_continual.utils.choices import look_up_choice
 from monai_continual.utils.hashing import config_sha256
 from monai_continual.utils.names import check_site_name
 
-__all__ = ["Contrast", "SiteProfile", "DEFAULT_SITES", "BRAIN_LABELS", "make_sites", "plot_sites", "GENERATOR_VERSION"]
+__all__ = ["Contrast", "SiteProfile", "DEFAULT_SITES", "BRAIN_LABELS", "make_sites", "mni_brain_shape", "plot_sites",
+           "GENERATOR_VERSION"]
 
 GENERATOR_VERSION = 1
 BRAIN_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
@@ -89,6 +90,30 @@ DEFAULT_SITES: tuple[SiteProfile, ...] = (
 )
 
 
+def _brain_box() -> tuple[np.ndarray, np.ndarray]:
+    """The MNI152 1 mm brain mask's bounding box with a margin: (lo, hi) voxel indices."""
+    from nilearn import datasets
+
+    mask = datasets.load_mni152_brain_mask(resolution=1).get_fdata()
+    coords = np.argwhere(mask > 0)
+    return np.maximum(coords.min(0) - 4, 0), np.minimum(coords.max(0) + 5, mask.shape)
+
+
+def mni_brain_shape(voxel_size: float) -> tuple[int, int, int]:
+    """The grid of the embedded data's brain box at ``voxel_size`` mm (the MNI152 brain, cropped with a margin; its
+    voxels are then ``voxel_size`` to within half a voxel over the box).
+
+    Example::
+
+        >>> mni_brain_shape(2.0)  # the 2 mm tier of real scans
+        (76, 94, 80)
+    """
+    if isinstance(voxel_size, bool) or not isinstance(voxel_size, (int, float)) or not 0.5 <= voxel_size <= 20:
+        raise ValueError(f"voxel_size must be a number of mm in [0.5, 20], got {voxel_size!r}.")
+    lo, hi = _brain_box()
+    return tuple(int(max(1, round(float(n) / voxel_size))) for n in hi - lo)
+
+
 def _load_templates(shape: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
     """MNI152 T1 and tissue probabilities cropped to the brain and resampled to ``shape``: (5, *shape), affine."""
     from nilearn import datasets
@@ -98,9 +123,7 @@ def _load_templates(shape: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata()
     mask = datasets.load_mni152_brain_mask(resolution=1).get_fdata()
     t1_data = t1.get_fdata()
-    coords = np.argwhere(mask > 0)
-    lo = np.maximum(coords.min(0) - 4, 0)
-    hi = np.minimum(coords.max(0) + 5, mask.shape)
+    lo, hi = _brain_box()
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
     gm, wm, mask, t1_data = gm[crop], wm[crop], mask[crop], t1_data[crop]
     brain = np.clip(mask, 0, 1)
@@ -194,6 +217,7 @@ def make_sites(
     lesions: bool = False,
     figure: bool = True,
     progress: bool = True,
+    voxel_size: float | None = None,
 ) -> Path:
     """Generate (or reuse) the embedded multi-site brain dataset and return the path of its datalist JSON.
 
@@ -206,13 +230,18 @@ def make_sites(
         lesions: add 1-3 small hyperintense white-matter lesions per subject, labelled 4.
         figure: write ``sites.png`` with one slice per site.
         progress: show a progress bar.
+        voxel_size: a grid of voxels of this size in mm instead of ``shape`` (:func:`mni_brain_shape`): ``2.0`` is
+            the realistic tier (76x94x80 voxels, train it on patches), ``1.0`` the paper's resolution.
 
     Example::
 
         >>> datalist = make_sites("data/sites", seed=0)          # a few seconds on a CPU, then cached
+        >>> realistic = make_sites("data/sites_2mm", voxel_size=2.0)
         >>> data = load_multisite_datalist(datalist)
     """
     profiles = _select_sites(sites)
+    if voxel_size is not None:
+        shape = mni_brain_shape(voxel_size)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"make_sites: output {str(out)!r} exists and is not a directory.")

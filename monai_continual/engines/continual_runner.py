@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from monai_continual.bayes import BayesConfig
 from monai_continual.consolidation import save_weights
 from monai_continual.data import MultiSiteDatalist, check_sites, load_multisite_datalist
 from monai_continual.data.datalist import DatalistError
+from monai_continual.data.scan_transforms import resamples
+from monai_continual.data.site_geometry import SiteGeometry, geometry_warning, site_geometry
 from monai_continual.engines.monai_executor import MonaiStageExecutor
 from monai_continual.engines.settings import MonaiSettings, OptimizerState
 from monai_continual.losses import ElboExamples
@@ -35,6 +38,7 @@ from monai_continual.strategies import (
 )
 
 __all__ = ["ContinualRunner", "StrategyResult", "OPTIMIZER_STATE_POLICIES", "ELBO_EXAMPLES"]
+logger = logging.getLogger(__name__)
 
 #: the optimizer-state policies (:class:`~monai_continual.engines.settings.OptimizerState`)
 OPTIMIZER_STATE_POLICIES = tuple(p.value for p in OptimizerState)
@@ -160,8 +164,14 @@ class ContinualRunner:
             raise TypeError(f"ContinualRunner: give either bayes or {sorted(shorthand)}, not both.")
         settings.setdefault("bayes", BayesConfig.calibrated(**shorthand))
         self.settings = MonaiSettings(network, train_transform, eval_transform, num_classes, **settings)
+        #: per site: voxel sizes and orientations of its images (read when ``check_data``)
+        self.geometry: list[SiteGeometry] = []
         if check_data:
-            check_sites(self.data, self.eval_sites, self.settings.num_classes)
+            check_sites(self.data, self.eval_sites, self.settings.num_classes, in_channels=self.settings.in_channels)
+            self.geometry = site_geometry(self.data, self.eval_sites)
+            warning = geometry_warning(self.geometry, resamples(self.settings.eval_transform))
+            if warning:
+                logger.warning("%s", warning)
         self.replay_options = ReplayOptions()
 
     # ----------------------------------------------------------------------------------------------------------------

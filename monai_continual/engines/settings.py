@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from monai.losses import DiceCELoss
-from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+from monai.transforms import Compose
 from monai.utils import StrEnum
 from torch import nn
 
 from monai_continual.bayes import BayesConfig, MCInferer, StdInit, bayesianize
+from monai_continual.data.scan_transforms import patch_transforms
 from monai_continual.losses import ElboExamples
 from monai_continual.utils.choices import look_up_choice
 
@@ -50,7 +51,6 @@ class DatasetCache(StrEnum):
     DISK = "disk"
 
 
-_KEYS = ("image", "label")
 _REQUIRED = ("network", "train_transform", "eval_transform", "num_classes")
 
 
@@ -193,11 +193,7 @@ class MonaiSettings:
             put("inferer", SlidingWindowInferer(roi, sw_batch_size=self.sw_batch_size, overlap=self.sw_overlap))
         else:
             put("inferer", SimpleInferer())
-        crop: tuple[Callable, ...] = ()
-        if self.patch_size is not None:
-            crop = (SpatialPadd(_KEYS, spatial_size=self.patch_size),
-                    RandCropByPosNegLabeld(_KEYS, "label", self.patch_size, pos=1, neg=1,
-                                           num_samples=self.samples_per_volume))
+        crop = () if self.patch_size is None else patch_transforms(self.patch_size, self.samples_per_volume)
         put("patch_transforms", crop)
         # one Randomizable chain: seeding it (EpochSeeder) seeds the user's random transforms and the crop
         put("train_chain", Compose([self.train_transform, *crop]) if crop else self.train_transform)
@@ -230,6 +226,16 @@ class MonaiSettings:
     def inferer_for(self, bayesian: bool) -> Inferer:
         """The evaluation inferer: Monte Carlo over ``mc_samples`` passes for Bayesian models."""
         return MCInferer(self.mc_samples, self.inferer) if bayesian else self.inferer
+
+    @property
+    def in_channels(self) -> int | None:
+        """The network's input channels: the first ``in_channels`` of its modules (the network's own, else its first
+        convolution's); ``None`` when no module says."""
+        for module in self.network.modules():
+            value = getattr(module, "in_channels", None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
 
     @property
     def patch_voxels(self) -> int | None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import apply_transform
+from monai.transforms import Invertd, apply_transform
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -35,21 +36,32 @@ def mc_segment_files(
     roi_size: Sequence[int] = (64, 64, 64),
     in_channels: int = 1,
     device: str = "cpu",
+    sw_batch_size: int = 1,
+    sw_overlap: float = 0.25,
 ) -> list[dict[str, str]]:
     """Segment every image with ``num_samples`` Monte Carlo passes over a sliding window.
 
     Writes ``<name>_seg.nii.gz`` (argmax label map, uint8) and ``<name>_uncertainty.nii.gz`` (3 channels: predictive
-    variance, entropy, mutual information) with the input's affine and grid.
+    variance, entropy, mutual information) on the input's own grid and affine: when ``transform`` reorients or
+    resamples (:func:`~monai_continual.data.scan_transforms` with ``axcodes``/``pixdim``), the class probabilities and
+    the uncertainty maps are brought back with MONAI's ``Invertd`` (trilinear) and the label map is their argmax.
 
     Args:
         network: a (Bayesian) segmentation network.
         images: NIfTI paths or a glob pattern.
         output_dir: where the outputs go.
-        transform: MONAI transform of ``{"image": path}`` to a ``(C, *spatial)`` tensor, without resampling.
+        transform: MONAI transform of ``{"image": path}`` to a ``(C, *spatial)`` tensor (invertible where it changes
+            the grid).
         num_samples: Monte Carlo passes.
         roi_size: sliding-window size.
         in_channels: channels the network expects; an image with another number is refused by name.
         device: where to run.
+        sw_batch_size: windows per forward pass.
+        sw_overlap: overlap of neighbouring windows.
+
+    Example::
+
+        >>> mc_segment_files(net, "scans/*.nii.gz", "out", scan_transforms(["image"], pixdim=(1.0, 1.0, 1.0)))
     """
     files = sorted(glob.glob(images)) if isinstance(images, str) else list(images)
     if not files:
@@ -58,21 +70,29 @@ def mc_segment_files(
     if out.exists() and not out.is_dir():
         raise ValueError(f"mc_segment_files: output_dir {str(out)!r} exists and is not a directory.")
     inferer = MCInferer(
-        num_samples, SlidingWindowInferer(roi_size, sw_batch_size=1, overlap=0.25), return_uncertainty=True
+        num_samples, SlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=sw_overlap),
+        return_uncertainty=True,
     )
+    invert = Invertd("maps", transform, orig_keys="image", nearest_interp=False)
     network = network.to(device).eval()
     written = []
     for path in tqdm(files, desc="MC inference"):
-        image = torch.as_tensor(apply_transform(transform, {"image": path})["image"])
+        image = apply_transform(transform, {"image": path})["image"]
         if image.shape[0] != in_channels:
             raise ValueError(f"image {path!r} has {image.shape[0]} channel(s); the network expects {in_channels}.")
-        result = inferer(image[None].to(device), network)
-        affine = nib.load(path).affine
-        name = Path(path).name.split(".")[0]
+        with torch.no_grad():
+            result = inferer(torch.as_tensor(image)[None].to(device), network)
+        maps = torch.cat([result["probs"], result["variance"], result["entropy"], result["mutual_information"]],
+                         dim=1)[0].cpu()
+        if isinstance(image, MetaTensor) and image.applied_operations:  # back onto the input's own grid
+            maps = torch.as_tensor(invert({"image": image, "maps": MetaTensor(maps, meta=image.meta)})["maps"])
+        probs, uncertainty = maps[: result["probs"].shape[1]], maps[result["probs"].shape[1]:]
+        first = path[0] if isinstance(path, (list, tuple)) else path  # a list of modality files shares one grid
+        affine = nib.load(first).affine
+        name = Path(first).name.split(".")[0]
         seg = out / f"{name}_seg.nii.gz"
         unc = out / f"{name}_uncertainty.nii.gz"
-        _save(result["probs"].argmax(1)[0].cpu().numpy().astype(np.uint8), affine, seg)
-        maps = torch.cat([result["variance"], result["entropy"], result["mutual_information"]], dim=1)[0]
-        _save(np.moveaxis(maps.cpu().numpy().astype(np.float32), 0, -1), affine, unc)
+        _save(probs.argmax(0).numpy().astype(np.uint8), affine, seg)
+        _save(np.moveaxis(uncertainty.numpy().astype(np.float32), 0, -1), affine, unc)
         written.append({"image": path, "seg": str(seg), "uncertainty": str(unc)})
     return written

@@ -19,7 +19,8 @@ __all__ = ["MONAI_SITE_KEYS", "NNUNET_SITE_KEYS", "OverrideError", "check_overri
 #: keys a job may set in a site's MONAI bundle config (``configs/federated.json``)
 MONAI_SITE_KEYS = frozenset({
     "num_classes", "channels", "dilations", "epochs", "batch_size", "learning_rate", "bayes_learning_rate",
-    "optimizer_state", "mc_samples", "seed", "device", "threads", "datalist", "patch_size", "samples_per_volume",
+    "optimizer_state", "mc_samples", "seed", "device", "threads", "datalist", "in_channels", "pixdim", "axcodes",
+    "patch_size", "samples_per_volume",
     "sw_batch_size", "sw_overlap", "amp", "num_workers", "cache",
 })
 #: settings a job may give an nnU-Net site (``nnunet_client.py``)
