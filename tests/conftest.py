@@ -20,3 +20,13 @@ def small_sites(tmp_path_factory):
     from monai_continual.data import make_sites
 
     return make_sites(tmp_path_factory.mktemp("sites"), seed=0, shape=(24, 28, 24), progress=False)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cuda`` are skipped where no CUDA device is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
