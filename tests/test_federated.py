@@ -141,6 +141,11 @@ def test_strategies_fill_r_matrices_in_the_simulator(datalist, tmp_path, strateg
 def test_strategies_that_move_data_are_refused(datalist, tmp_path):
     with pytest.raises(ValueError, match="patient data leaves a site.*allow_data_to_leave_sites=True"):
         FederatedRun(CONFIG, "replay", datalist, tmp_path)
+    assert bool("false")  # what `--allow_data_to_leave_sites false` on a command line would be without as_flag
+    with pytest.raises(ValueError, match="patient data leaves a site"):
+        FederatedRun(CONFIG, "replay", datalist, tmp_path, allow_data_to_leave_sites="false")
+    with pytest.raises(ValueError, match="allow_data_to_leave_sites must be true or false, got 'flase'"):
+        FederatedRun(CONFIG, "replay", datalist, tmp_path, allow_data_to_leave_sites="flase")
     with pytest.raises(ValueError, match="centrally_hosted pools every site's data"):
         FederatedRun(CONFIG, "centrally_hosted", datalist, tmp_path)
     with pytest.raises(TypeError, match=r"unexpected options \['rounds'\]"):

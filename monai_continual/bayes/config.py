@@ -12,6 +12,7 @@ import numpy as np
 from monai.utils import StrEnum, look_up_option
 
 from monai_continual.utils.choices import look_up_choice
+from monai_continual.utils.flags import as_flag
 
 __all__ = ["BayesConfig", "StdInit", "PriorMean", "PriorStd", "SampleMode", "conversion_std_init"]
 
@@ -101,9 +102,8 @@ class BayesConfig:
         set_field(self, "prior_std", _number_or_choice("prior_std", self.prior_std, PriorStd, positive=True))
         for field in ("weight_norm", "bound_std"):
             value = getattr(self, field)
-            if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1))):
-                raise ValueError(f"BayesConfig: {field} must be a bool, got {value!r}.")
-            set_field(self, field, bool(value))
+            value = bool(value) if isinstance(value, np.bool_) else value
+            set_field(self, field, as_flag(value, f"BayesConfig: {field}"))
         set_field(self, "sample_mode", look_up_choice(self.sample_mode, SampleMode, "BayesConfig: sample_mode"))
 
     @classmethod

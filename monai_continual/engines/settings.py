@@ -19,6 +19,7 @@ from monai_continual.bayes import BayesConfig, MCInferer, StdInit, bayesianize
 from monai_continual.data.scan_transforms import patch_transforms
 from monai_continual.losses import ElboExamples
 from monai_continual.utils.choices import look_up_choice
+from monai_continual.utils.flags import as_flag
 
 __all__ = ["MonaiSettings", "OptimizerState", "DatasetCache"]
 
@@ -164,8 +165,7 @@ class MonaiSettings:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}.")
         if not (isinstance(self.sw_overlap, (int, float)) and 0 <= float(self.sw_overlap) < 1):
             raise ValueError(f"sw_overlap must be in [0, 1), got {self.sw_overlap!r}.")
-        if not isinstance(self.amp, bool):
-            raise TypeError(f"amp must be True or False, got {self.amp!r}.")
+        put("amp", as_flag(self.amp, "amp"))
         put("num_workers", int(self.num_workers))
         put("sw_overlap", float(self.sw_overlap))
         put("patch_size", _spatial("patch_size", self.patch_size))

@@ -30,6 +30,7 @@ from monai_continual.report import (
 from monai_continual.strategies import strategy_of
 from monai_continual.strategies.layout import RunLayout
 from monai_continual.strategies.names import DWC_FINETUNED, Strategy
+from monai_continual.utils.flags import as_flag
 
 __all__ = ["MultiSiteExperiment"]
 
@@ -110,7 +111,7 @@ class MultiSiteExperiment:
             strategies=_strategies(strategies),
             strategy_options={strategy_of(k): dict(v) for k, v in (strategy_options or {}).items()},
             orders=int(orders),
-            size_orders=bool(size_orders),
+            size_orders=as_flag(size_orders, "size_orders"),
             seed=int(dataset_seed) + 7,
         )
         self.network = network

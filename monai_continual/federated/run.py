@@ -17,6 +17,7 @@ from monai_continual.federated.controller import StrategyController, refuse_data
 from monai_continual.federated.overrides import MONAI_SITE_KEYS, NNUNET_SITE_KEYS, check_overrides
 from monai_continual.report import summary_table
 from monai_continual.strategies import make_options, strategy_of
+from monai_continual.utils.flags import as_flag
 from monai_continual.utils.names import check_site_name
 
 __all__ = ["FederatedRun", "Engine", "ENGINES"]
@@ -93,6 +94,7 @@ class FederatedRun:
         name = strategy_of(strategy)
         self.options = dict(options or {})
         make_options(name, **self.options)  # bad options fail here, not in a server process
+        allow = as_flag(allow, "allow_data_to_leave_sites")  # "false" from a command line is not permission
         refuse_data_transfer(name.value, allow)
         if engine not in ENGINES:
             raise ValueError(f"FederatedRun: engine must be one of {ENGINES}, got {engine!r}.")
@@ -106,7 +108,7 @@ class FederatedRun:
         self.epochs, self.seed = int(epochs), int(seed)
         self.min_clients = int(min_clients) if min_clients else len(self.sites)
         self.task_timeout = int(task_timeout)
-        self.allow = bool(allow)
+        self.allow = allow
         self.payload_log = payload_log
         self.boundary = BoundaryPolicy.from_dict(boundary).to_dict()
         self.accept_margin = None if accept_margin is None else float(accept_margin)
