@@ -121,6 +121,24 @@ def test_a_forwarded_network_names_a_class_of_two_packages_with_plain_arguments(
     assert type(network).__name__ == "UNet" and network.model[-1].conv.out_channels == 3  # "@num_classes" resolved
 
 
+def test_the_launcher_drops_special_keys_and_refuses_a_network_that_is_not_data(tmp_path):
+    from runner_utils import tiny_sites
+
+    datalist = tiny_sites(tmp_path / "data")
+    run = FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "out", export=str(tmp_path / "job"),
+                       overrides={"network_def": {**UNET, "_requires_": "$print('launcher')", "_disabled_": False}})
+    assert run.overrides["network_def"] == check_network_def(UNET)
+    run.run()  # the job folder: what a site's script is started with, each entry of the network a --set of its own
+    client = (tmp_path / "job" / "monai_continual_cyclic_weight_transfer" / "app_alpha" / "config").glob("*client*")
+    args = json.loads(next(client).read_text())["executors"][0]["executor"]["args"]["task_script_args"].split()
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert parse_overrides(sets, MONAI_SITE_KEYS)["network_def"] == check_network_def(UNET)
+    assert not any("_requires_" in a or "_disabled_" in a for a in sets)
+    for network in (torch.nn.Identity(), {**UNET, "_target_": "os.system"}):  # built by the launcher, or no network
+        with pytest.raises(OverrideError, match="'network_def"):
+            FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "o", overrides={"network_def": network})
+
+
 # ------------------------------------------------------------------------------------------ a scripted transport
 
 def _state(value: float) -> dict[str, torch.Tensor]:
