@@ -257,3 +257,39 @@ def test_the_bundle_config_runs_and_exports_with_monai_bundle(datalist, tmp_path
         and (out / "summary.md").is_file()
         and (out / "heatmaps" / "federated_averaging.png").is_file()
     )
+
+
+def _run_bundle(args: list, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run ARGS`` in a session of its own: whatever of it is left at the end is killed."""
+    process = subprocess.Popen([sys.executable, "-m", "monai.bundle", "run", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        try:  # the simulator's workers are in the launcher's process group
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_the_launching_command_network_is_the_one_the_sites_train(datalist, tmp_path):
+    from safetensors import safe_open
+
+    unet = ("{'_target_': 'UNet', '_mode_': 'callable', 'spatial_dims': 3, 'in_channels': 1, "
+            "'out_channels': '@num_classes', 'channels': [4, 8], 'strides': [2], 'num_res_units': 0}")
+    done = _run_bundle(["--config_file", str(CONFIG), "--bundle_root", str(tmp_path), "--datalist", str(datalist),
+                        "--epochs", "1", "--mc_samples", "2", "--threads", "1", "--device", "cpu",
+                        "--strategy", "cyclic_weight_transfer", "--federated#config_file", str(CONFIG),
+                        "--task_request_interval", str(POLL), "--network_def", unet], timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = tmp_path / "outputs" / "federated" / "cyclic_weight_transfer"
+    published = sorted(run_dir.rglob("*.safetensors"))
+    assert len(published) >= 3  # the initial model and a stage per training site
+    for path in published:
+        with safe_open(str(path), "pt") as weights:
+            keys = list(weights.keys())
+        assert keys and all(k.startswith("model.") for k in keys), (path, keys)  # UNet's, not MeshNet's
+    assert "UNet" in json.dumps(json.loads((run_dir / "state.json").read_text())["config"]["settings"])

@@ -20,7 +20,13 @@ from monai_continual.consolidation.screening import posterior_shift  # noqa: E40
 from monai_continual.federated import FederatedRun, PayloadError, SiteWorker  # noqa: E402
 from monai_continual.federated.boundary import BoundaryPolicy, check_count, check_scores  # noqa: E402
 from monai_continual.federated.config import parse_config  # noqa: E402
-from monai_continual.federated.overrides import MONAI_SITE_KEYS, OverrideError, check_overrides, parse_overrides  # noqa: E402
+from monai_continual.federated.overrides import (  # noqa: E402
+    MONAI_SITE_KEYS,
+    OverrideError,
+    check_network_def,
+    check_overrides,
+    parse_overrides,
+)
 from monai_continual.federated.payload import model_to_params, params_to_weights, split_params  # noqa: E402
 from monai_continual.federated.server_executor import FederatedStageExecutor  # noqa: E402
 from monai_continual.strategies import RunState, build_schedule, make_options, run_stages  # noqa: E402
@@ -45,8 +51,8 @@ def test_an_override_that_is_code_runs_without_the_check_and_is_refused_with_it(
 
 
 def test_overrides_outside_the_allow_list_or_not_json_are_refused(tmp_path):
-    with pytest.raises(OverrideError, match="'network_def' may not be set.*allowed keys"):
-        parse_overrides(['network_def={"_target_": "torch.nn.Identity"}'], MONAI_SITE_KEYS)
+    with pytest.raises(OverrideError, match="'transforms' may not be set.*allowed keys"):
+        parse_overrides(['transforms={"_target_": "torch.nn.Identity"}'], MONAI_SITE_KEYS)
     with pytest.raises(OverrideError, match="not JSON"):
         parse_overrides(["epochs=four"], MONAI_SITE_KEYS)
     with pytest.raises(OverrideError, match="nested"):
@@ -58,6 +64,79 @@ def test_overrides_outside_the_allow_list_or_not_json_are_refused(tmp_path):
     datalist = tiny_sites(tmp_path / "data")
     with pytest.raises(OverrideError, match="'seed'"):  # the coordinator is refused before any process starts
         FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "out", overrides={"seed": "$0"})
+
+
+UNET = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": "@num_classes", "channels": [4, 8],
+        "strides": [2], "num_res_units": 0}
+
+
+def test_a_forwarded_network_that_is_code_runs_without_the_check_and_is_refused_with_it():
+    pid = os.getpid()
+    # the attacks: a site's bundle parser calls any _target_, evaluates expressions in the arguments and _requires_
+    attacks = {
+        "_target_": ({"_target_": "os.getpid"}, "network"),
+        "spatial_dims": ({**UNET, "spatial_dims": "$__import__('os').getpid()"}, "network_def#spatial_dims"),
+        "_requires_": ({**UNET, "_requires_": "$__import__('os').getpid()"}, "network_def#_requires_"),
+    }
+    for key, (definition, evaluated) in attacks.items():
+        assert parse_config(CONFIG, {"network_def": definition}).get_parsed_content(evaluated) == pid
+        # the defence: refused before any config is read, naming the key
+        with pytest.raises(OverrideError, match=f"'network_def#{key}'"):
+            check_overrides({"network_def": definition}, MONAI_SITE_KEYS)
+    # a bundle class as the "network": a ConfigParser at the site would evaluate whatever config it is given
+    parser = parse_config(CONFIG, {"network_def": {"_target_": "monai.bundle.ConfigParser",
+                                                   "config": {"x": "$__import__('os').getpid()"}}})
+    assert parser.get_parsed_content("network").get_parsed_content("x") == pid
+    with pytest.raises(OverrideError, match="'network_def#_target_'.*'monai.bundle.ConfigParser' is not a class"):
+        check_overrides({"network_def": {"_target_": "monai.bundle.ConfigParser"}}, MONAI_SITE_KEYS)
+
+
+def test_a_forwarded_network_names_a_class_of_two_packages_with_plain_arguments():
+    checked = check_network_def(UNET)
+    assert checked == {**UNET, "_target_": "monai.networks.nets.UNet"} and checked["out_channels"] == "@num_classes"
+    assert check_network_def({"_target_": "monai_continual.networks.MeshNet"}) == \
+        {"_target_": "monai_continual.networks.MeshNet"}
+    for target in ("os.system", "builtins.eval", "torch.nn.Identity", "monai.networks.nets.unet.UNet",
+                   "monai.networks.nets.unet", "monai.networks.nets._Private", "Compose", 3):
+        with pytest.raises(OverrideError, match="'network_def#_target_'"):
+            check_network_def({**UNET, "_target_": target})
+    refused = {"channels": ("$[4, 8]", "starts with"), "strides": ({"a": 2}, "nested"),
+               "act": (["prelu", {}], "nested"), "dropout": ("@dataset_shape", "not a reference"),
+               "bias": ("@network_def", "not a reference"), "dilations": ([1, 2], "no argument 'dilations'"),
+               "_mode_": ("callable", "special keys")}
+    for key, (value, why) in refused.items():
+        with pytest.raises(OverrideError, match=f"'network_def#{key}'.*{why}"):
+            check_network_def({**UNET, key: value})
+    with pytest.raises(OverrideError, match="'network_def': expected the network's definition"):
+        check_network_def("UNet")
+    # at the site: the network comes entry by entry (NVFlare passes no braces); a special key is refused there
+    site = [f"network_def#{k}={json.dumps(v)}" for k, v in UNET.items()]
+    assert parse_overrides(site, MONAI_SITE_KEYS) == {"network_def": checked}
+    with pytest.raises(OverrideError, match="'network_def#_requires_'.*special keys"):
+        parse_overrides([*site, 'network_def#_requires_="@seed_everything"'], MONAI_SITE_KEYS)
+    # the site's config: the forwarded definition, the site's own _requires_ (threads, seeding), its references
+    parser = parse_config(CONFIG, {"num_classes": 3, "network_def": checked})
+    assert parser["network_def#_requires_"] == ["@set_threads", "@seed_everything"]
+    network = parser.get_parsed_content("network")
+    assert type(network).__name__ == "UNet" and network.model[-1].conv.out_channels == 3  # "@num_classes" resolved
+
+
+def test_the_launcher_drops_special_keys_and_refuses_a_network_that_is_not_data(tmp_path):
+    from runner_utils import tiny_sites
+
+    datalist = tiny_sites(tmp_path / "data")
+    run = FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "out", export=str(tmp_path / "job"),
+                       overrides={"network_def": {**UNET, "_requires_": "$print('launcher')", "_disabled_": False}})
+    assert run.overrides["network_def"] == check_network_def(UNET)
+    run.run()  # the job folder: what a site's script is started with, each entry of the network a --set of its own
+    client = (tmp_path / "job" / "monai_continual_cyclic_weight_transfer" / "app_alpha" / "config").glob("*client*")
+    args = json.loads(next(client).read_text())["executors"][0]["executor"]["args"]["task_script_args"].split()
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert parse_overrides(sets, MONAI_SITE_KEYS)["network_def"] == check_network_def(UNET)
+    assert not any("_requires_" in a or "_disabled_" in a for a in sets)
+    for network in (torch.nn.Identity(), {**UNET, "_target_": "os.system"}):  # built by the launcher, or no network
+        with pytest.raises(OverrideError, match="'network_def"):
+            FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "o", overrides={"network_def": network})
 
 
 # ------------------------------------------------------------------------------------------ a scripted transport

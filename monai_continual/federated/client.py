@@ -5,6 +5,8 @@ Started by NVFlare's ``ScriptRunner`` at every site::
     python client.py --config federated.json --workdir /data/site_b/federated --set epochs=4 --set seed=0
 
 The site's name is its NVFlare client name; its data are the site's entry of the datalist named in the config.
+A job's network comes as ``--set network_def#_target_='"monai.networks.nets.UNet"' --set network_def#channels=[4,8]``
+and replaces the config's ``network_def``, which keeps its own ``_requires_`` (threads, seeding).
 Nothing but the published model, its hash and counts, and per-volume scores is sent back.
 """
 
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="the bundle config of the run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="a config override (the server's, one of MONAI_SITE_KEYS, a plain JSON value), repeated")
+                        help="a config override (the server's, one of MONAI_SITE_KEYS, a plain JSON value; "
+                             "network_def#ARG for the network's class and arguments), repeated")
     parser.add_argument("--workdir", required=True, help="this site's working directory (its own disk)")
     parser.add_argument("--accept-margin", type=float, default=None,
                         help="check every received model on this site's validation cases before training from it")

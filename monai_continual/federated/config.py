@@ -13,7 +13,8 @@ def parse_config(config_file: str | os.PathLike, overrides: Mapping[str, Any] | 
     """A MONAI ``ConfigParser`` over ``config_file`` with ``overrides`` (``id -> value``) applied.
 
     The server reads ``network`` from it (the initial weights); a site reads ``site_runner`` (its own data only);
-    the in-process comparison reads ``runner``.
+    the in-process comparison reads ``runner``. A ``network_def`` override (a dict) replaces the config's own
+    definition but keeps its special keys (``_requires_``, ``_mode_``) where the override sets none.
 
     Example::
 
@@ -22,8 +23,12 @@ def parse_config(config_file: str | os.PathLike, overrides: Mapping[str, Any] | 
     """
     from monai.bundle import ConfigParser
 
+    from monai_continual.federated.network_spec import NETWORK_DEF_KEY, site_network_def
+
     parser = ConfigParser()
     parser.read_config(str(config_file))
     for key, value in (overrides or {}).items():
+        if key == NETWORK_DEF_KEY and isinstance(value, Mapping):
+            value = site_network_def(parser.get(key), value)
         parser[key] = value
     return parser

@@ -14,6 +14,7 @@ from monai.utils import StrEnum, look_up_option
 from monai_continual.data import load_multisite_datalist
 from monai_continual.federated.boundary import BoundaryPolicy
 from monai_continual.federated.controller import StrategyController, refuse_data_transfer
+from monai_continual.federated.network_spec import NETWORK_DEF_KEY, launcher_network_def
 from monai_continual.federated.overrides import MONAI_SITE_KEYS, NNUNET_SITE_KEYS, check_overrides
 from monai_continual.report import summary_table
 from monai_continual.strategies import make_options, strategy_of
@@ -46,7 +47,9 @@ class FederatedRun:
         output_dir: the server's run directory (state, R matrix, summary) and the sites' working directories
             (``sites/<name>``, standing in for each hospital's own disk in the simulator and POC mode).
         overrides: config overrides every party applies (keys of
-            :data:`~monai_continual.federated.overrides.MONAI_SITE_KEYS`, plain JSON values: never expressions).
+            :data:`~monai_continual.federated.overrides.MONAI_SITE_KEYS`, plain JSON values: never expressions);
+            ``network_def``, the network the sites build, is its class and arguments as data
+            (:func:`~monai_continual.federated.overrides.check_network_def`; its special keys are dropped here).
         engine: ``"simulator"`` (one machine, NVFlare's simulator) or ``"poc"`` (separate processes with mutual TLS:
             ``nvflare poc prepare/start``, ``nvflare job submit``).
         export: a directory to write the job folder to (for ``nvflare job submit`` in production) instead of running.
@@ -79,8 +82,11 @@ class FederatedRun:
         self.config_file = str(Path(config_file).resolve())
         self.datalist = str(Path(datalist).resolve())
         data = load_multisite_datalist(self.datalist)
+        overrides = {**dict(overrides or {}), "datalist": self.datalist}
+        if NETWORK_DEF_KEY in overrides:
+            overrides[NETWORK_DEF_KEY] = launcher_network_def(overrides[NETWORK_DEF_KEY])
         self._setup(strategy, options, data.training_sites(), data.site_names, output_dir,
-                    check_overrides({**dict(overrides or {}), "datalist": self.datalist}, MONAI_SITE_KEYS),
+                    check_overrides(overrides, MONAI_SITE_KEYS),
                     CLIENT_SCRIPT, engine=engine, export=export, epochs=epochs, seed=seed, min_clients=min_clients,
                     task_timeout=task_timeout, allow=allow_data_to_leave_sites, payload_log=payload_log,
                     boundary=boundary, accept_margin=accept_margin, task_request_interval=task_request_interval)
@@ -179,7 +185,7 @@ class FederatedRun:
         spaced = [a for a in args if " " in a]
         if spaced:  # NVFlare splits a script's arguments on spaces, without quoting
             raise ValueError(f"FederatedRun: paths with spaces cannot be passed to the sites: {spaced}.")
-        for key, value in self.overrides.items():
+        for key, value in self._flat_overrides():
             encoded = json.dumps(value, separators=(",", ":"))
             # NVFlare's job config reads "{...}" in an argument as an expression and splits arguments on spaces
             if "{" in encoded or " " in encoded:
@@ -191,6 +197,17 @@ class FederatedRun:
                 ScriptRunner(script=str(self.script), script_args=" ".join(args), framework=FrameworkType.NUMPY), site
             )
         return job
+
+    def _flat_overrides(self) -> list[tuple[str, Any]]:
+        """The overrides as ``(key, value)``, a dict's entries as ``("key#entry", value)`` (read back by
+        :func:`~monai_continual.federated.overrides.parse_overrides`)."""
+        flat = []
+        for key, value in self.overrides.items():
+            if isinstance(value, Mapping):
+                flat += [(f"{key}#{entry}", item) for entry, item in value.items()]
+            else:
+                flat.append((key, value))
+        return flat
 
     def run(self) -> dict[str, Any] | None:
         """Run (or resume) the job; return the summary (``None`` after an export)."""
