@@ -486,3 +486,16 @@ def test_robust_average_keeps_every_site_when_there_is_no_consensus():
                   {"w": torch.tensor([0.0, 0.0, 1.0])}]
     merged, report = robust_average(orthogonal, reference, min_cosine=0.2, norm_bound=2.0)
     assert report.left_out == {} and torch.allclose(merged["w"], torch.full((3,), 1 / 3))
+
+
+def test_a_placeholder_for_a_sites_secrets_is_refused(monkeypatch):
+    from nvflare.fuel.utils.secret_utils import resolve_secret_refs
+
+    monkeypatch.setenv("HOSPITAL_TOKEN", "s3cret")
+    value = "cpu-${secret:HOSPITAL_TOKEN}"
+    # without the check: NVFlare puts the site's secret into the argument the site's script receives (and a value
+    # that ends up in an error message or a published record carries it back to the server)
+    assert resolve_secret_refs(f"device={value}") == "device=cpu-s3cret"
+    for override in ({"device": value}, {"pixdim": [1, "x${secret:file:/etc/hostname}"]}):
+        with pytest.raises(OverrideError, match=r"holds '\$\{'.*secrets"):
+            check_overrides(override, MONAI_SITE_KEYS)

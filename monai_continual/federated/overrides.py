@@ -38,6 +38,7 @@ NNUNET_SITE_KEYS = frozenset({
     "mc_samples", "threads", "replay_capacity", "seed",
 })
 _EXPRESSION_PREFIXES = ("$", "@", "%")
+_PLACEHOLDER = "${"  # NVFlare's ${secret:NAME} / ${secret:file:PATH}, resolved at the site before the script starts
 
 
 class OverrideError(ValueError):
@@ -56,6 +57,11 @@ def _check_value(key: str, value: Any) -> None:
             raise OverrideError(
                 f"override {key!r}: {value!r} starts with '$', '@' or '%', which a bundle config would evaluate as an "
                 "expression, a reference or a macro; overrides are plain JSON values."
+            )
+        if _PLACEHOLDER in value:
+            raise OverrideError(
+                f"override {key!r}: {value!r} holds '{_PLACEHOLDER}', which NVFlare replaces in a site's script "
+                "arguments with the site's own secrets (environment variables, files); overrides are plain values."
             )
         return
     if isinstance(value, (list, tuple)):
