@@ -56,7 +56,7 @@ def test_the_main_job_trains_on_patches_and_evaluates_whole_volumes(scans, tmp_p
     out = tmp_path / "outputs" / "experiment"
     config = RunState.read(out / "runs" / "fine_tuning").config
     assert config["patch_size"] == [16, 16, 16] and config["samples_per_volume"] == 2
-    assert config["sliding_window"] == {"roi_size": [16, 16, 16], "sw_batch_size": 1, "overlap": 0.25}
+    assert config["sliding_window"] == {"roi_size": [16, 16, 16], "sw_batch_size": 4, "overlap": 0.25}
     summary = json.loads((out / "summary.json").read_text())
     row = summary["strategies"]["fine_tuning"]
     assert set(row["sites"]) == {"alpha", "beta", "gamma"} and set(row["held_out"]) == {"omega"}

@@ -46,7 +46,7 @@ def test_defaults_keep_whole_volumes_and_patches_bring_a_window():
                             sw_overlap=0.5, cache="memory")
     assert isinstance(patches.inferer, SlidingWindowInferer) and tuple(patches.inferer.roi_size) == PATCH
     assert patches.inferer.overlap == 0.5 and patches.patch_voxels == 12**3
-    assert patches.identity()["sliding_window"] == {"roi_size": [12, 12, 12], "sw_batch_size": 1, "overlap": 0.5}
+    assert patches.identity()["sliding_window"] == {"roi_size": [12, 12, 12], "sw_batch_size": 4, "overlap": 0.5}
     assert "cache" not in patches.identity() and patches.identity()["amp"] is False
     own = MonaiSettings(_net(), transform(), transform(), 4, patch_size=PATCH, inferer=SimpleInferer())
     assert isinstance(own.inferer, SimpleInferer) and own.identity()["sliding_window"] is None  # the user's wins

@@ -116,7 +116,7 @@ class MonaiSettings:
         >>> settings = MonaiSettings(MeshNet(3, 1, 4, channels=16), train_transform, eval_transform, num_classes=4)
         >>> settings.new_network(bayesian=True)
         >>> patches = MonaiSettings(net, train_transform, eval_transform, 4, patch_size=(96, 96, 96), amp=True)
-        >>> patches.inferer  # SlidingWindowInferer(roi_size=(96, 96, 96), sw_batch_size=1, overlap=0.25)
+        >>> patches.inferer  # SlidingWindowInferer(roi_size=(96, 96, 96), sw_batch_size=4, overlap=0.25)
     """
 
     network: nn.Module
@@ -139,7 +139,7 @@ class MonaiSettings:
     patch_size: tuple[int, ...] | None = None
     samples_per_volume: int = 1
     sw_roi_size: tuple[int, ...] | None = None
-    sw_batch_size: int = 1
+    sw_batch_size: int = 4
     sw_overlap: float = 0.25
     amp: bool = False
     num_workers: int = 0

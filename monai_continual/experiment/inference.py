@@ -36,7 +36,7 @@ def mc_segment_files(
     roi_size: Sequence[int] = (64, 64, 64),
     in_channels: int = 1,
     device: str = "cpu",
-    sw_batch_size: int = 1,
+    sw_batch_size: int = 4,
     sw_overlap: float = 0.25,
 ) -> list[dict[str, str]]:
     """Segment every image with ``num_samples`` Monte Carlo passes over a sliding window.
