@@ -499,3 +499,24 @@ def test_a_placeholder_for_a_sites_secrets_is_refused(monkeypatch):
     for override in ({"device": value}, {"pixdim": [1, "x${secret:file:/etc/hostname}"]}):
         with pytest.raises(OverrideError, match=r"holds '\$\{'.*secrets"):
             check_overrides(override, MONAI_SITE_KEYS)
+
+
+def test_an_exported_job_names_no_path_of_the_machine_that_wrote_it(tmp_path, monkeypatch):
+    from monai_continual.federated.site_paths import DATALIST_ENV, WORKDIR_ENV, site_path
+    from runner_utils import tiny_sites
+
+    datalist = tiny_sites(tmp_path / "data")
+    FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "out", export=str(tmp_path / "job")).run()
+    job = tmp_path / "job" / "monai_continual_cyclic_weight_transfer"
+    sites = [p for p in job.glob("app_*/**/*") if p.is_file() and p.parts[-3] != "app_server"]
+    assert sites and not [p for p in sites if str(tmp_path) in p.read_text(errors="replace")
+                          or str(CONFIG.parent) in p.read_text(errors="replace")]
+    assert str(datalist) not in (job / "app_server" / "config" / "config_fed_server.json").read_text()
+    # a job run on one machine passes the paths
+    local = FederatedRun(CONFIG, "cyclic_weight_transfer", datalist, tmp_path / "out")
+    assert dict(local._flat_overrides())["datalist"] == str(Path(datalist).resolve())
+    environ = {DATALIST_ENV: "/data/hospital_b/datalist.json"}
+    assert site_path(None, DATALIST_ENV, "datalist", environ) == "/data/hospital_b/datalist.json"
+    assert site_path("/given.json", DATALIST_ENV, "datalist", environ) == "/given.json"
+    with pytest.raises(ValueError, match="set MONAI_CONTINUAL_WORKDIR in this site's environment"):
+        site_path(None, WORKDIR_ENV, "working directory", {})

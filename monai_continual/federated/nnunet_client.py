@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from monai_continual.federated.overrides import NNUNET_SITE_KEYS, parse_overrides
+    from monai_continual.federated.site_paths import WORKDIR_ENV, site_path
     from monai_continual.federated.site_worker import SiteWorker, serve
     from monai_continual.nnunet.evaluation import SiteEvaluator
     from monai_continual.nnunet.names import NNUNET_TRAINER
@@ -26,11 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     from monai_continual.utils.names import check_site_name
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", required=True, help="this site's working directory (its own disk)")
+    parser.add_argument("--workdir", help="this site's working directory, on its own disk (default: "
+                        "$MONAI_CONTINUAL_WORKDIR)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="an nnU-Net setting, repeated")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set, NNUNET_SITE_KEYS)
     settings = NnUNetSiteSettings.from_mapping(overrides)
+    workdir = site_path(args.workdir, WORKDIR_ENV, "working directory")
 
     if overrides.get("threads"):  # CPU results depend on torch's thread count: match the run being compared with
         torch.set_num_threads(int(overrides["threads"]))
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     def make_executor(stages, run_dir):
         return NnUNetStageExecutor(run_dir, stages, evaluator, settings, NNUNET_TRAINER, first=site)
 
-    serve(SiteWorker(make_executor, site, Path(args.workdir) / site))
+    serve(SiteWorker(make_executor, site, Path(workdir) / site))
 
 
 if __name__ == "__main__":

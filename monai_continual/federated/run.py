@@ -170,15 +170,17 @@ class FederatedRun:
         job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=self.min_clients)
         job.set_app_packages(["monai_continual"])  # installed at every party: never copied into the job
         controller = StrategyController(
-            self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), settings=self.overrides,
+            self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), settings=self._site_settings(),
             epochs=self.epochs, seed=self.seed, min_clients=self.min_clients, task_timeout=self.task_timeout,
             payload_log=self.payload_log, allow_data_to_leave_sites=self.allow, boundary=self.boundary,
         )
         job.to_server(controller)
         if self.task_request_interval is not None:  # the server app's system setting (config_fed_server.json)
             job.to_server({"server": {"task_request_interval": self.task_request_interval}})
-        args = ["--workdir", str(self.output_dir / "sites")] + (
-            ["--config", self.config_file] if self.config_file else []
+        # an exported job names no path of this machine: each site sets its own (federated/site_paths.py)
+        local = not self.export
+        args = (["--workdir", str(self.output_dir / "sites")] if local else []) + (
+            ["--config", self.config_file] if self.config_file and local else []
         )
         if self.accept_margin is not None:
             args += ["--accept-margin", repr(self.accept_margin)]
@@ -198,11 +200,15 @@ class FederatedRun:
             )
         return job
 
+    def _site_settings(self) -> dict[str, Any]:
+        """The overrides every site applies; an exported job's sites read their datalist from their own setting."""
+        return {k: v for k, v in self.overrides.items() if not (self.export and k == "datalist")}
+
     def _flat_overrides(self) -> list[tuple[str, Any]]:
         """The overrides as ``(key, value)``, a dict's entries as ``("key#entry", value)`` (read back by
         :func:`~monai_continual.federated.overrides.parse_overrides`)."""
         flat = []
-        for key, value in self.overrides.items():
+        for key, value in self._site_settings().items():
             if isinstance(value, Mapping):
                 flat += [(f"{key}#{entry}", item) for entry, item in value.items()]
             else:
