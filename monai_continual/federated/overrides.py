@@ -28,7 +28,8 @@ __all__ = ["MONAI_SITE_KEYS", "NNUNET_SITE_KEYS", "OverrideError", "check_networ
 MONAI_SITE_KEYS = frozenset({
     "num_classes", "channels", "dilations", "epochs", "batch_size", "learning_rate", "bayes_learning_rate",
     "optimizer_state", "mc_samples", "seed", "device", "threads", "datalist", "in_channels", "pixdim", "axcodes",
-    "patch_size", "samples_per_volume", "sw_roi_size", "sw_batch_size", "sw_overlap", "amp", "num_workers", "cache", NETWORK_DEF_KEY,
+    "patch_size", "samples_per_volume", "sw_roi_size", "sw_batch_size", "sw_overlap", "amp", "num_workers", "cache",
+    NETWORK_DEF_KEY,
 })
 #: what a forwarded network argument may reference (``"@num_classes"``): the site's literal keys
 NETWORK_REFERENCES = MONAI_SITE_KEYS - {NETWORK_DEF_KEY}
