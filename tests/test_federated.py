@@ -282,8 +282,9 @@ def test_the_launching_command_network_is_the_one_the_sites_train(datalist, tmp_
             "'out_channels': '@num_classes', 'channels': [4, 8], 'strides': [2], 'num_res_units': 0}")
     done = _run_bundle(["--config_file", str(CONFIG), "--bundle_root", str(tmp_path), "--datalist", str(datalist),
                         "--epochs", "1", "--mc_samples", "2", "--threads", "1", "--device", "cpu",
-                        "--strategy", "cyclic_weight_transfer", "--federated#config_file", str(CONFIG),
-                        "--task_request_interval", str(POLL), "--network_def", unet], timeout=400)
+                        "--strategy", "cyclic_weight_transfer", "--strategy_options", "{'epochs_per_visit': 1}",
+                        "--federated#config_file", str(CONFIG), "--task_request_interval", str(POLL),
+                        "--network_def", unet], timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = tmp_path / "outputs" / "federated" / "cyclic_weight_transfer"
     published = sorted(run_dir.rglob("*.safetensors"))

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.data import DataLoader
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from monai_continual.bayes.laplace import calibrate_posterior_std
 from monai_continual.consolidation.posterior import Posterior
+from monai_continual.handlers.site_batches import site_batches
 from monai_continual.losses import ELBOLoss, voxels_per_item
 from monai_continual.utils.names import check_site_name
 from monai_continual.utils.stage_files import parse_stage_file_name, stage_file_name
@@ -103,11 +103,6 @@ class BayesianSiteHandler:
         return sorted(found, key=lambda e: e.stage)
 
 
-    def _batches(self):
-        device = next(self.network.parameters()).device
-        for batch in DataLoader(self.dataset, batch_size=1, num_workers=0):
-            yield batch["image"].to(device), batch["label"].to(device)
-
     def load_prior(self, engine: Engine | None = None) -> PosteriorEntry | None:
         items, voxels = len(self.dataset), voxels_per_item(self.dataset[0])
         if self.loss is not None:
@@ -123,7 +118,7 @@ class BayesianSiteHandler:
             return None
         Posterior.load(entry.file).to_prior(self.network, init_posterior=True)
         if self.calibrate:
-            self.std_stats = calibrate_posterior_std(self.network, self._batches)
+            self.std_stats = calibrate_posterior_std(self.network, lambda: site_batches(self.dataset, self.network))
         self.loaded = entry
         if engine is not None:
             engine.logger.info(f"site {self.site!r}: prior from {entry.file.name}; N = {items} x {voxels} voxels")

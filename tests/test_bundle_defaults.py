@@ -1,0 +1,43 @@
+"""One set of defaults: every setting that several bundle configs declare has the same default in each, and every
+config that generates the embedded sites generates the same ones (so they never overwrite each other's data)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "multisite_segmentation" / "configs"
+ENTRY_POINTS = ("experiment.json", "federated.json", "train_site.json", "train.json", "evaluate.json",
+                "inference.json")
+#: keys whose meaning differs by entry point (a config of its own, a path of its own, its own output)
+OWN = {"imports", "bundle_root", "output_dir", "run", "initialize", "network", "network_def", "base_network",
+       "datalist", "model_file", "transforms", "preprocessing", "optimizer", "loss", "device", "set_threads",
+       "datalist_file", "multisite", "train_datalist", "strategy_options", "site"}
+
+
+def _defaults() -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = defaultdict(dict)
+    for name in ENTRY_POINTS:
+        for key, value in json.loads((CONFIGS / name).read_text()).items():
+            if key not in OWN:
+                found[key][name] = value
+    return found
+
+
+def test_a_setting_declared_by_several_configs_has_one_default():
+    disagree = {k: v for k, v in _defaults().items() if len(v) > 1 and len({json.dumps(x) for x in v.values()}) > 1}
+    assert not disagree, f"settings with different defaults by config: {disagree}"
+
+
+def test_the_shared_settings_are_the_recommended_ones():
+    defaults = _defaults()
+    for key, value in {"dataset_shape": [16, 20, 16], "channels": 12, "epochs": 30, "batch_size": 1,
+                       "learning_rate": 0.003, "mc_samples": 3, "num_classes": 4, "sw_batch_size": 4}.items():
+        assert set(map(json.dumps, defaults[key].values())) == {json.dumps(value)}, key
+    assert len(defaults["dataset_shape"]) >= 4 and len(defaults["channels"]) >= 4
+    dirs = {json.loads((CONFIGS / n).read_text()).get("dataset_dir") for n in ENTRY_POINTS}
+    assert dirs - {None} == {"$@bundle_root + '/data/sites'"}
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == defaults["dataset_shape"][
+        "experiment.json"]
