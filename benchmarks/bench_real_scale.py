@@ -471,7 +471,8 @@ def _report(args: argparse.Namespace, device: str, train: dict[int, dict[str, An
         f"{'wall' if cuda else 'CPU'} time); the training's own memory is {'flat' if mem <= 1.2 else 'NOT flat'} "
         f"({mem:.2f}x{', CUDA' if cuda else ', host RSS minus the data pipeline'}); the data fetch grows "
         f"{fetch:.1f}x for {(large / small) ** 3:.0f}x the voxels and is "
-        f"{train[large][f'{key}data'] / train[large][f'{key}step']:.2f}x the step at {large}^3")
+        f"{train[large][f'{key}data'] / train[large][f'{key}step']:.2f}x the step at {large}^3 (num_workers=0, "
+        "no cache)")
 
     whole = infer["whole"]
     windows = [name for name in infer if name != "whole"]
@@ -497,7 +498,9 @@ def _report(args: argparse.Namespace, device: str, train: dict[int, dict[str, An
                           f" the whole volume's peak memory and {infer[n][time_key] / whole[time_key]:.2f}x its time"
                           for n in windows)
         + f"; output shapes {'equal' if same else 'DIFFER'}; the argmax agrees on "
-        + ", ".join(f"{float((infer[n]['argmax'] == whole['argmax']).mean()):.1%}" for n in windows) + " of voxels")
+        + ", ".join(f"{float((infer[n]['argmax'] == whole['argmax']).mean()):.1%}" for n in windows) + " of voxels"
+        + f" (the window's peak is its full-size buffers of {NUM_CLASSES} class channels: output, counts, MC mean; "
+        f"the whole volume's is {args.channels}-channel activations)")
 
     rows = []
     summary = []
