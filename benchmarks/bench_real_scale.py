@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     torch.set_num_threads(args.threads)
     cuda = device == "cuda"
-    print(f"device: {device}" + (f" ({torch.cuda.get_device_name()})" if cuda else f", {args.threads} threads")
+    print(f"device: {device}" + (f" ({torch.cuda.get_device_name()})" if cuda else f", {args.threads} thread(s)")
           + f"; MeshNet {args.channels} channels, Bayesian (std {STD_INIT}); patches {args.patch}^3, "
           f"batch {args.batch_size} x {args.samples_per_volume} patch(es); {args.mc_samples} MC samples", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -516,7 +516,8 @@ def _report(args: argparse.Namespace, device: str, train: dict[int, dict[str, An
             if key == ("" if cuda else "cpu_"):
                 summary.append(f"{edge}^3: {epoch:.2f}x the epoch ({fetch:.2f}x the data fetch)")
     lines.append("")
-    lines += _table(f"3. dataset cache ({n_train} volumes, medians of {args.cache_pairs} pairs)",
+    lines += _table(f"3. dataset cache ({n_train} volumes; {args.cache_pairs} back-to-back pairs: medians, and the "
+                    "median of the pairs' ratios)",
                     ["none", "disk", "disk / none"], rows)
     lines.append(f"-> second epoch with cache=\"disk\" vs \"none\" ({'wall' if cuda else 'CPU'} time): "
                  + "; ".join(summary) + f"; training losses {'identical' if same_losses else 'DIFFER'} with it")
