@@ -287,16 +287,11 @@ class MonaiStageExecutor(BaseStageExecutor):
         """``network`` in ``DistributedDataParallel`` when several processes train (its gradients averaged over
         them after every backward), else itself. An ELBO's KL term is computed on the unwrapped network: its
         gradient is the same in every process, so the average keeps it, and it reaches every parameter (as the data
-        term does) in the same backward, so no parameter is unused.
-
-        Buffers are not broadcast before every forward (``broadcast_buffers=False``): a Bayesian network's buffers
-        are its priors, as large as its weights and constant during a stage, and a running statistic rank 0 keeps
-        (the one it publishes) is its own whether or not it is sent to the others."""
+        term does) in the same backward, so no parameter is unused."""
         if self.world_size == 1:
             return network
         device = self.settings.device
-        return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+        return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
     def _publish(self, stage: Stage, items: list[dict[str, Any]], memory: ReplayBuffer | None,
                  trainer: SupervisedTrainer, run: _Training, details: dict[str, Any]) -> StageOutput:
