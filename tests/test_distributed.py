@@ -64,18 +64,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def distributed_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    sites = make_sites(root / "sites", sites=SITES, seed=1, shape=(16, 20, 16), figure=False, progress=False)
-    output, records, log = root / "out", root / "records", root / "torchrun.log"
+def torchrun(arguments: list[str], log: Path, cwd: Path | None = None) -> str:
+    """Run ``torchrun --nproc_per_node 2 ARGUMENTS`` on the loopback interface (gloo) within :data:`TIMEOUT`; every
+    process is stopped at the end, whatever happened. Returns the output of both processes (asserting success)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
                PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max_restarts", "0",
-               str(HERE / "distributed_worker.py"), str(sites), str(output), str(records)]
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max_restarts", "0", *arguments]
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                   start_new_session=True)
         try:
             code = process.wait(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -86,6 +84,15 @@ def distributed_run(tmp_path_factory):
                 process.wait()
     text = log.read_text()
     assert code == 0, f"torchrun {'timed out' if code is None else f'exited {code}'}:\n{text[-6000:]}"
+    return text
+
+
+@pytest.fixture(scope="module")
+def distributed_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    sites = make_sites(root / "sites", sites=SITES, seed=1, shape=(16, 20, 16), figure=False, progress=False)
+    output, records = root / "out", root / "records"
+    text = torchrun([str(HERE / "distributed_worker.py"), str(sites), str(output), str(records)], root / "log.txt")
     ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
     return output, ranks, text
 
@@ -95,6 +102,7 @@ RUNS = {"fine_tuning": 2, "single_weight_transfer": 2, "dwc": 5}  # stages
 TRAINED = [f"{name}/{n}" for name, stages in RUNS.items() for n in range(1, stages + 1) if (name, n) != ("dwc", 4)]
 
 
+@pytest.mark.slow
 def test_both_processes_finish_with_rank_zeros_result(distributed_run):
     _, (main, other), _ = distributed_run
     assert main["results"] == other["results"]
@@ -107,6 +115,7 @@ def test_both_processes_finish_with_rank_zeros_result(distributed_run):
     assert dwc[3]["inputs_used"] == [3]
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes(distributed_run):
     output, (main, other), _ = distributed_run
     assert main["writes"], "the audit hook saw no write of rank 0"
@@ -123,6 +132,7 @@ def test_only_rank_zero_writes(distributed_run):
         f"stage000{n}.safetensors" for n in (2, 3, 4, 5)]
 
 
+@pytest.mark.slow
 def test_every_stage_starts_and_ends_alike_in_both_processes(distributed_run):
     _, (main, other), _ = distributed_run
     assert sorted(main["started"]) == sorted(main["trained"]) == sorted(TRAINED)
@@ -134,6 +144,7 @@ def test_every_stage_starts_and_ends_alike_in_both_processes(distributed_run):
         assert main["started"][f"{name}/2"] == main["trained"][f"{name}/1"]
 
 
+@pytest.mark.slow
 def test_each_process_draws_its_own_share_of_every_epoch(distributed_run):
     _, (main, other), _ = distributed_run
     assert len(main["sampled"]) == len(other["sampled"]) == 2 * len(TRAINED)  # 2 epochs a stage
@@ -148,15 +159,31 @@ def test_each_process_draws_its_own_share_of_every_epoch(distributed_run):
     assert sizes == {4, 5}
 
 
+@pytest.mark.slow
 def test_elbo_gradient_is_the_mean_over_processes(distributed_run):
     _, (main, other), _ = distributed_run
     assert main["elbo_gradient_gap"] < 1e-5 and other["elbo_gradient_gap"] < 1e-5
 
 
+@pytest.mark.slow
 def test_a_loss_diverging_in_one_process_stops_both(distributed_run):
     output, (main, other), _ = distributed_run
     assert "(1:alpha): the loss became non-finite in another process at epoch 1, iteration 1" in main["diverged"]
     assert "(1:alpha): the loss became nan at epoch 1, iteration 1" in other["diverged"]
     state = json.loads((output / "diverged" / "state.json").read_text())
     assert [s["number"] for s in state["stages"]] == [0]  # nothing of stage 1 published
+
+
+@pytest.mark.slow
+def test_the_bundle_main_job_under_torchrun(tmp_path):
+    """The README's command: ``torchrun -m monai.bundle run --config_file experiment.json --distributed true``."""
+    config = HERE.parent / "bundles" / "multisite_segmentation" / "configs" / "experiment.json"
+    text = torchrun(["-m", "monai.bundle", "run", "--config_file", str(config), "--bundle_root", str(tmp_path),
+                     "--distributed", "true", "--dataset_shape", "[16,20,16]", "--strategies", "['fine_tuning']",
+                     "--epochs", "1", "--orders", "1", "--size_orders", "false"], tmp_path / "log.txt", cwd=tmp_path)
+    out = tmp_path / "outputs" / "experiment"
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["strategies"]) == ["fine_tuning"] and text.count("weighted") == 1  # one table: rank 0's
+    state = json.loads((out / "runs" / "fine_tuning" / "state.json").read_text())
+    assert [s["number"] for s in state["stages"]] == [0, 1, 2, 3, 4]
 
