@@ -5,7 +5,9 @@ runs fine-tuning, single weight transfer (a validation plateau) and DWC of the t
 writes what it saw to ``RECORDS/rank<r>.json`` (outside OUTPUT): the files it wrote under OUTPUT (an audit hook), the
 indices its sampler drew, the hashes of the weights it started and finished every stage with, the weights rank 0
 published, the runs' results, the gap between one ELBO step's DistributedDataParallel gradient and the
-single-process mean over both processes' batches, and the error of a run whose loss turns NaN in rank 1 alone.
+single-process mean over both processes' batches, the error of a run whose loss turns NaN in rank 1 alone, and
+what fine-tuning published when resumed in ``OUTPUT/resumed`` after ``... RECORDS crash`` (with
+``MONAI_CONTINUAL_CRASH_AT`` set) stopped both processes in its middle.
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     sites, output, records = Path(argv[0]), Path(argv[1]), Path(argv[2])
     assert init_distributed(), "not started by torchrun with two processes"
+    if argv[3:] == ["crash"]:
+        tiny_runner(sites, output, epochs=2).run("fine_tuning", directory="resumed")
+        return
     _watch_writes(output)
     monai_executor.EpochSampler = RecordingSampler
     continual_runner.MonaiStageExecutor = RecordingExecutor
@@ -136,6 +141,7 @@ def main(argv: list[str]) -> None:
     RECORD["elbo_gradient_gap"] = elbo_gradient_gap(runner)
     monai_executor.EpochSampler, continual_runner.MonaiStageExecutor = EpochSampler, MonaiStageExecutor  # unrecorded
     RECORD["diverged"] = diverged_error(sites, output)
+    RECORD["resumed"] = tiny_runner(sites, output, epochs=2).run("fine_tuning", directory="resumed").transfers
     records.mkdir(parents=True, exist_ok=True)
     (records / f"rank{get_rank()}.json").write_text(json.dumps(RECORD))
     dist.destroy_process_group()

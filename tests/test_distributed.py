@@ -23,6 +23,7 @@ import torch
 
 from monai_continual.data import SiteProfile, make_sites
 from monai_continual.engines.epoch_sampler import EpochSampler
+from monai_continual.strategies import CRASH_ENV
 from monai_continual.utils import distributed
 
 HERE = Path(__file__).resolve().parent
@@ -64,10 +65,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(arguments: list[str], log: Path, cwd: Path | None = None) -> str:
+def torchrun(arguments: list[str], log: Path, cwd: Path | None = None, crash_at: str = "") -> str:
     """Run ``torchrun --nproc_per_node 2 ARGUMENTS`` on the loopback interface (gloo) within :data:`TIMEOUT`; every
-    process is stopped at the end, whatever happened. Returns the output of both processes (asserting success)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
+    process is stopped at the end, whatever happened. Returns the output of both processes, asserting success (or,
+    with ``crash_at``, the fault point ``STEP:STAGE`` at which both exit, that they did)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", **({CRASH_ENV: crash_at} if crash_at else {}),
                PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max_restarts", "0", *arguments]
@@ -83,7 +85,9 @@ def torchrun(arguments: list[str], log: Path, cwd: Path | None = None) -> str:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
     text = log.read_text()
-    assert code == 0, f"torchrun {'timed out' if code is None else f'exited {code}'}:\n{text[-6000:]}"
+    expected = "exitcode  : 86" in text if crash_at else code == 0
+    outcome = "timed out" if code is None else f"exited {code}"
+    assert code is not None and expected, f"torchrun {outcome}:\n{text[-6000:]}"
     return text
 
 
@@ -92,7 +96,11 @@ def distributed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     sites = make_sites(root / "sites", sites=SITES, seed=1, shape=(16, 20, 16), figure=False, progress=False)
     output, records = root / "out", root / "records"
-    text = torchrun([str(HERE / "distributed_worker.py"), str(sites), str(output), str(records)], root / "log.txt")
+    # fine-tuning stopped after the first epoch of its second stage: the worker resumes it
+    worker = [str(HERE / "distributed_worker.py"), str(sites), str(output), str(records)]
+    torchrun([*worker, "crash"], root / "crash.txt", crash_at="mid_training:2")
+    assert list((output / "resumed").rglob("checkpoint*")), "rank 0 wrote no epoch checkpoint to resume from"
+    text = torchrun(worker, root / "log.txt")
     ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
     return output, ranks, text
 
@@ -186,4 +194,10 @@ def test_the_bundle_main_job_under_torchrun(tmp_path):
     assert list(summary["strategies"]) == ["fine_tuning"] and text.count("weighted") == 1  # one table: rank 0's
     state = json.loads((out / "runs" / "fine_tuning" / "state.json").read_text())
     assert [s["number"] for s in state["stages"]] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_stage_stopped_in_its_middle_resumes_exactly(distributed_run):
+    _, (main, other), _ = distributed_run
+    assert main["resumed"] == other["resumed"] == main["results"]["fine_tuning"]["transfers"]
 
