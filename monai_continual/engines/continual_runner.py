@@ -211,7 +211,8 @@ class ContinualRunner:
 
         ``directory`` names the run's folder under ``output_dir`` (default: the strategy's name; give one per
         variant, e.g. per site order, to keep several runs of one strategy). ``on_stage(state, record)`` is called
-        after every stage is saved (e.g. :meth:`~monai_continual.experiment.RunTracker.stage_logger`).
+        after every stage is saved (e.g. :meth:`~monai_continual.experiment.RunTracker.stage_logger`; under
+        ``torchrun`` in rank 0 only).
 
         Raises:
             ValueError: an unknown strategy (the valid ones are listed) or an invalid option value.
@@ -228,6 +229,9 @@ class ContinualRunner:
         on_main_rank(lambda: _prepare(run_dir))
         main = is_main_rank()
         if is_distributed() and self.settings.device.type == "cuda":
+            if self.settings.device.index is None:  # settings made before the process group: every process on one GPU
+                raise RuntimeError("ContinualRunner: several processes but device 'cuda' names no GPU; initialize the "
+                                   "process group before building the runner, or give cuda:<LOCAL_RANK>.")
             torch.cuda.set_device(self.settings.device)
         # every process reads the state (and so refuses a run of other settings); rank 0 alone saves it
         state = (RunState if main else _UnsavedRunState).open(run_dir, run, self._config(run, stages))
