@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.inferers import Inferer
 from torch import nn
 
@@ -36,6 +37,8 @@ from monai_continual.strategies import (
     run_stages,
     strategy_of,
 )
+from monai_continual.strategies.layout import RunLayout
+from monai_continual.utils.distributed import check_process_group, is_distributed, is_main_rank, on_main_rank
 
 __all__ = ["ContinualRunner", "StrategyResult", "OPTIMIZER_STATE_POLICIES", "ELBO_EXAMPLES"]
 logger = logging.getLogger(__name__)
@@ -91,6 +94,12 @@ class ContinualRunner:
     interruption; every random draw is seeded from (seed, stage, epoch), so on a CPU the result equals that of an
     uninterrupted run. A run directory made with other settings is refused rather than mixed.
 
+    Several GPUs of one site: start the same program once per GPU with ``torchrun`` and initialize the process group
+    (:func:`~monai_continual.utils.distributed.init_distributed`) before :meth:`run`. Every stage then trains with
+    DistributedDataParallel (``batch_size`` per process; see :class:`MonaiStageExecutor`); rank 0 alone writes the run
+    directory, evaluates and reports, and :meth:`run` returns its result in every process. A bare ``device="cuda"``
+    is each process's own GPU.
+
     Args:
         datalist: a :class:`MultiSiteDatalist` or the path of a multi-site datalist JSON.
         output_dir: where runs are written.
@@ -138,6 +147,7 @@ class ContinualRunner:
         **settings: Any,
     ) -> None:
         self.data = datalist if isinstance(datalist, MultiSiteDatalist) else load_multisite_datalist(datalist)
+        check_process_group("ContinualRunner")
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"ContinualRunner: output_dir {str(self.output_dir)!r} exists and is not a directory.")
@@ -202,7 +212,8 @@ class ContinualRunner:
 
         ``directory`` names the run's folder under ``output_dir`` (default: the strategy's name; give one per
         variant, e.g. per site order, to keep several runs of one strategy). ``on_stage(state, record)`` is called
-        after every stage is saved (e.g. :meth:`~monai_continual.experiment.RunTracker.stage_logger`).
+        after every stage is saved (e.g. :meth:`~monai_continual.experiment.RunTracker.stage_logger`; under
+        ``torchrun`` in rank 0 only).
 
         Raises:
             ValueError: an unknown strategy (the valid ones are listed) or an invalid option value.
@@ -216,14 +227,19 @@ class ContinualRunner:
         if directory is not None and (not directory or Path(directory).name != directory or directory.startswith(".")):
             raise ValueError(f"ContinualRunner.run: directory must be a plain folder name, got {directory!r}.")
         run_dir = self.output_dir / (directory or run)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.rglob(".*.tmp"):  # temporary files of a killed process: never complete, never read
-            stale.unlink(missing_ok=True)
-        state = RunState.open(run_dir, run, self._config(run, stages))
+        on_main_rank(lambda: _prepare(run_dir))
+        main = is_main_rank()
+        if is_distributed() and self.settings.device.type == "cuda":
+            if self.settings.device.index is None:  # settings made before the process group: every process on one GPU
+                raise RuntimeError("ContinualRunner: several processes but device 'cuda' names no GPU; initialize the "
+                                   "process group before building the runner, or give cuda:<LOCAL_RANK>.")
+            torch.cuda.set_device(self.settings.device)
+        # every process reads the state (and so refuses a run of other settings); rank 0 alone saves it
+        state = (RunState if main else _UnsavedRunState).open(run_dir, run, self._config(run, stages))
         executor = self.executor(run_dir, stages)
-        run_stages(stages, executor, state, self.eval_sites, log=print if self.settings.progress else None,
-                   on_stage=on_stage)
-        return self._result(name, stages, state, executor)
+        run_stages(stages, executor, state, self.eval_sites, log=print if self.settings.progress and main else None,
+                   on_stage=on_stage if main else None)
+        return on_main_rank(lambda: self._result(name, stages, state, executor))
 
     # ----------------------------------------------------------------------------------------------------------------
 
@@ -265,3 +281,18 @@ class ContinualRunner:
         bayesian = last.network == NetworkKind.BAYES
         return StrategyResult(name.value, matrix, state.scores(last.number), run_dir, bayesian,
                               state.results(stages), transfers)
+
+
+def _prepare(run_dir: Path) -> None:
+    """The run directory and its weight store made (before any other process opens them), stale files removed."""
+    RunLayout(run_dir).store.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.rglob(".*.tmp"):  # temporary files of a killed process: never complete, never read
+        stale.unlink(missing_ok=True)
+
+
+class _UnsavedRunState(RunState):
+    """The run's state in a process other than rank 0: kept in memory (the records, and so the result, are rank
+    0's: every stage's output and scores come from it), saved by rank 0 alone."""
+
+    def save(self) -> None:
+        pass

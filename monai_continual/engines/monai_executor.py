@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from monai.engines import SupervisedTrainer
 from monai.transforms import Compose
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from monai_continual.bayes.laplace import calibrate_posterior_std, std_summary
 from monai_continual.consolidation import EnsembleModel, Posterior
@@ -35,6 +37,7 @@ from monai_continual.strategies import (
 )
 from monai_continual.strategies.base_executor import BaseStageExecutor
 from monai_continual.strategies.executor import check_finite_weights
+from monai_continual.utils.distributed import broadcast_module, get_rank, get_world_size, on_main_rank
 from monai_continual.utils.optimizer_files import load_optimizer_state, save_optimizer_state
 from monai_continual.utils.seeding import seed_everything
 
@@ -69,6 +72,13 @@ class MonaiStageExecutor(BaseStageExecutor):
     ``optimizer_state="site"``, the site's optimizer state. Only safetensors files are read across stages; the epoch
     checkpoint is read back only by the site that wrote it.
 
+    Several processes (``torchrun``; a process group of two or more, e.g. one process per GPU of a site): every stage
+    trains in every process, the network wrapped in ``DistributedDataParallel`` and each process drawing its own
+    share of every epoch (:class:`~monai_continual.engines.epoch_sampler.EpochSampler`); every process reads the
+    stage's inputs and starts from rank 0's weights (broadcast, after rank 0 alone calibrated a Bayesian stage's
+    stds). Only rank 0 writes (epoch checkpoints, the published stage) and evaluates, and only rank 0 consolidates;
+    the others wait for its result. The run directory must be on a file system that every process sees.
+
     Args:
         settings: the run's :class:`~monai_continual.engines.settings.MonaiSettings`.
         data: the sites' datalist.
@@ -88,11 +98,21 @@ class MonaiStageExecutor(BaseStageExecutor):
         self.settings = settings
         self.data = data
         self.replay = replay or ReplayOptions()
+        self.rank, self.world_size = get_rank(), get_world_size()
 
     # ------------------------------------------------------------------------------------------------ networks
 
     def initial_weights(self) -> dict[str, torch.Tensor]:
         return self.settings.plain_network().state_dict()
+
+    def initialize(self, network: NetworkKind) -> StageOutput:
+        return on_main_rank(partial(super().initialize, network))
+
+    def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
+        return on_main_rank(partial(super().consolidate, stage, weights))
+
+    def evaluate(self, stage: Stage, site: str) -> list[float]:
+        return on_main_rank(partial(super().evaluate, stage, site))
 
     def model(self, number: int) -> nn.Module:
         """The published model of stage ``number`` in a fresh network (what the next site would receive)."""
@@ -154,7 +174,8 @@ class MonaiStageExecutor(BaseStageExecutor):
             values = self._score(network, items, stage.network == NetworkKind.BAYES)
             return float(np.mean([x for v in values.values() for x in v]))
 
-        return score
+        # rank 0's score on every rank: the processes must stop at the same epoch
+        return lambda: on_main_rank(score)
 
     # ------------------------------------------------------------------------------------------------ training
 
@@ -194,7 +215,7 @@ class MonaiStageExecutor(BaseStageExecutor):
         if stage.network == NetworkKind.BAYES:
             details.update(elbo=[h[1:] for h in run.losses.history],
                            std=dict(run.losses.std, trained=std_summary(run.network)))
-        return self._publish(stage, items, memory, trainer, run, details)
+        return on_main_rank(partial(self._publish, stage, items, memory, trainer, run, details))
 
     def _build(self, stage: Stage, items: list[dict[str, Any]], memory: ReplayBuffer | None,
                replayed: int) -> _Training:
@@ -207,7 +228,8 @@ class MonaiStageExecutor(BaseStageExecutor):
                                          replay_fraction=self.replay.replay_fraction, seed=s.seed + stage.number)
         else:
             dataset = self._dataset(items)
-        sampler = EpochSampler(len(dataset), seed=s.seed * 31 + stage.number)
+        sampler = EpochSampler(len(dataset), seed=s.seed * 31 + stage.number, rank=self.rank,
+                               world_size=self.world_size)
         # a volume's patches (a list from the crop) become items of the mini-batch
         loader = DataLoader(dataset, batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
                             collate_fn=list_data_collate)
@@ -216,7 +238,7 @@ class MonaiStageExecutor(BaseStageExecutor):
         optimizer = (s.bayes_optimizer if bayes else s.optimizer)(network.parameters())
         plateau = PlateauStopper(self._plateau_score(stage, network), network, stage.patience) if stage.patience \
             else None
-        losses = EpochLosses(loss)
+        losses = EpochLosses(loss, all_ranks=self.world_size > 1)
         extra = {k: v for k, v in (("plateau", plateau), ("losses", losses)) if v is not None}
         checkpoint = EpochCheckpoint(self.layout.checkpoint_file(stage.site, stage.number), network, optimizer, extra)
         return _Training(network, optimizer, loss, sampler, loader, losses, checkpoint, plateau)
@@ -229,21 +251,26 @@ class MonaiStageExecutor(BaseStageExecutor):
             self._start(stage, run.network)
             if stage.network == NetworkKind.BAYES and s.laplace:
                 seed = s.seed + stage.number
-                run.losses.std = calibrate_posterior_std(run.network, lambda: self._batches(items, seed), seed=seed)
+                run.losses.std = on_main_rank(
+                    lambda: calibrate_posterior_std(run.network, lambda: self._batches(items, seed), seed=seed))
             transfer = s.optimizer_state == OptimizerState.TRANSFER
             source = self._optimizer_file(stage, stage.start if transfer else stage.previous_visit)
             if source is not None and source.exists():
                 run.optimizer.load_state_dict(load_optimizer_state(source))
+        broadcast_module(run.network)  # rank 0's start (or checkpoint) and calibrated stds in every process
+        main = self.rank == 0
         # the finiteness guard runs before the checkpoint, so a diverged epoch is never saved to resume from;
-        # the epoch's losses are recorded before the checkpoint saves them
-        handlers: list[Any] = [EpochSeeder(s.seed * 104_729 + stage.number, s.train_chain),
-                               FiniteGuard(stage, run.network), run.losses, run.checkpoint,
-                               _CrashAfterEpoch(stage.number)]
+        # the epoch's losses are recorded before the checkpoint saves them. A rank other than 0 draws its own
+        # augmentation and Bayesian noise (rank 0 keeps the single process's seeds).
+        seeder = EpochSeeder(s.seed * 104_729 + stage.number + self.rank * 15_485_863, s.train_chain)
+        handlers: list[Any] = [seeder, FiniteGuard(stage, run.network, self.world_size > 1), run.losses,
+                               *([run.checkpoint] if main else []), _CrashAfterEpoch(stage.number)]
         if run.plateau is not None:
             handlers.append(run.plateau)  # restores the best weights on completion, before they are published
-        handlers.append(ProgressBar(f"{stage.number}/{stage.label}", disable=not s.progress))
+        handlers.append(ProgressBar(f"{stage.number}/{stage.label}", disable=not s.progress or not main))
         trainer = SupervisedTrainer(
-            device=s.device, max_epochs=max(stage.epochs, 1), train_data_loader=run.loader, network=run.network,
+            device=s.device, max_epochs=max(stage.epochs, 1), train_data_loader=run.loader,
+            network=self._parallel(run.network),
             optimizer=run.optimizer, loss_function=run.loss, epoch_length=stage.iterations, train_handlers=handlers,
             decollate=False, amp=s.amp and s.device.type == "cuda",
         )
@@ -255,6 +282,16 @@ class MonaiStageExecutor(BaseStageExecutor):
         elif run.plateau is not None:
             run.plateau.restore_best()
         return trainer
+
+    def _parallel(self, network: nn.Module) -> nn.Module:
+        """``network`` in ``DistributedDataParallel`` when several processes train (its gradients averaged over
+        them after every backward), else itself. An ELBO's KL term is computed on the unwrapped network: its
+        gradient is the same in every process, so the average keeps it, and it reaches every parameter (as the data
+        term does) in the same backward, so no parameter is unused."""
+        if self.world_size == 1:
+            return network
+        device = self.settings.device
+        return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
     def _publish(self, stage: Stage, items: list[dict[str, Any]], memory: ReplayBuffer | None,
                  trainer: SupervisedTrainer, run: _Training, details: dict[str, Any]) -> StageOutput:
@@ -278,16 +315,27 @@ class MonaiStageExecutor(BaseStageExecutor):
     def _dataset(self, items: list[dict[str, Any]]) -> Dataset:
         """The training dataset: the training chain, its deterministic part cached with ``cache="memory"`` or
         ``"disk"`` (the user's ``train_transform`` up to its first random transform; the patch crop always runs on
-        top, with the same transform objects, so the epoch seeding reaches it)."""
+        top, with the same transform objects, so the epoch seeding reaches it). Several processes: each caches every
+        item in memory; on disk, rank 0 writes every item's cache file before the others read them."""
         s = self.settings
         if s.cache == DatasetCache.NONE:
             return Dataset(items, transform=s.train_chain)
         if s.cache == DatasetCache.MEMORY:
             cached: Dataset = CacheDataset(items, transform=s.train_transform, progress=False)
         else:
-            self.layout.cache_dir.mkdir(parents=True, exist_ok=True)
-            cached = PersistentDataset(items, transform=s.train_transform, cache_dir=self.layout.cache_dir,
-                                       hash_transform=json_hashing)
+            def persistent() -> PersistentDataset:
+                return PersistentDataset(items, transform=s.train_transform, cache_dir=self.layout.cache_dir,
+                                         hash_transform=json_hashing)
+
+            def fill() -> None:
+                self.layout.cache_dir.mkdir(parents=True, exist_ok=True)
+                if self.world_size > 1:
+                    dataset = persistent()
+                    for item in items:
+                        dataset._cachecheck(item)  # MONAI's own cache filler (as its LMDBDataset uses it)
+
+            on_main_rank(fill)
+            cached = persistent()
         return Dataset(cached, transform=Compose(list(s.patch_transforms))) if s.patch_transforms else cached
 
     def _voxels(self, items: Sequence[dict[str, Any]]) -> int:

@@ -19,6 +19,7 @@ from monai_continual.bayes import BayesConfig, MCInferer, StdInit, bayesianize
 from monai_continual.data.scan_transforms import patch_transforms
 from monai_continual.losses import ElboExamples
 from monai_continual.utils.choices import look_up_choice
+from monai_continual.utils.distributed import rank_device
 from monai_continual.utils.flags import as_flag
 
 __all__ = ["MonaiSettings", "OptimizerState", "DatasetCache"]
@@ -85,7 +86,7 @@ class MonaiSettings:
         optimizer: ``params -> Optimizer``; Adam with lr 1e-3 by default (McClure et al.).
         bayes_optimizer: optimizer of Bayesian stages (default: ``optimizer``).
         epochs: epochs per site stage.
-        batch_size: mini-batch size.
+        batch_size: mini-batch size (of each process, under DistributedDataParallel).
         inferer: prediction inferer of every evaluation (test scores, validation plateaus, checks of a received
             model); Bayesian models wrap it in ``MCInferer``. Default: a ``SlidingWindowInferer`` when ``sw_roi_size``
             or ``patch_size`` is set, else ``SimpleInferer`` (whole volumes). A given inferer wins.
@@ -94,7 +95,8 @@ class MonaiSettings:
             :meth:`~monai_continual.bayes.BayesConfig.calibrated`: stds from the site's data, He-scaled prior).
         elbo_examples: what the ELBO's N counts (:class:`~monai_continual.losses.ElboExamples`).
         optimizer_state: :class:`OptimizerState`.
-        device: training device.
+        device: training device (a bare ``"cuda"`` in a process group of several processes: this process's GPU,
+            ``cuda:<LOCAL_RANK>``).
         seed: the seed of everything.
         progress: show progress bars.
         patch_size: train on label-aware patches of this spatial size (``None``: whole volumes). The executor appends
@@ -181,7 +183,7 @@ class MonaiSettings:
         put("batch_size", int(self.batch_size))
         put("mc_samples", int(self.mc_samples))
         put("seed", int(self.seed))
-        put("device", torch.device(self.device))
+        put("device", rank_device(self.device))
         put("loss", self.loss if self.loss is not None else DiceCELoss(to_onehot_y=True, softmax=True))
         put("optimizer", self.optimizer if self.optimizer is not None else _adam)
         put("bayes_optimizer", self.bayes_optimizer if self.bayes_optimizer is not None else self.optimizer)

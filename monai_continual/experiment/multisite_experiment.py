@@ -30,6 +30,7 @@ from monai_continual.report import (
 from monai_continual.strategies import strategy_of
 from monai_continual.strategies.layout import RunLayout
 from monai_continual.strategies.names import DWC_FINETUNED, Strategy
+from monai_continual.utils.distributed import is_main_rank, on_main_rank
 from monai_continual.utils.flags import as_flag
 
 __all__ = ["MultiSiteExperiment"]
@@ -51,6 +52,11 @@ class MultiSiteExperiment:
     Planning is :func:`~monai_continual.experiment.plan.plan_runs`, running
     :func:`~monai_continual.experiment.run_plan.run_plan`, and the summary and its files are
     :mod:`monai_continual.report`'s.
+
+    Under ``torchrun`` (process group initialized first, e.g.
+    :func:`~monai_continual.utils.distributed.init_distributed`) every run's stages train on all processes
+    (:class:`ContinualRunner`); rank 0 alone generates the embedded sites, tracks, writes the summary and prints, and
+    :meth:`run` returns its summary in every process.
 
     Args:
         output_dir: where everything goes (each strategy's run, resumable, under ``runs/``).
@@ -140,11 +146,14 @@ class MultiSiteExperiment:
             The summary (the content of ``summary.json``).
         """
         start = time.time()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        datalist = self.datalist or make_sites(
-            self.dataset_dir, seed=self.dataset_seed, shape=self.dataset_shape, progress=self.progress
-        )
-        data = load_multisite_datalist(datalist)
+
+        def prepare() -> str | os.PathLike:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            return self.datalist or make_sites(
+                self.dataset_dir, seed=self.dataset_seed, shape=self.dataset_shape, progress=self.progress
+            )
+
+        data = load_multisite_datalist(on_main_rank(prepare))
         runner = ContinualRunner(
             data, self.output_dir / "runs", self.network, self.train_transform, self.eval_transform, self.num_classes,
             inferer=self.inferer, progress=self.progress, **self.runner_options,
@@ -152,16 +161,20 @@ class MultiSiteExperiment:
         training = runner.sites
         plan = plan_runs(self.plan_settings, training, {s: len(data.site(s).training) for s in training},
                          schedule_seed=runner.settings.seed)
-        tracker = None if self.tracking is None else RunTracker(self.tracking, self.output_dir / "tracking",
-                                                                tracking_uri=self.tracking_uri)
+        tracker = None if self.tracking is None or not is_main_rank() else RunTracker(
+            self.tracking, self.output_dir / "tracking", tracking_uri=self.tracking_uri)
         runs = run_plan(runner, plan, tracker=tracker, test_sizes={s: len(data.site(s).test) for s in training},
                         start=start)
-        summary = main_summary(runs, training_sites=training, held_out_sites=data.held_out_sites(),
-                               test_sizes={s: len(data.site(s).test) for s in data.site_names},
-                               seconds=time.time() - start)
-        write_summary(self.output_dir, summary, lambda: self._figures(runs, runner, data))
-        print(summary_table(summary))
-        return summary
+
+        def report() -> dict[str, Any]:
+            summary = main_summary(runs, training_sites=training, held_out_sites=data.held_out_sites(),
+                                   test_sizes={s: len(data.site(s).test) for s in data.site_names},
+                                   seconds=time.time() - start)
+            write_summary(self.output_dir, summary, lambda: self._figures(runs, runner, data))
+            print(summary_table(summary))
+            return summary
+
+        return on_main_rank(report)
 
     def _figures(self, runs: Sequence[FinishedRun], runner: ContinualRunner, data: Any) -> None:
         """Every strategy's R matrix under ``heatmaps/``, and the Bayesian model's predictions (DWC's, else VCL's)."""

@@ -11,6 +11,7 @@ from monai_continual.experiment.tracking import RunTracker
 from monai_continual.report import FinishedRun, RunVariant
 from monai_continual.strategies import RunState
 from monai_continual.strategies.names import Strategy
+from monai_continual.utils.distributed import is_main_rank
 
 __all__ = ["run_plan"]
 
@@ -39,7 +40,8 @@ def run_plan(
     start = time.time() if start is None else start
     finished: list[FinishedRun] = []
     for number, planned in enumerate(plan, start=1):
-        print(f"[{number}/{len(plan)}] {planned.key} ({time.time() - start:.0f} s so far)", flush=True)
+        if is_main_rank():
+            print(f"[{number}/{len(plan)}] {planned.key} ({time.time() - start:.0f} s so far)", flush=True)
         on_stage = None if tracker is None else tracker.stage_logger(planned.key)
         result = runner.run(planned.strategy, directory=planned.directory, on_stage=on_stage, **planned.options)
         run = FinishedRun(planned.key, planned.strategy, planned.variant, planned.order, result,

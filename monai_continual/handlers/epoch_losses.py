@@ -19,6 +19,7 @@ else:
 import torch
 
 from monai_continual.losses import ELBOLoss
+from monai_continual.utils.distributed import mean_over_ranks
 
 __all__ = ["EpochLosses"]
 
@@ -30,6 +31,8 @@ class EpochLosses:
 
     Args:
         loss: the trainer's loss function (an :class:`~monai_continual.losses.ELBOLoss` adds its two terms).
+        all_ranks: under DistributedDataParallel, record the mean over every process's batches (each process has as
+            many batches per epoch as the others, so the mean of their means); every process must then attach it.
 
     Example::
 
@@ -37,8 +40,9 @@ class EpochLosses:
         >>> losses.attach(trainer); trainer.run(); losses.history  # [(loss, data term, KL / N), ...] per epoch
     """
 
-    def __init__(self, loss: Any) -> None:
+    def __init__(self, loss: Any, all_ranks: bool = False) -> None:
         self.loss = loss
+        self.all_ranks = all_ranks
         self.history: list[tuple[float, ...]] = []
         self.std: dict[str, Any] = {}
         self._sums: list[float] = []
@@ -65,5 +69,6 @@ class EpochLosses:
 
     def epoch(self, engine: Engine) -> None:
         if self._count:
-            self.history.append(tuple(v / self._count for v in self._sums))
+            means = [v / self._count for v in self._sums]
+            self.history.append(tuple(mean_over_ranks(means) if self.all_ranks else means))
         self._sums, self._count = [], 0

@@ -21,6 +21,7 @@ from torch import nn
 
 from monai_continual.strategies import NonFiniteTrainingError, Stage
 from monai_continual.strategies.executor import check_finite_weights
+from monai_continual.utils.distributed import on_every_rank
 
 __all__ = ["FiniteGuard"]
 
@@ -32,15 +33,19 @@ class FiniteGuard:
     Args:
         stage: the stage being trained (named in the error).
         network: the network being trained.
+        all_ranks: under DistributedDataParallel, stop every process when the loss of any is non-finite (a process
+            stopping alone would leave the others waiting in the next gradient all-reduce); every process must then
+            attach it.
 
     Example::
 
         >>> FiniteGuard(stage, network).attach(trainer)
     """
 
-    def __init__(self, stage: Stage, network: nn.Module) -> None:
+    def __init__(self, stage: Stage, network: nn.Module, all_ranks: bool = False) -> None:
         self.stage = stage
         self.network = network
+        self.all_ranks = all_ranks
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -52,10 +57,12 @@ class FiniteGuard:
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
         loss = output.get("loss") if isinstance(output, dict) else None
-        if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss)).all()):
+        finite = loss is None or bool(torch.isfinite(torch.as_tensor(loss)).all())
+        if not (on_every_rank(finite) if self.all_ranks else finite):
+            value = "non-finite in another process" if finite else float(torch.as_tensor(loss).detach())
             raise NonFiniteTrainingError(
                 f"site {self.stage.site!r}, stage {self.stage.number} ({self.stage.label}): the loss became "
-                f"{float(torch.as_tensor(loss).detach())} at epoch {engine.state.epoch}, iteration "
+                f"{value} at epoch {engine.state.epoch}, iteration "
                 f"{engine.state.iteration}; nothing was published. Fix the cause (learning rate, data) and run again: "
                 "the stage resumes from its last finished epoch."
             )
