@@ -157,25 +157,6 @@ def test_overlay_adds_handlers_to_an_untouched_train_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_site_training_and_consolidation_through_a_shared_directory(tmp_path):
-    from monai_continual.bayes import bayesianize
-    from monai_continual.consolidation import Posterior, consolidate_dwc
-    from monai_continual.networks import MeshNet
-
-    shared = tmp_path / "outputs" / "shared"
-    prior_net = bayesianize(MeshNet(3, 1, 4, channels=16, dilations=(1, 1, 2, 4, 1)))
-    Posterior.prior_of(prior_net).save(shared / "prior.safetensors")
-    for site in ("site_b", "site_c"):
-        bundle("run", "train_site.json", tmp_path, *TINY, "--epochs", "1", "--site", site, "--bayesian", "true",
-               "--prior", str(shared / "prior.safetensors"))
-    bundle("run", "consolidate.json", tmp_path)
-    merged = Posterior.load(shared / "consolidated.safetensors")
-    expected = consolidate_dwc(shared / "prior.safetensors", sorted((shared / "sites").glob("*.safetensors")))
-    assert merged.metadata["sites"] == ["site_b", "site_c"]
-    assert all(np.array_equal(merged.mean[k].numpy(), expected.mean[k].numpy()) for k in merged.mean)
-
-
-@pytest.mark.slow
 def test_bad_input_gives_clear_errors(tmp_path, small_sites):
     document = json.loads(Path(small_sites).read_text())
     document["sites"]["site_b"]["test"] = []

@@ -41,3 +41,12 @@ def test_the_shared_settings_are_the_recommended_ones():
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == defaults["dataset_shape"][
         "experiment.json"]
+
+
+def test_the_bundle_readme_lists_every_setting_of_the_main_job():
+    readme = (CONFIGS.parent / "docs" / "README.md").read_text()
+    internal = {"imports", "bundle_root", "set_threads", "network_def", "transforms", "experiment", "initialize",
+                "run", "finalize", "init_process_group"}
+    keys = set(json.loads((CONFIGS / "experiment.json").read_text())) - internal
+    missing = sorted(k for k in keys if f"`{k}`" not in readme)
+    assert not missing, f"settings of experiment.json missing from the bundle README: {missing}"

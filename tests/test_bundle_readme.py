@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -10,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from monai_continual.consolidation import Posterior, consolidate_dwc
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "bundles" / "multisite_segmentation" / "docs" / "README.md"
@@ -50,5 +54,10 @@ def test_a_bundle_readme_block_runs_as_written(index, tmp_path):
                             timeout=900)
     assert result.returncode == 0, script + "\n" + result.stdout[-2000:] + result.stderr[-4000:]
     shared = tmp_path / "bundle" / "outputs" / "shared"
-    assert (shared / "consolidated.safetensors").is_file() and (shared / "prior.safetensors").is_file()
-    assert (tmp_path / "bundle" / "outputs" / "evaluation" / "R.json").is_file()
+    merged = Posterior.load(shared / "consolidated.safetensors")  # McClure Eq. 17 over the sites' posteriors
+    expected = consolidate_dwc(shared / "prior.safetensors", sorted((shared / "sites").glob("*.safetensors")))
+    assert merged.metadata["sites"] == ["site_b", "site_c"]
+    assert all(torch.equal(merged.mean[k], expected.mean[k]) and torch.equal(merged.std[k], expected.std[k])
+               for k in merged.mean)
+    scores = json.loads((tmp_path / "bundle" / "outputs" / "evaluation" / "scores.json").read_text())
+    assert set(scores) == {"site_a", "site_b", "site_c", "site_d", "heldout_e"}

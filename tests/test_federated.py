@@ -284,7 +284,8 @@ def test_the_launching_command_network_is_the_one_the_sites_train(datalist, tmp_
                         "--epochs", "1", "--mc_samples", "2", "--threads", "1", "--device", "cpu",
                         "--strategy", "cyclic_weight_transfer", "--strategy_options", "{'epochs_per_visit': 1}",
                         "--federated#config_file", str(CONFIG), "--task_request_interval", str(POLL),
-                        "--network_def", unet], timeout=400)
+                        "--network_def", unet, "--patch_size", "[8,8,8]", "--samples_per_volume", "2"],
+                       timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = tmp_path / "outputs" / "federated" / "cyclic_weight_transfer"
     published = sorted(run_dir.rglob("*.safetensors"))
@@ -294,3 +295,9 @@ def test_the_launching_command_network_is_the_one_the_sites_train(datalist, tmp_
             keys = list(weights.keys())
         assert keys and all(k.startswith("model.") for k in keys), (path, keys)  # UNet's, not MeshNet's
     assert "UNet" in json.dumps(json.loads((run_dir / "state.json").read_text())["config"]["settings"])
+    # every site trained on 8^3 patches and scored through an 8^3 sliding window (its own run's settings)
+    site_states = [json.loads(p.read_text())["config"] for p in (tmp_path / "outputs" / "federated").rglob("state.json")
+                   if "sites" in p.relative_to(tmp_path).parts]
+    assert len(site_states) >= 2
+    assert all(c["patch_size"] == [8, 8, 8] and c["samples_per_volume"] == 2
+               and c["sliding_window"]["roi_size"] == [8, 8, 8] for c in site_states)
