@@ -1,0 +1,69 @@
+"""FedProx: ``federated_averaging`` with ``proximal_mu`` adds mu/2 ||w - w_start||^2 to every local step, on the
+MONAI runner, nnU-Net's trainer and the federated sites; mu = 0 is FedAvg, unchanged."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from monai_continual.federated.payload import stage_from_meta, stage_to_meta
+from monai_continual.losses import ProximalLoss, proximal_anchor, proximal_term
+from monai_continual.strategies import Stage, build_schedule, make_options
+from monai_continual.strategies.stage import NetworkKind
+
+
+def _sgd_step(mu: float, w: float, w0: float, x: float, y: float, lr: float) -> float:
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(w)
+    anchor = {"weight": torch.full((1, 1), w0)}
+    data_loss = nn.MSELoss()
+    loss = ProximalLoss(data_loss, model, anchor, mu) if mu else data_loss
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    loss(model(torch.tensor([[x]])), torch.tensor([[y]])).backward()
+    optimizer.step()
+    return float(model.weight.detach())
+
+
+def test_one_sgd_step_is_the_closed_form():
+    w, w0, x, y, lr, mu = 0.7, 0.2, 1.5, -0.4, 0.1, 3.0
+    grad = 2 * (w * x - y) * x  # of (w x - y)^2
+    assert _sgd_step(mu, w, w0, x, y, lr) == pytest.approx(w - lr * (grad + mu * (w - w0)), rel=1e-6)
+    assert _sgd_step(0.0, w, w0, x, y, lr) == pytest.approx(w - lr * grad, rel=1e-6)
+    model = nn.Linear(2, 3)
+    anchor = {k: torch.zeros_like(v) for k, v in proximal_anchor(model).items()}
+    expected = 0.5 * mu * sum(float((p.detach() ** 2).sum()) for p in model.parameters())
+    assert float(proximal_term(model, anchor, mu)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("mu", [-0.1, math.nan, math.inf, True, "0.1"])
+def test_invalid_mu_is_refused_by_name(mu):
+    with pytest.raises(ValueError, match="proximal_mu"):
+        make_options("federated_averaging", proximal_mu=mu)
+    with pytest.raises(ValueError, match="proximal_mu"):
+        Stage(1, sites=("a",), proximal_mu=mu)
+
+
+def test_the_schedule_carries_mu_to_local_stages_and_into_the_run_identity():
+    plain = build_schedule("federated_averaging", ["a", "b"], make_options("federated_averaging"))
+    zero = build_schedule("federated_averaging", ["a", "b"], make_options("federated_averaging", proximal_mu=0.0))
+    prox = build_schedule("federated_averaging", ["a", "b"], make_options("federated_averaging", proximal_mu=0.5))
+    assert [s.to_dict() for s in zero] == [s.to_dict() for s in plain]  # runs made before the option resume
+    assert [s.proximal_mu for s in prox if s.is_training] == [0.5] * 4
+    assert all(s.proximal_mu == 0 and "proximal_mu" not in s.to_dict() for s in prox if not s.is_training)
+    assert [s.to_dict() for s in prox] != [s.to_dict() for s in plain]
+    with pytest.raises(ValueError, match="proximal_mu applies to deterministic train stages"):
+        Stage(1, sites=("a",), network=NetworkKind.BAYES, proximal_mu=0.5)
+
+
+def test_the_stage_sent_to_a_site_carries_mu():
+    stage = build_schedule("federated_averaging", ["a", "b"], make_options("federated_averaging", proximal_mu=0.5))[0]
+    received, _ = stage_from_meta(stage_to_meta(stage, {0: "map"}))
+    assert received == stage and received.proximal_mu == 0.5
+    meta = stage_to_meta(stage, {0: "map"})
+    meta["stage"]["proximal_mu"] = float("nan")  # a site refuses a term it cannot apply
+    with pytest.raises(ValueError, match="proximal_mu"):
+        stage_from_meta(meta)
