@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from monai_continual.consolidation import DirectoryWeightStore
 from monai_continual.federated.payload import stage_from_meta, stage_to_meta
 from monai_continual.losses import ProximalLoss, proximal_anchor, proximal_term
 from monai_continual.strategies import Stage, build_schedule, make_options
 from monai_continual.strategies.stage import NetworkKind
+from runner_utils import tiny_runner, tiny_sites
 
 
 def _sgd_step(mu: float, w: float, w0: float, x: float, y: float, lr: float) -> float:
@@ -67,3 +69,27 @@ def test_the_stage_sent_to_a_site_carries_mu():
     meta["stage"]["proximal_mu"] = float("nan")  # a site refuses a term it cannot apply
     with pytest.raises(ValueError, match="proximal_mu"):
         stage_from_meta(meta)
+
+
+def test_monai_runner_mu_zero_is_fedavg_and_a_large_mu_stays_near_the_start(tmp_path):
+    sites = tiny_sites(tmp_path / "data")
+
+    def run(name: str, **options):
+        sgd = {"optimizer": lambda params: torch.optim.SGD(params, lr=0.05), "batch_size": 1}
+        runner = tiny_runner(sites, tmp_path / name, **sgd)  # a site of one training case: two local steps
+        result = runner.run("federated_averaging", rounds=1, local_epochs=2, **options)
+        store = DirectoryWeightStore(result.directory / "store")
+        return result, store
+
+    plain, _ = run("plain")
+    zero, far_store = run("zero", proximal_mu=0.0)
+    assert [t["published"] for t in zero.transfers] == [t["published"] for t in plain.transfers]
+    assert zero.matrix.as_array().tolist() == plain.matrix.as_array().tolist()
+    _, near_store = run("near", proximal_mu=10.0)
+
+    def distance(store, number):
+        start, local = store.load(store.entry(0)), store.load(store.entry(number))
+        return sum(float(((local[k] - start[k]) ** 2).sum()) for k in start if start[k].is_floating_point())
+
+    for number in (1, 2, 3):  # every site's local stage of the round
+        assert 0 < distance(near_store, number) < distance(far_store, number)
