@@ -3,6 +3,7 @@ MONAI runner, nnU-Net's trainer and the federated sites; mu = 0 is FedAvg, uncha
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -38,7 +39,7 @@ def test_one_sgd_step_is_the_closed_form():
     model = nn.Linear(2, 3)
     anchor = {k: torch.zeros_like(v) for k, v in proximal_anchor(model).items()}
     expected = 0.5 * mu * sum(float((p.detach() ** 2).sum()) for p in model.parameters())
-    assert float(proximal_term(model, anchor, mu)) == pytest.approx(expected, rel=1e-6)
+    assert float(proximal_term(model, anchor, mu).detach()) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("mu", [-0.1, math.nan, math.inf, True, "0.1"])
@@ -93,3 +94,38 @@ def test_monai_runner_mu_zero_is_fedavg_and_a_large_mu_stays_near_the_start(tmp_
 
     for number in (1, 2, 3):  # every site's local stage of the round
         assert 0 < distance(near_store, number) < distance(far_store, number)
+
+
+def test_nnunet_trainer_adds_the_term_in_train_step(monkeypatch):
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from monai_continual.nnunet.proximal_trainer import nnUNetTrainerFedProx
+    from monai_continual.nnunet.sites import NnUNetStageExecutor
+
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: None)  # no dataset: only the step runs
+
+    def step(cls, mu: float) -> torch.Tensor:
+        trainer = cls.__new__(cls)  # nnU-Net's train_step on a one-weight network, without plans or data
+        if cls is nnUNetTrainerFedProx:
+            trainer.proximal_mu, trainer._proximal_loss = mu, None
+            trainer.proximal_anchor = {"weight": torch.zeros(1, 1)}  # the round's start: 0
+        trainer.device, trainer.grad_scaler = torch.device("cpu"), None
+        trainer.network = nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            trainer.network.weight.fill_(0.5)
+        trainer.loss = nn.MSELoss()
+        trainer.optimizer = torch.optim.SGD(trainer.network.parameters(), lr=0.1)
+        trainer.on_train_start()
+        trainer.train_step({"data": torch.ones(1, 1), "target": torch.zeros(1, 1)})
+        assert isinstance(trainer.loss, nn.MSELoss)  # validation keeps the data loss
+        return trainer.network.weight.detach()
+
+    plain, zero, prox = step(nnUNetTrainer, 0.0), step(nnUNetTrainerFedProx, 0.0), step(nnUNetTrainerFedProx, 2.0)
+    assert torch.equal(zero, plain)
+    torch.testing.assert_close(prox, plain - 0.1 * 2.0 * 0.5)  # - lr * mu * (w - w0)
+    executor = NnUNetStageExecutor.__new__(NnUNetStageExecutor)
+    executor.trainer = "nnUNetTrainer"
+    stages = build_schedule("federated_averaging", ["a", "b"], make_options("federated_averaging", proximal_mu=0.5))
+    assert executor._trainer_for(stages[0]) == "nnUNetTrainerFedProx"
+    assert executor._trainer_for(dataclasses.replace(stages[0], proximal_mu=0.0)) == "nnUNetTrainer"
