@@ -129,3 +129,25 @@ def test_nnunet_trainer_adds_the_term_in_train_step(monkeypatch):
     stages = build_schedule("federated_averaging", ["a", "b"], make_options("federated_averaging", proximal_mu=0.5))
     assert executor._trainer_for(stages[0]) == "nnUNetTrainerFedProx"
     assert executor._trainer_for(dataclasses.replace(stages[0], proximal_mu=0.0)) == "nnUNetTrainer"
+
+
+def test_federated_sites_train_with_the_servers_mu(tmp_path, monkeypatch):
+    pytest.importorskip("nvflare")
+    from pathlib import Path
+
+    from loopback import loopback_run
+    from monai_continual.engines import monai_executor
+
+    trained = []
+
+    class Recorded(ProximalLoss):  # what the site's MONAI executor trains with
+        def __init__(self, data_loss, model, anchor, mu):
+            super().__init__(data_loss, model, anchor, mu)
+            trained.append(mu)
+
+    monkeypatch.setattr(monai_executor, "ProximalLoss", Recorded)
+    config = Path(__file__).resolve().parents[1] / "bundles" / "multisite_segmentation" / "configs" / "federated.json"
+    overrides = {"channels": 4, "dilations": [1, 2, 1], "epochs": 1, "mc_samples": 2, "device": "cpu", "threads": 1}
+    loopback_run(config, tiny_sites(tmp_path / "data"), tmp_path / "fl", "federated_averaging",
+                 {"rounds": 1, "proximal_mu": 0.5}, overrides, sites=("alpha", "beta"))
+    assert trained == [0.5, 0.5]  # one local stage per site
