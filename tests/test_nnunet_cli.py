@@ -203,7 +203,9 @@ def test_sites_passes_rounds_and_epochs_with_their_meaning_for_each_strategy(tmp
     assert cli.main(["sites", "cyclic_weight_transfer", *base, "--cycles", "4"]) == 0
     assert cli.main(["sites", "federated_averaging", *base]) == 0
     assert cli.main(["sites", "fine_tuning", *base, "--rounds", "5"]) == 0
-    cyclic, fedavg, fine_tuning = calls
+    assert cli.main(["sites", "federated_averaging", *base, "--proximal-mu", "0.5"]) == 0
+    cyclic, fedavg, fine_tuning, fedprox = calls
+    assert fedprox["options"] == {"local_epochs": 3, "proximal_mu": 0.5}
     assert cyclic["datasets"] == ["901", "Dataset902_b"]
     assert (cyclic["rounds"], cyclic["epochs"], cyclic["options"]) == (4, 3, {"epochs_per_visit": 3})
     assert (fedavg["rounds"], fedavg["options"]) == (2, {"local_epochs": 3})

@@ -25,7 +25,7 @@ from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.epoch_sampler import EpochSampler
 from monai_continual.engines.settings import DatasetCache, MonaiSettings, OptimizerState
 from monai_continual.handlers import EpochCheckpoint, EpochLosses, EpochSeeder, FiniteGuard, PlateauStopper, ProgressBar
-from monai_continual.losses import ElboExamples, ELBOLoss, voxels_per_item
+from monai_continual.losses import ElboExamples, ELBOLoss, ProximalLoss, proximal_anchor, voxels_per_item
 from monai_continual.metrics import evaluate_sites
 from monai_continual.strategies import (
     Action,
@@ -235,6 +235,9 @@ class MonaiStageExecutor(BaseStageExecutor):
                             collate_fn=list_data_collate)
         n_elbo = (stage.num_examples if stage.num_examples is not None else len(dataset)) * self._voxels(items)
         loss = ELBOLoss(s.loss, network, n_elbo) if bayes else s.loss
+        if stage.proximal_mu:  # FedProx: anchored at the start stage's published weights, also when resumed
+            start = load_stage_weights(self.store, stage.start, s.plain_network(), stage.site).state_dict()
+            loss = ProximalLoss(loss, network, proximal_anchor(network, start), stage.proximal_mu)
         optimizer = (s.bayes_optimizer if bayes else s.optimizer)(network.parameters())
         plateau = PlateauStopper(self._plateau_score(stage, network), network, stage.patience) if stage.patience \
             else None

@@ -44,6 +44,7 @@ _EXPORTS = {
     "REPLAY_ENV": "replay_trainer",
     "ReplayMixDataset": "replay_trainer",
     "nnUNetTrainerReplay": "replay_trainer",
+    "nnUNetTrainerFedProx": "proximal_trainer",
     "TRAINERS": "trainers",
     "ext_trainer_folder": "trainers",
     "find_trainer": "trainers",
@@ -51,7 +52,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerReplay", "TRAINERS", "register_trainers",
+    "nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerReplay", "nnUNetTrainerFedProx", "TRAINERS",
+    "register_trainers",
     "find_trainer", "ext_trainer_folder", "build_trainer", "train", "predict", "MCnnUNetPredictor",
     "UNCERTAINTY_MAPS", "export_nnunet_datasets", "check_datasets_compatible", "NnUNetDatasetError",
     "plan_and_preprocess_sites", "nnunet_paths", "set_nnunet_paths", "POSTERIOR_FILE", "PRIOR_ENV", "REPLAY_ENV",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily t
     from monai_continual.nnunet.launcher import build_trainer, predict, train
     from monai_continual.nnunet.mc_predictor import UNCERTAINTY_MAPS, MCnnUNetPredictor
     from monai_continual.nnunet.planning import plan_and_preprocess_sites
+    from monai_continual.nnunet.proximal_trainer import nnUNetTrainerFedProx
     from monai_continual.nnunet.replay_trainer import REPLAY_ENV, ReplayMixDataset, nnUNetTrainerReplay
     from monai_continual.nnunet.trainers import TRAINERS, ext_trainer_folder, find_trainer, register_trainers
 

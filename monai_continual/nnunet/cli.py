@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -72,6 +73,16 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 # ----------------------------------------------------------------------------------------------- argument types
+
+
+def _proximal_mu(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -296,6 +307,11 @@ def _sites(args: argparse.Namespace) -> int:
     # --epochs is the epochs of one visit (cyclic transfer) or of one round's local training (FedAvg)
     options = {"cyclic_weight_transfer": {"epochs_per_visit": args.epochs},
                "federated_averaging": {"local_epochs": args.epochs}}.get(args.strategy)
+    if args.proximal_mu is not None:
+        if args.strategy == "federated_averaging":
+            options["proximal_mu"] = args.proximal_mu
+        else:
+            print(f"{PROG} sites: note: --proximal-mu is federated_averaging's; ignored.", file=sys.stderr)
     from monai_continual.metrics.transfer import backward_transfer
     from monai_continual.nnunet.sites import run_sites
 
@@ -353,7 +369,7 @@ strategies:
                           rounds, each training every other site from the prior and consolidating their
                           posteriors into the next prior; then fine-tuning on the first site (--no-dwc-finetune)
   federated_averaging     --rounds rounds; each trains every site for --epochs epochs from the same weights and
-                          averages them, weighted by training-set size
+                          averages them, weighted by training-set size (FedProx with --proximal-mu)
 
 trainers of the strategies' stages (-tr replaces one with a subclass of it):
 {chr(10).join(f"  {trainer:<22}  {', '.join(s for s, t in SITE_STRATEGY_TRAINERS.items() if t == trainer)}"
@@ -489,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--order", default="fixed", choices=_ORDERS,
                     help="site order: as listed, one random permutation, or a new one every cycle "
                          "(not federated_averaging, whose sites train in parallel)")
+    st.add_argument("--proximal-mu", type=_proximal_mu, default=None, metavar="MU",
+                    help="federated_averaging: FedProx's mu, the weight of mu/2 ||w - w_round||^2 added to every "
+                         "local step, trained with nnUNetTrainerFedProx (default: 0, FedAvg)")
     st.add_argument("--replay-capacity", type=_positive_int, default=5, metavar="K",
                     help="replay: cases kept of every earlier site")
     st.add_argument("--no-dwc-finetune", dest="dwc_finetune", action="store_false", default=None,

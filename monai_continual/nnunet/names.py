@@ -27,6 +27,7 @@ OUR_TRAINERS: tuple[str, ...] = (
     "nnUNetTrainerVCL",
     "nnUNetTrainerVCLUnbounded",
     "nnUNetTrainerReplay",
+    "nnUNetTrainerFedProx",
     "nnUNetTrainerBayesian_short",
     "nnUNetTrainerVCL_short",
     "nnUNetTrainerReplay_short",
@@ -40,7 +41,7 @@ SITE_STRATEGY_TRAINERS: dict[str, str] = {
     "replay": "nnUNetTrainerReplay",
     "vcl": "nnUNetTrainerVCL",
     "dwc": "nnUNetTrainerVCL",
-    "federated_averaging": NNUNET_TRAINER,
+    "federated_averaging": NNUNET_TRAINER,  # nnUNetTrainerFedProx for stages with a proximal_mu
 }
 
 #: the strategies for which ``--rounds`` counts something (cycles of cyclic transfer, rounds of DWC and FedAvg)

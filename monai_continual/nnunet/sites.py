@@ -37,6 +37,7 @@ from monai_continual.nnunet.launcher import build_trainer
 from monai_continual.nnunet.names import SITE_STRATEGY_TRAINERS
 from monai_continual.nnunet.planning import check_shared_plans, plans_file, preprocessed_data_folder
 from monai_continual.nnunet.plateau import run_training_to_plateau
+from monai_continual.nnunet.proximal_trainer import nnUNetTrainerFedProx
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.settings import NnUNetSiteSettings
 from monai_continual.nnunet.trainers import find_trainer
@@ -64,6 +65,7 @@ __all__ = ["SITE_STRATEGIES", "NnUNetStageExecutor", "NnUNetSiteSettings", "Site
 #: strategy -> the trainer of its stages (Bayesian stages of any strategy use ``nnUNetTrainerVCL``)
 SITE_STRATEGIES = SITE_STRATEGY_TRAINERS
 _MAP_TRAINER, _BAYES_TRAINER, _VCL_TRAINER = "nnUNetTrainer", "nnUNetTrainerVCL", "nnUNetTrainerVCLUnbounded"
+_PROX_TRAINER = "nnUNetTrainerFedProx"
 
 
 @dataclass
@@ -113,6 +115,13 @@ class NnUNetStageExecutor(BaseStageExecutor):
             return _BAYES_TRAINER if stage.bound_std else _VCL_TRAINER
         if stage.memory is not None or stage.remember:
             return self.trainer if not bayes_main else "nnUNetTrainerReplay"
+        if stage.proximal_mu:
+            if issubclass(find_trainer(self.trainer), nnUNetTrainerFedProx):
+                return self.trainer
+            if self.trainer != _MAP_TRAINER:  # the user's own trainer would lose the term without a word
+                raise ValueError(f"stage {stage.number}: proximal_mu needs {_PROX_TRAINER} or a subclass of it, "
+                                 f"not {self.trainer}.")
+            return _PROX_TRAINER
         return self.trainer if not bayes_main and self.trainer != "nnUNetTrainerReplay" else _MAP_TRAINER
 
     def _bayes_trainer(self) -> str:
@@ -188,6 +197,8 @@ class NnUNetStageExecutor(BaseStageExecutor):
             instance.prior_file = str(self.layout.posterior_file(stage.start)) if bayes_start else None
         if stage.num_examples is not None:
             instance.kl_num_examples = float(stage.num_examples)
+        if isinstance(instance, nnUNetTrainerFedProx):  # the stage's mu, 0 included; anchored when training starts
+            instance.proximal_mu = float(stage.proximal_mu)
         if stage.memory is not None:
             earlier = [s.sites[0] for n, s in self.stages.items() if s.remember and n <= stage.memory]
             folders = [preprocessed_data_folder(plans_file(d, self.settings.plans).parent, self.settings.configuration,

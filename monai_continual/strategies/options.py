@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Union
@@ -34,6 +35,8 @@ def _at_least(name: str, value: Any, low: float, optional: bool = False) -> None
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
         raise ValueError(f"option {name} must be a number >= {low}, got {value!r}.")
+    if not math.isfinite(value):  # NaN compares False with anything
+        raise ValueError(f"option {name} must be a finite number >= {low}, got {value!r}.")
 
 
 @dataclass
@@ -191,20 +194,28 @@ class DWCOptions(_Ordered):
 @dataclass
 class FederatedAveragingOptions(StrategyOptions):
     """``federated_averaging`` (FedAvg): every site trains ``local_epochs`` from the same weights in parallel; the
-    results are averaged weighted by training-set size; ``rounds`` times.
+    results are averaged weighted by training-set size; ``rounds`` times. With ``proximal_mu > 0`` it is FedProx
+    (Li et al. 2020): every local step minimizes ``F(w) + proximal_mu/2 ||w - w^t||^2``, ``w^t`` the round's start.
 
     Attributes:
         rounds: communication rounds.
         local_epochs: epochs at each site per round.
+        proximal_mu: FedProx's mu (0: FedAvg; Li et al. tried 0.001 to 1).
+
+    Example::
+
+        >>> make_options("federated_averaging", rounds=5, proximal_mu=0.01)
     """
 
     rounds: int = 2
     local_epochs: int = 1
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least("rounds", self.rounds, 1)
         _at_least("local_epochs", self.local_epochs, 1)
+        _at_least("proximal_mu", self.proximal_mu, 0)
 
 
 #: strategy -> its options class

@@ -186,7 +186,7 @@ def _federated_averaging(sites, options, epochs, seed) -> list[Stage]:
             inputs.append(number)
             stages.append(
                 Stage(number, sites=(site,), epochs=options.local_epochs, start=start, evaluate=False,
-                      label=f"r{r}:{site}", round=r)
+                      label=f"r{r}:{site}", round=r, proximal_mu=float(options.proximal_mu))
             )
         number = len(stages) + 1
         stages.append(

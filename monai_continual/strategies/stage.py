@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,6 +57,9 @@ class Stage:
         label: the row's label.
         result: a named result this stage's scores stand for (e.g. ``"dwc"``, ``"single_site[a]"``).
         round: the round a stage belongs to (cyclic transfer, DWC, FedAvg).
+        proximal_mu: FedProx's mu of a deterministic ``train`` stage: every step adds ``mu/2 ||w - w_start||^2``
+            to the loss, ``w_start`` the ``start`` stage's weights (0: none). Part of :meth:`to_dict` only when
+            not 0, so that runs made before this field keep their configuration hash.
     """
 
     number: int
@@ -77,12 +81,19 @@ class Stage:
     label: str = ""
     result: str | None = None
     round: int | None = None
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         # site names become folder names of a run (``sites/<site>/``, ``stages/<number>_<site>/``), also where a
         # stage arrives from elsewhere (a federated server): refuse anything but ``^[A-Za-z0-9_-]+$`` here
         for site in self.sites:
             check_site_name(site, f"stage {self.number}: site")
+        mu = self.proximal_mu
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
+            raise ValueError(f"stage {self.number}: proximal_mu must be a finite number >= 0, got {mu!r}.")
+        if mu and (self.action != Action.TRAIN or self.network != NetworkKind.MAP or self.start is None):
+            raise ValueError(f"stage {self.number}: proximal_mu applies to deterministic train stages with a start, "
+                             f"not to a {self.network} {self.action} stage.")
 
     @property
     def site(self) -> str:
@@ -97,4 +108,6 @@ class Stage:
         data = asdict(self)
         data["action"], data["network"] = str(self.action), str(self.network)
         data["sites"], data["inputs"] = list(self.sites), list(self.inputs)
+        if not self.proximal_mu:
+            del data["proximal_mu"]
         return data

@@ -1,0 +1,55 @@
+"""``nnUNetTrainerFedProx``: nnU-Net's trainer whose every training step adds FedProx's proximal term.
+
+FedProx (Li et al. 2020) trains a site's round on ``h(w) = F(w) + mu/2 ||w - w^t||^2``, ``w^t`` the weights the
+round started from: here the network's weights when training starts (the start weights a federated or continual
+stage loaded after ``initialize()``, or ``--init-weights``). The term is added to the loss of ``train_step`` only,
+so nnU-Net's validation loss stays its data loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from monai_continual.losses.proximal import ProximalLoss, proximal_anchor
+
+__all__ = ["nnUNetTrainerFedProx"]
+
+
+class nnUNetTrainerFedProx(nnUNetTrainer):
+    """nnUNetTrainer minimizing ``loss + proximal_mu/2 ||w - w_start||^2`` in every training step.
+
+    Attributes:
+        proximal_mu: FedProx's mu (class default 0.01; the nnU-Net executor sets the stage's). 0 trains exactly as
+            ``nnUNetTrainer``.
+        proximal_anchor: the start weights by parameter name, taken at ``on_train_start`` unless set before.
+
+    Example::
+
+        python -m monai_continual.nnunet train 502 3d_fullres all -tr nnUNetTrainerFedProx --init-weights global.st
+    """
+
+    proximal_mu: float = 0.01
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proximal_mu = float(type(self).proximal_mu)
+        self.proximal_anchor: dict | None = None
+        self._proximal_loss: ProximalLoss | None = None
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.proximal_mu:
+            if self.proximal_anchor is None:
+                self.proximal_anchor = proximal_anchor(self.network)
+            self._proximal_loss = ProximalLoss(self.loss, self.network, self.proximal_anchor, self.proximal_mu)
+
+    def train_step(self, batch: dict) -> dict:
+        if self._proximal_loss is None:
+            return super().train_step(batch)
+        data_loss, self.loss = self.loss, self._proximal_loss
+        try:
+            return super().train_step(batch)
+        finally:
+            self.loss = data_loss
