@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --progress-bar off -c requirements/constraints.txt
+# where torch comes from: empty for pip's configured index; https://download.pytorch.org/whl/cpu for the CPU build
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 BUNDLE := bundles/multisite_segmentation
 
@@ -14,7 +16,7 @@ env: $(STAMP)
 $(STAMP): Makefile pyproject.toml requirements/constraints.txt requirements/nnunet.txt requirements/nnunet-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
+	$(PIP) torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) -r requirements/nnunet.txt
 	$(PIP) --no-deps -r requirements/nnunet-nodeps.txt
 	$(PIP) -e ".[test,federated]"
