@@ -4,6 +4,7 @@ config that generates the embedded sites generates the same ones (so they never 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -50,3 +51,12 @@ def test_the_bundle_readme_lists_every_setting_of_the_main_job():
     keys = set(json.loads((CONFIGS / "experiment.json").read_text())) - internal
     missing = sorted(k for k in keys if f"`{k}`" not in readme)
     assert not missing, f"settings of experiment.json missing from the bundle README: {missing}"
+
+
+def test_the_bundle_readme_has_the_model_zoo_sections_and_the_main_jobs_table():
+    readme = (CONFIGS.parent / "docs" / "README.md").read_text()
+    for section in ("## Overview", "## Data", "## Training and evaluation", "## Performance", "## License"):
+        assert section in readme, section
+    top = (CONFIGS.parents[2] / "README.md").read_text()
+    table = re.search(r"\| strategy \| site_a \|.*?\n(?:\|.*\n)+", top).group(0)
+    assert table in readme  # the same results in both READMEs
