@@ -97,12 +97,12 @@ def test_inference_writes_back_on_each_inputs_own_grid(scans, tmp_path):
     affine = source.affine @ np.diag([-1.3, 1.0, 0.8, 1.0])
     other = tmp_path / "other_img.nii.gz"
     nib.save(nib.Nifti1Image(np.flip(np.asanyarray(source.dataobj), 0).copy(), affine), other)
-    net = _meshnet(bayesian=True, channels=12)
+    net = _meshnet(bayesian=True)
     weights = tmp_path / "net.safetensors"
     save_weights(weights, net)
     bundle("run", "inference.json", tmp_path, "--input_images", json.dumps([str(image), str(other)]),
            "--model_file", str(weights), "--num_samples", "2", "--roi_size", PATCH, "--pixdim", "[2.0,2.0,2.0]",
-           "--axcodes", "RAS")
+           "--axcodes", "RAS", *SMALL_NET)
     for path in (image, other):
         name = path.name.split(".")[0]
         seg = nib.load(tmp_path / "outputs" / "inference" / f"{name}_seg.nii.gz")
