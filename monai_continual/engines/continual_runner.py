@@ -114,8 +114,9 @@ class ContinualRunner:
             Bayesian stage's initial std from the site's data and the stage's prior at the starting means, ``(N F + 1 /
             prior_std^2) ** -1/2`` with F the diagonal empirical Fisher
             (:func:`~monai_continual.bayes.laplace.calibrate_posterior_std`); a number sets every std to it (McClure et
-            al.: 1e-3). A posterior used as prior is tight (std ~1e-3), so a Bayesian step much larger than its std
-            makes the KL term explode: keep ``bayes_optimizer``'s lr near 1e-3.
+            al.: 1e-3). With a fixed 1e-3 a posterior used as the next prior is that tight, and a Bayesian step much
+            larger than it makes the KL term explode (keep ``bayes_optimizer``'s lr near 1e-3 then); with the
+            calibrated stds (~0.02-0.08) the deterministic lr suits the Bayesian stages too.
         sites: training sites in their default order (default: the datalist's non-held-out sites).
         check_data: read every case once before any training (:func:`~monai_continual.data.check_sites`): label
             values outside ``num_classes``, image/label shape mismatches, NaN voxels and mixed channel counts are
@@ -126,7 +127,7 @@ class ContinualRunner:
 
         >>> runner = ContinualRunner("sites/datalist.json", "runs", MeshNet(3, 1, 4, channels=16),
         ...                          train_transform, eval_transform, num_classes=4, epochs=4)
-        >>> cwt = runner.run("cyclic_weight_transfer", cycles=4, epochs_per_visit=1)
+        >>> cwt = runner.run("cyclic_weight_transfer", cycles=4, epochs_per_visit=3)
         >>> cwt.matrix.plot("cwt.png"); backward_transfer(cwt.matrix)
     """
 

@@ -50,7 +50,8 @@ class ELBOLoss(_Loss):
     Example::
 
         >>> net = MeshNet(3, 1, 4, channels=16, bayesian=True)
-        >>> loss_fn = ELBOLoss(torch.nn.CrossEntropyLoss(), net, num_examples=len(train_ds))
+        >>> voxels = len(train_ds) * voxels_per_item(train_ds[0])  # N counts voxels (see above)
+        >>> loss_fn = ELBOLoss(torch.nn.CrossEntropyLoss(), net, num_examples=voxels)
         >>> loss = loss_fn(net(images), labels)
     """
 
