@@ -330,16 +330,14 @@ def _cached(datalist_path: Path, config_hash: str) -> bool:
 
 def plot_sites(datalist: str | os.PathLike, path: str | os.PathLike) -> Path:
     """One axial slice of the first subject of every site, with the label outlines, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import nibabel as nib
+    from matplotlib.figure import Figure  # not pyplot: the process's backend is left as it is
 
     document = json.loads(Path(datalist).read_text(encoding="utf-8"))
     base = Path(datalist).parent
     names = list(document["sites"])
-    fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.4), squeeze=False)
+    fig = Figure(figsize=(2.6 * len(names), 5.4))
+    axes = fig.subplots(2, len(names), squeeze=False)
     for column, name in enumerate(names):
         site = document["sites"][name]
         item = (site["training"] or site["test"])[0]
@@ -360,7 +358,6 @@ def plot_sites(datalist: str | os.PathLike, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return Path(path)
 
 

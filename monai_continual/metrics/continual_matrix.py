@@ -199,16 +199,21 @@ class ContinualMatrix:
         return matrix
 
     def figure(self, title: str | None = None, vmin: float = 0.0, vmax: float = 1.0) -> Any:
-        """The heatmap as a matplotlib figure: stages down, evaluation sites across, trained site(s) outlined."""
-        import matplotlib
+        """The heatmap as a matplotlib (pyplot) figure: stages down, evaluation sites across, trained site(s)
+        outlined."""
         import matplotlib.pyplot as plt
+
+        return self._draw(plt.figure(), title, vmin, vmax)
+
+    def _draw(self, fig: Any, title: str | None, vmin: float, vmax: float) -> Any:
+        import matplotlib
+        from matplotlib.patches import Rectangle
 
         # matplotlib's defaults, whatever style the process has set (nnU-Net's progress plot sets seaborn's)
         with matplotlib.rc_context(matplotlib.rcParamsDefault):
             values = self.as_array()
-            height = max(2.5, 0.45 * len(self.stages) + 1.5)
-            width = max(3.5, 0.9 * len(self.sites) + 2.5)
-            fig, ax = plt.subplots(figsize=(width, height))
+            fig.set_size_inches(max(3.5, 0.9 * len(self.sites) + 2.5), max(2.5, 0.45 * len(self.stages) + 1.5))
+            ax = fig.subplots()
             image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
             ax.set_xticks(range(len(self.sites)), self.sites, rotation=30, ha="right")
             ax.set_yticks(range(len(self.stages)), self.labels)
@@ -221,23 +226,19 @@ class ContinualMatrix:
                         ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
                     if site in stage["trained_on"]:
                         ax.add_patch(
-                            plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
+                            Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
                         )
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
             ax.set_title(title or "R matrix (red: site trained at that stage)")
         return fig
 
     def plot(self, path: str | os.PathLike, title: str | None = None, vmin: float = 0.0, vmax: float = 1.0) -> Path:
-        """Save :meth:`figure` as a PNG, atomically."""
-        import matplotlib
+        """Save :meth:`figure` as a PNG, atomically (without pyplot: the process's backend is left as it is)."""
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig = self.figure(title, vmin, vmax)
+        fig = self._draw(Figure(), title, vmin, vmax)
         with atomic_write(path) as tmp:  # "tight" fits long stage labels, which tight_layout() cannot
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
         return Path(path)
 
     def __repr__(self) -> str:

@@ -31,15 +31,13 @@ def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> P
 
         >>> plot_predictions(runner, data, runner.run("vcl"), "outputs/experiment/predictions.png")
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the process's backend is left as it is
 
     network = load_weights(runner.new_network(bayesian=True), RunLayout(result.directory).final_model).eval()
     inferer = MCInferer(runner.settings.mc_samples, runner.settings.inferer, return_uncertainty=True)
     sites = data.site_names
-    fig, axes = plt.subplots(4, len(sites), figsize=(2.4 * len(sites), 9.6), squeeze=False)
+    fig = Figure(figsize=(2.4 * len(sites), 9.6))
+    axes = fig.subplots(4, len(sites), squeeze=False)
     torch.manual_seed(0)
     for column, site in enumerate(sites):
         item = apply_transform(runner.settings.eval_transform, dict(data.items(site, "test")[0]))
@@ -62,5 +60,4 @@ def plot_predictions(runner: Any, data: Any, result: Any, path: str | Path) -> P
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     return Path(path)
