@@ -173,3 +173,20 @@ def test_a_network_of_other_input_channels_is_refused_naming_the_site(scans, tmp
                                             r"in_channels is 2"):
         ContinualRunner(scans, tmp_path / "runs", two, scan_transforms(), scan_transforms(), 4)
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_inference_takes_a_plain_callable_and_refuses_a_grid_change_it_cannot_invert(scans, tmp_path):
+    from monai.transforms import Compose, EnsureChannelFirstd, Lambdad, LoadImaged
+
+    image = load_multisite_datalist(scans).items("alpha", "test")[0]["image"]
+    net = _meshnet(bayesian=True)
+
+    def plain(item):  # no MONAI transform at all: nothing to invert, the grid is the file's
+        return {"image": np.asanyarray(nib.load(item["image"]).dataobj)[None].astype(np.float32)}
+
+    written = mc_segment_files(net, [image], tmp_path / "plain", plain, num_samples=1, roi_size=(16, 16, 16))
+    assert nib.load(written[0]["seg"]).shape == nib.load(image).shape
+    crop = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Lambdad("image", lambda x: x[:, 2:, 2:, 2:])])
+    with pytest.raises(ValueError, match=r"changed the grid of .*cannot be inverted"):
+        mc_segment_files(net, [image], tmp_path / "crop", crop, num_samples=1, roi_size=(16, 16, 16))
+    assert not list((tmp_path / "crop").glob("*.nii.gz"))  # nothing written on the wrong grid

@@ -517,6 +517,19 @@ def test_an_exported_job_names_no_path_of_the_machine_that_wrote_it(tmp_path, mo
     assert dict(local._flat_overrides())["datalist"] == str(Path(datalist).resolve())
     environ = {DATALIST_ENV: "/data/hospital_b/datalist.json"}
     assert site_path(None, DATALIST_ENV, "datalist", environ) == "/data/hospital_b/datalist.json"
-    assert site_path("/given.json", DATALIST_ENV, "datalist", environ) == "/given.json"
+    assert site_path("/given.json", DATALIST_ENV, "datalist", {}) == "/given.json"  # a job on one machine
+    # the site's own setting wins over a path a job passes: a job must not choose the files a site reads
+    assert site_path("/job/other.json", DATALIST_ENV, "datalist", environ) == "/data/hospital_b/datalist.json"
     with pytest.raises(ValueError, match="set MONAI_CONTINUAL_WORKDIR in this site's environment"):
         site_path(None, WORKDIR_ENV, "working directory", {})
+
+
+def test_a_network_argument_that_fetches_weights_or_files_is_refused():
+    # HoVerNet(pretrained_url=...) would download any URL at the site; DenseNet121(pretrained=True) too
+    for definition in ({"_target_": "HoVerNet", "pretrained_url": "http://attacker.example/w.pth"},
+                       {"_target_": "DenseNet121", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                        "pretrained": True}):
+        with pytest.raises(OverrideError, match="download or read weights or files"):
+            check_network_def(definition)
+    meshnet = {"_target_": "MeshNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 4, "weight_norm": False}
+    assert check_network_def(meshnet)["weight_norm"] is False

@@ -19,7 +19,7 @@ from monai_continual.bayes import BayesConfig, MCInferer, StdInit, bayesianize
 from monai_continual.data.scan_transforms import patch_transforms
 from monai_continual.losses import ElboExamples
 from monai_continual.utils.choices import look_up_choice
-from monai_continual.utils.distributed import rank_device
+from monai_continual.utils.distributed import get_world_size, rank_device
 from monai_continual.utils.flags import as_flag
 
 __all__ = ["MonaiSettings", "OptimizerState", "DatasetCache"]
@@ -247,9 +247,11 @@ class MonaiSettings:
     def identity(self) -> dict[str, Any]:
         """The settings that make a run directory's results what they are (a run with others is refused); the
         dataset cache does not change results and stays out. The data-loader workers are in: each worker reseeds
-        the random transforms (MONAI's ``worker_init_fn``), so the drawn patches depend on their number."""
+        the random transforms (MONAI's ``worker_init_fn``), so the drawn patches depend on their number; so does the
+        number of training processes (``torchrun``), recorded when there are several: their shares of an epoch and
+        the effective batch depend on it."""
         sw = self.window
-        return {
+        identity = {
             "batch_size": self.batch_size,
             "seed": self.seed,
             "bayes": dict(self.bayes.to_dict(), elbo_examples=str(self.elbo_examples)),
@@ -263,3 +265,7 @@ class MonaiSettings:
             "amp": self.amp,
             "num_workers": self.num_workers,
         }
+        processes = get_world_size()
+        if processes > 1:  # absent for one process: runs made before keep their identity
+            identity["processes"] = processes
+        return identity

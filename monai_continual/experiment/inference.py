@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import Invertd, apply_transform
+from monai.transforms import Invertd, InvertibleTransform, apply_transform
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -73,7 +73,9 @@ def mc_segment_files(
         num_samples, SlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=sw_overlap),
         return_uncertainty=True,
     )
-    invert = Invertd("maps", transform, orig_keys="image", nearest_interp=False)
+    # only an invertible chain can have changed the grid in a way that can be undone (a plain callable cannot)
+    invert = Invertd("maps", transform, orig_keys="image", nearest_interp=False) if isinstance(
+        transform, InvertibleTransform) else None
     network = network.to(device).eval()
     written = []
     for path in tqdm(files, desc="MC inference"):
@@ -84,11 +86,18 @@ def mc_segment_files(
             result = inferer(torch.as_tensor(image)[None].to(device), network)
         maps = torch.cat([result["probs"], result["variance"], result["entropy"], result["mutual_information"]],
                          dim=1)[0].cpu()
-        if isinstance(image, MetaTensor) and image.applied_operations:  # back onto the input's own grid
+        if invert is not None and isinstance(image, MetaTensor) and image.applied_operations:  # the input's own grid
             maps = torch.as_tensor(invert({"image": image, "maps": MetaTensor(maps, meta=image.meta)})["maps"])
         probs, uncertainty = maps[: result["probs"].shape[1]], maps[result["probs"].shape[1]:]
         first = path[0] if isinstance(path, (list, tuple)) else path  # a list of modality files shares one grid
-        affine = nib.load(first).affine
+        source = nib.load(first)
+        affine = source.affine
+        if tuple(probs.shape[1:]) != tuple(source.shape[:3]):
+            raise ValueError(
+                f"mc_segment_files: the transform changed the grid of {str(first)!r} ({tuple(source.shape[:3])} -> "
+                f"{tuple(probs.shape[1:])}) in a way that cannot be inverted (keep MetaTensor tracking on and change "
+                "the grid only with invertible MONAI transforms, e.g. scan_transforms' Orientationd/Spacingd)."
+            )
         name = Path(first).name.split(".")[0]
         seg = out / f"{name}_seg.nii.gz"
         unc = out / f"{name}_uncertainty.nii.gz"

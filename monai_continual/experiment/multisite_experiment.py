@@ -30,7 +30,7 @@ from monai_continual.report import (
 from monai_continual.strategies import strategy_of
 from monai_continual.strategies.layout import RunLayout
 from monai_continual.strategies.names import DWC_FINETUNED, Strategy
-from monai_continual.utils.distributed import is_main_rank, on_main_rank
+from monai_continual.utils.distributed import check_process_group, is_main_rank, on_main_rank
 from monai_continual.utils.flags import as_flag
 
 __all__ = ["MultiSiteExperiment"]
@@ -146,6 +146,7 @@ class MultiSiteExperiment:
             The summary (the content of ``summary.json``).
         """
         start = time.time()
+        check_process_group("MultiSiteExperiment")  # before any process writes the sites
 
         def prepare() -> str | os.PathLike:
             self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ NNUNET_SITE_KEYS = frozenset({
     "mc_samples", "threads", "replay_capacity", "seed",
 })
 _EXPRESSION_PREFIXES = ("$", "@", "%")
+#: network arguments that fetch weights or read files (pretrained=, pretrained_url=, path_or_repo_id=, filename=, ...)
+_FETCHES = re.compile(r"pretrain|url|path|file|repo|ckpt|checkpoint|download|cache|hub|^weights?$", re.IGNORECASE)
 _PLACEHOLDER = "${"  # NVFlare's ${secret:NAME} / ${secret:file:PATH}, resolved at the site before the script starts
 
 
@@ -112,6 +115,9 @@ def check_network_def(definition: Any) -> dict[str, Any]:
         if not isinstance(key, str) or key.startswith("_"):
             raise OverrideError(f"override {where!r}: special keys are the site's own; only {TARGET_KEY!r} and the "
                                 f"network's arguments are forwarded.")
+        if _FETCHES.search(key):
+            raise OverrideError(f"override {where!r}: {name}'s argument {key!r} would make a site download or read "
+                                "weights or files the job names; a forwarded network is built from its arguments only.")
         if not open_ended and key not in parameters:
             raise OverrideError(f"override {where!r}: {name} has no argument {key!r} (value {value!r}).")
         if isinstance(value, str) and value.startswith("@"):

@@ -11,6 +11,7 @@ from monai.utils import look_up_option
 
 from monai_continual.strategies.names import Strategy, strategy_of
 from monai_continual.strategies.order import SiteOrder
+from monai_continual.utils.flags import as_flag
 
 __all__ = [
     "StrategyOptions",
@@ -53,6 +54,9 @@ class StrategyOptions:
 
     def __post_init__(self) -> None:
         _at_least("epochs", self.epochs, 1, optional=True)
+        for f in fields(self):  # on/off options as a command line gives them ("false" is not true)
+            if f.type in (bool, "bool"):
+                setattr(self, f.name, as_flag(getattr(self, f.name), f.name))
         if isinstance(self.skip, str):
             self.skip = [self.skip]
         self.skip = list(self.skip)
