@@ -35,6 +35,7 @@ class Engine(StrEnum):
 ENGINES = tuple(e.value for e in Engine)
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
 NNUNET_CLIENT_SCRIPT = Path(__file__).with_name("nnunet_client.py")
+BUNDLE_CLIENT_SCRIPT = Path(__file__).with_name("bundle_client.py")
 
 
 class FederatedRun:
@@ -106,6 +107,8 @@ class FederatedRun:
             raise ValueError(f"FederatedRun: engine must be one of {ENGINES}, got {engine!r}.")
         engine = look_up_option(engine, Engine)
         self.strategy = name.value
+        self.site_args: dict[str, list[str]] = {}  # a site's own arguments (a bundle site's bundle and data)
+        self.identity: dict[str, Any] | None = None  # the run's settings when the sites get none of them
         self.sites, self.eval_sites = list(sites), list(eval_sites)
         self.output_dir = Path(output_dir).resolve()
         self.overrides = overrides
@@ -157,6 +160,55 @@ class FederatedRun:
                    task_request_interval=task_request_interval)
         return run
 
+    @classmethod
+    def bundle(cls, bundle_root: str | os.PathLike, sites: Mapping[str, Mapping[str, Any]], strategy: str,
+               output_dir: str | os.PathLike, eval_sites: Mapping[str, Mapping[str, Any]] | None = None,
+               options: Mapping[str, Any] | None = None, *, train_config: str = "configs/train.json",
+               evaluate_config: str | None = None, mc_samples: int = 3, engine: str = "simulator",
+               export: str = "", epochs: int = 1, seed: int = 0, min_clients: int | None = None,
+               task_timeout: int = 0, payload_log: str = "", boundary: Mapping[str, Any] | None = None,
+               task_request_interval: float | None = None) -> FederatedRun:
+        """Hospitals' own MONAI bundles as the sites (:mod:`~monai_continual.federated.bundle_client`).
+
+        Every site runs the same bundle (a run never mixes networks: a site whose network differs is refused at the
+        first exchange, by name); ``sites`` maps each training site to its own config overrides (its data paths,
+        plain JSON), ``eval_sites`` the held-out ones. On one machine (simulator, POC) each site gets ``bundle_root``,
+        its overrides and ``output_dir/sites`` as arguments; an exported job names none of them, and each hospital
+        sets ``MONAI_CONTINUAL_BUNDLE_ROOT``, ``MONAI_CONTINUAL_BUNDLE_OVERRIDES`` (a JSON file) and
+        ``MONAI_CONTINUAL_WORKDIR`` in its client's environment.
+
+        Example::
+
+            >>> FederatedRun.bundle("bundles/spleen", {"hospital_1": {"dataset_dir": "/data/h1"},
+            ...                                        "hospital_2": {"dataset_dir": "/data/h2"}},
+            ...                     "cyclic_weight_transfer", "out", options={"cycles": 2}, epochs=3).run()
+        """
+        from monai_continual.federated.bundle_client import bundle_overrides
+
+        held_out = dict(eval_sites or {})
+        every = {**dict(sites), **held_out}
+        names = [check_site_name(s, "FederatedRun.bundle: site") for s in every]
+        run = cls.__new__(cls)
+        run.config_file, run.datalist = "", ""
+        settings = {"bundle_train_config": str(train_config), "bundle_evaluate_config": evaluate_config,
+                    "mc_samples": int(mc_samples)}
+        run._setup(strategy, options, list(sites), names, output_dir, settings, BUNDLE_CLIENT_SCRIPT,
+                   engine=engine, export=export, epochs=epochs, seed=seed, min_clients=min_clients,
+                   task_timeout=task_timeout, allow=False, payload_log=payload_log, boundary=boundary,
+                   accept_margin=None, task_request_interval=task_request_interval)
+        run.overrides = {}  # nothing of the bundle's config is chosen by the job: only the sites' own settings
+        common = ["--train-config", str(train_config), "--mc-samples", str(int(mc_samples))]
+        if evaluate_config:
+            common += ["--evaluate-config", str(evaluate_config)]
+        for site, overrides in every.items():
+            items = [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in dict(overrides or {}).items()]
+            bundle_overrides(items)  # refused here (expressions, references), before any process starts
+            local = [] if export else ["--bundle-root", str(Path(bundle_root).resolve()),
+                                       *[a for i in items for a in ("--set", i)]]
+            run.site_args[site] = common + local
+        run.identity = settings
+        return run
+
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.strategy
@@ -195,8 +247,14 @@ class FederatedRun:
                                  f"or braces, got {value!r}.")
             args += ["--set", f"{key}={encoded}"]
         for site in self.eval_sites:
+            site_args = args + self.site_args.get(site, [])
+            spaced = [a for a in site_args if " " in a or "{" in a]
+            if spaced:  # NVFlare splits a script's arguments on spaces and reads braces as expressions
+                raise ValueError(f"FederatedRun: site {site!r}: arguments with spaces or braces cannot be passed: "
+                                 f"{spaced}.")
             job.to(
-                ScriptRunner(script=str(self.script), script_args=" ".join(args), framework=FrameworkType.NUMPY), site
+                ScriptRunner(script=str(self.script), script_args=" ".join(site_args), framework=FrameworkType.NUMPY),
+                site,
             )
         return job
 

@@ -31,12 +31,12 @@ from monai_continual.strategies.stage import Action, NetworkKind, Stage
 from monai_continual.utils.atomic import atomic_write_text
 from monai_continual.utils.names import check_site_name
 
-__all__ = ["SiteWorker", "serve"]
+__all__ = ["SiteWorker", "serve", "TRANSPORT_KEYS"]
 
 logger = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[0-9a-f]{64}")
 #: what NVFlare's Client API adds to every task's meta itself
-_TRANSPORT_KEYS = frozenset({"job_id", "site_name"})
+TRANSPORT_KEYS = frozenset({"job_id", "site_name"})
 
 
 class SiteWorker:
@@ -237,6 +237,6 @@ def serve(worker: SiteWorker) -> None:
         model = flare.receive()
         if model is None:
             break
-        meta = {k: v for k, v in (model.meta or {}).items() if k not in _TRANSPORT_KEYS}
+        meta = {k: v for k, v in (model.meta or {}).items() if k not in TRANSPORT_KEYS}
         params, meta, metrics = worker.handle(flare.get_task_name(), meta, model.params)
         flare.send(flare.FLModel(params=params, meta=meta, metrics=metrics))

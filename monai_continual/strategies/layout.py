@@ -12,6 +12,7 @@
     <run>/replay/stage####/                         the replay memory after a stage
     <run>/sites/<site>/checkpoint_stage####.pt      a stage's epoch checkpoint (read back only by that site)
     <run>/sites/<site>/optimizer_<kind>_stage####.safetensors   a site's own optimizer state
+    <run>/sites/<site>/scores/stage####_<site>.json   a bundle site's own record of a model's validation score
     <run>/stages/stage####_<dataset>/               nnU-Net's results folder of a stage
     <run>/predictions/stage####/<site>/             a stage's predictions of a site's test images
     <run>/cache/                                    the training datasets' disk cache (MONAI run, cache="disk")
