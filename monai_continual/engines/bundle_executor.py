@@ -26,21 +26,29 @@ from monai_continual.strategies.engine import INITIAL_STAGE
 from monai_continual.strategies.executor import StageOutput, check_finite_weights
 from monai_continual.strategies.stage import Action, NetworkKind, Stage
 
-__all__ = ["BundleStageExecutor", "check_same_network"]
+__all__ = ["BundleStageExecutor", "NetworkMismatchError", "check_same_network"]
 
 
-def check_same_network(received: Mapping[str, torch.Tensor], network: nn.Module, site: str, what: str) -> None:
-    """Refuse weights whose names or shapes are not ``network``'s, naming the site (a run never mixes networks)."""
-    own = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+class NetworkMismatchError(ValueError):
+    """A model whose parameter names or shapes are not those of the site's network."""
+
+
+def check_same_network(received: Mapping[str, torch.Tensor], network: nn.Module | Mapping[str, torch.Tensor],
+                       site: str, what: str) -> None:
+    """Refuse weights whose names or shapes are not ``network``'s (a module or its state dict), naming the site: a run
+    never mixes networks."""
+    state = network.state_dict() if isinstance(network, nn.Module) else network
+    own = {k: tuple(v.shape) for k, v in state.items()}
     theirs = {k: tuple(v.shape) for k, v in received.items()}
     if own == theirs:
         return
     missing, extra = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
     shapes = sorted(k for k in set(own) & set(theirs) if own[k] != theirs[k])
-    raise ValueError(
+    raise NetworkMismatchError(
         f"site {site!r}: {what} does not fit this site's bundle network (every site of a run must use the same "
         f"network): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-        f"{'...' if len(extra) > 5 else ''}, other shapes {[(k, theirs[k], own[k]) for k in shapes[:5]]}."
+        f"{'...' if len(extra) > 5 else ''}, shapes (name, received, this site's) "
+        f"{[(k, theirs[k], own[k]) for k in shapes[:5]]}."
     )
 
 
@@ -85,6 +93,7 @@ class BundleStageExecutor(BaseStageExecutor):
         self.bundle = bundle
         self.site = bundle.site
         self.metric_name: str | None = None
+        self._shapes: dict[str, torch.Tensor] | None = None
         self._trainer: Any = None
         self._aborted = False
 
@@ -100,6 +109,17 @@ class BundleStageExecutor(BaseStageExecutor):
         """The bundle network's weights as its own ``initialize`` section makes them."""
         network = _unwrapped(self.bundle.workflow().parser.get_parsed_content("network"))
         return {k: v.detach().cpu() for k, v in network.state_dict().items()}
+
+    def check_weights(self, weights: Mapping[str, torch.Tensor], what: str) -> None:
+        """Refuse ``weights`` that are not this site's bundle network's (names and shapes), before they are stored.
+
+        Raises:
+            NetworkMismatchError: naming the site and the parameters that differ.
+        """
+        if self._shapes is None:
+            network = _unwrapped(self.bundle.workflow().parser.get_parsed_content("network"))
+            self._shapes = {k: v.to("meta") for k, v in network.state_dict().items()}
+        check_same_network(weights, self._shapes, self.site, what)
 
     def model(self, number: int) -> nn.Module:
         stage = self.stages.get(number)
@@ -185,8 +205,11 @@ class BundleStageExecutor(BaseStageExecutor):
         scored by the bundle's validation evaluator as the score overlay does."""
         received = None
         if stage.start not in (None, INITIAL_STAGE):
-            received = WeightEntry("", self.stages[stage.start].site if stage.start in self.stages else "server",
-                                   stage.start, str(self.artifacts.published_sha(stage.start)), 0.0, {})
+            if self.artifacts.kind(stage.start) == NetworkKind.BAYES:
+                publisher = self.artifacts.posterior(stage.start).site or "server"
+            else:
+                publisher = self.store.entry(stage.start).site
+            received = WeightEntry("", publisher, stage.start, str(self.artifacts.published_sha(stage.start)), 0.0, {})
         transfer = _Transfer(received)
 
         def published(engine: Any) -> None:

@@ -23,6 +23,9 @@ from monai_continual.utils.flags import as_flag
 __all__ = ["ContinualBundleAlgo", "posterior_weights", "weights_posterior", "StageExtra"]
 
 
+_EVALUATED = 1  # the stage number a model to score is kept under, in its own directory
+
+
 class StageExtra:
     """Keys of ``extra`` that make :meth:`ContinualBundleAlgo.train` a stage of this package's strategies.
 
@@ -121,6 +124,7 @@ class ContinualBundleAlgo(ClientAlgo):
         self.mc_samples, self.seed = int(mc_samples), int(seed)
         self.bundle: BundleSite | None = None
         self.stages: dict[int, Stage] = {}
+        self.evaluated = Stage(_EVALUATED, evaluate=False)
         self.round = 0
         self.received: dict[str, torch.Tensor] | None = None
         self.trained: int | None = None
@@ -149,12 +153,15 @@ class ContinualBundleAlgo(ClientAlgo):
             raise RuntimeError("ContinualBundleAlgo: call initialize() first.")
         return BundleStageExecutor(self.bundle, run_dir, stages, seed=self.seed)
 
-    def _local(self) -> BundleStageExecutor:
+    def _local(self, evaluation: bool = False) -> BundleStageExecutor:
+        """The executor of this algorithm's own stages (training), or of the models it was asked to score."""
+        if evaluation:
+            return self.executor([self.evaluated], self.workdir / self.site / "client_algo_evaluation")
         return self.executor(list(self.stages.values()), self.workdir / self.site / "client_algo")
 
     # ------------------------------------------------------------------------------------------------ models in
 
-    def _receive(self, data: ExchangeObject, number: int) -> NetworkKind | None:
+    def _receive(self, data: ExchangeObject, number: int, evaluation: bool = False) -> NetworkKind | None:
         """Check the received model in memory against the bundle's network, then store it as stage ``number``;
         ``None`` when nothing was received (the bundle's own initial weights are the start)."""
         if not isinstance(data, ExchangeObject):
@@ -164,13 +171,19 @@ class ContinualBundleAlgo(ClientAlgo):
             return None
         posterior = weights_posterior(weights)
         kind = NetworkKind.MAP if posterior is None else NetworkKind.BAYES
-        self.stages[number] = Stage(number, sites=(self.site,), network=kind, start=None, evaluate=False)
-        executor = self._local()
+        stage = Stage(number, sites=(self.site,), network=kind, start=None, evaluate=False)
+        if evaluation:
+            self.evaluated = stage
+        else:
+            self.stages[number] = stage
+        executor = self._local(evaluation)
         if posterior is not None:
             posterior.save(executor.layout.posterior_file(number))
             return kind
         state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
                  for k, v in weights.items()}
+        if data.weight_type == WeightType.WEIGHT_DIFF and evaluation:
+            raise PayloadError(f"site {self.site!r}: a model to score must come as full weights.")
         if data.weight_type == WeightType.WEIGHT_DIFF:
             if self.received is None:
                 raise PayloadError(f"site {self.site!r}: weight differences arrived before any full weights.")
@@ -179,8 +192,10 @@ class ContinualBundleAlgo(ClientAlgo):
         check_same_network(state, getattr(plain, "module", plain), self.site, "the received model")
         if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in state.values()):
             raise PayloadError(f"site {self.site!r}: the received model has values that are not finite.")
-        self.received = {k: v.detach().cpu().clone() for k, v in state.items()}
-        executor.store.publish(self.received, "server", number)
+        state = {k: v.detach().cpu().clone() for k, v in state.items()}
+        if not evaluation:
+            self.received = state
+        executor.store.publish(state, "server", number)
         return kind
 
     # ------------------------------------------------------------------------------------------------ ClientAlgo
@@ -249,12 +264,10 @@ class ContinualBundleAlgo(ClientAlgo):
     def evaluate(self, data: ExchangeObject, extra: dict | None = None) -> ExchangeObject:
         """The received model scored per volume on the site's own evaluation data with the bundle's evaluator;
         ``metrics`` holds the key metric's mean under its name and the per-volume scores under ``"scores"``."""
-        self.round += 1
-        number = 2 * self.round
-        if self._receive(data, number) is None:
+        if self._receive(data, _EVALUATED, evaluation=True) is None:
             raise PayloadError(f"site {self.site!r}: evaluate() received no model.")
-        executor = self._local()
-        scores = executor.evaluate(self.stages[number], self.site)
+        executor = self._local(evaluation=True)
+        scores = executor.evaluate(self.evaluated, self.site)
         return ExchangeObject(metrics={executor.metric_name: float(np.mean(scores)),
                                        "scores": [float(s) for s in scores]})
 

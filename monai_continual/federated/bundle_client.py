@@ -121,11 +121,13 @@ def serve_bundle(worker: Any, algo: Any) -> None:
     """Answer the server's tasks until the job ends: the controller's stages through ``worker``, NVFlare's plain FL
     tasks through ``algo`` (after ``flare.init()``)."""
     import nvflare.client as flare
+    import torch
     from monai.fl.utils.constants import WeightType
     from monai.fl.utils.exchange_object import ExchangeObject
     from nvflare.app_common.abstract.fl_model import ParamsType
     from nvflare.client.api import FLModel
 
+    from monai_continual.engines.bundle_executor import NetworkMismatchError
     from monai_continual.federated.site_worker import TRANSPORT_KEYS
 
     while flare.is_running():
@@ -134,18 +136,25 @@ def serve_bundle(worker: Any, algo: Any) -> None:
             break
         meta = {k: v for k, v in (model.meta or {}).items() if k not in TRANSPORT_KEYS}
         if "run" in meta:  # a stage of this package's controller
-            params, meta, metrics = worker.handle(flare.get_task_name(), meta, model.params)
+            try:
+                params, meta, metrics = worker.handle(flare.get_task_name(), meta, model.params)
+            except NetworkMismatchError as err:  # the server learns why (parameter names, shapes), and stops
+                flare.send(FLModel(meta={"error": str(err).replace("/", "|")}, metrics={"refused": 1.0}))
+                continue
             flare.send(FLModel(params=params, meta=meta, metrics=metrics))
             continue
         received = ExchangeObject(weights=dict(model.params or {}), weight_type=(
             WeightType.WEIGHT_DIFF if model.params_type == ParamsType.DIFF else WeightType.WEIGHTS))
+        # a PyTorch job (NVFlare's PT recipes) sends tensors and expects tensors back; a NumPy job arrays
+        as_sent = (lambda v: v) if any(isinstance(v, torch.Tensor) for v in received.weights.values()) else (
+            lambda v: v.numpy())
         if flare.is_train():
             full = received.weights and received.weight_type == WeightType.WEIGHTS
             metrics = algo.evaluate(received).metrics if full else {}  # the global model on this site's data
             algo.train(received)
             update = algo.get_weights()
             flare.send(FLModel(
-                params={k: v.numpy() for k, v in update.weights.items()},
+                params={k: as_sent(v) for k, v in update.weights.items()},
                 params_type=ParamsType.DIFF if update.weight_type == WeightType.WEIGHT_DIFF else ParamsType.FULL,
                 metrics={k: v for k, v in metrics.items() if k != "scores"},
                 meta={"NUM_STEPS_CURRENT_ROUND": update.statistics["num_examples"]},
@@ -155,7 +164,7 @@ def serve_bundle(worker: Any, algo: Any) -> None:
             flare.send(FLModel(metrics={k: v for k, v in metrics.items() if k != "scores"}))
         elif flare.is_submit_model():
             update = algo.get_weights({"weight_type": WeightType.WEIGHTS})
-            flare.send(FLModel(params={k: v.numpy() for k, v in update.weights.items()}, params_type=ParamsType.FULL))
+            flare.send(FLModel(params={k: as_sent(v) for k, v in update.weights.items()}, params_type=ParamsType.FULL))
     algo.finalize()
 
 

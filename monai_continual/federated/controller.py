@@ -89,6 +89,11 @@ class StrategyController(ModelController):
         if not results:
             return None
         reply = results[0]
+        refusal = (reply.meta or {}).get("error")
+        if isinstance(refusal, str) and not reply.params:  # a site's stated refusal (e.g. another network)
+            self._audit("refused", task, site, {}, {}, {"reason": refusal})
+            raise RuntimeError(f"site {site!r} refused the {task} task of stage "
+                               f"{meta.get('stage', {}).get('number', 0)}: {refusal[:2000]}")
         if not reply.params and not reply.metrics and not (reply.meta or {}).get("published"):
             raise RuntimeError(f"site {site!r} failed the {task} task of stage "
                                f"{meta.get('stage', {}).get('number', 0)} (its own log has the error); "

@@ -210,6 +210,8 @@ class SiteWorker:
             else:
                 store: DirectoryWeightStore = executor.artifacts.store
                 weights = params_to_weights(tensors)
+                if hasattr(executor, "check_weights"):  # e.g. a bundle site: its network's names and shapes
+                    executor.check_weights(weights, f"the received {role} (stage {number})")
                 publisher = check_site_name(roles[role].get("site", "server"), f"{what}: publisher")
                 metadata = dict(roles[role].get("metadata", {}))
                 if store.content_sha256(weights, publisher, number, **metadata) != expected:

@@ -1,0 +1,234 @@
+"""A hospital's own model-zoo bundle as a federated site: our controller, NVFlare's own FedAvg, MONAI's ClientAlgo.
+
+The bundle is the spleen-style training config of ``test_overlays`` (no key of this package in it); every site runs
+it on its own tiny Task09-like data in NVFlare's simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nvflare")
+
+from monai.fl.utils.constants import ExtraItems, WeightType  # noqa: E402
+from monai.fl.utils.exchange_object import ExchangeObject  # noqa: E402
+from monai.networks.nets import UNet  # noqa: E402
+
+from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc  # noqa: E402
+from monai_continual.engines.bundle_site import BundleSite  # noqa: E402
+from monai_continual.federated import FederatedRun  # noqa: E402
+from monai_continual.federated.bundle_algo import (  # noqa: E402
+    ContinualBundleAlgo,
+    StageExtra,
+    posterior_weights,
+    weights_posterior,
+)
+from monai_continual.federated.bundle_client import bundle_overrides  # noqa: E402
+from test_overlays import MODEL_ZOO_TRAIN, OVERLAYS, _run, _spleen_site  # noqa: E402
+
+POLL = 0.2
+UNET = {k: v for k, v in MODEL_ZOO_TRAIN["network_def"].items() if k != "_target_"}
+
+
+@pytest.fixture(scope="module")
+def hospitals(tmp_path_factory):
+    """The bundle (its configs only) and three hospitals' data: two train, the third is held out."""
+    root = tmp_path_factory.mktemp("bundle_sites")
+    bundle = root / "spleen_bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "train.json").write_text(json.dumps(MODEL_ZOO_TRAIN, indent=4))
+    data = {name: _spleen_site(root / name / "Task09_Spleen", 3, seed, bright)
+            for seed, (name, bright) in enumerate([("hospital_1", 120.0), ("hospital_2", 60.0), ("hospital_3", 90.0)])}
+    # each hospital's own overrides: its data, and its own directory for what the bundle writes (models/)
+    sites = {name: {"dataset_dir": str(path), "bundle_root": str(root / name)} for name, path in data.items()}
+    return root, bundle, sites
+
+
+def _bundle_run(hospitals, out: Path, strategy: str, options: dict, held_out: bool = True, **kwargs):
+    _, bundle, sites = hospitals
+    training = {k: v for k, v in sites.items() if k != "hospital_3"}
+    run = FederatedRun.bundle(bundle, training, strategy, out, {"hospital_3": sites["hospital_3"]} if held_out else {},
+                              options, epochs=1, task_request_interval=POLL, payload_log=str(out / "payloads.jsonl"),
+                              **kwargs)
+    return run, run.run()
+
+
+def _stages(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "state.json").read_text())["stages"]
+
+
+@pytest.fixture(scope="module")
+def cwt_run(hospitals, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle_cwt")
+    return _bundle_run(hospitals, out, "cyclic_weight_transfer", {"cycles": 1}), out
+
+
+@pytest.mark.slow
+def test_cyclic_weight_transfer_over_hospital_bundles_with_our_controller(hospitals, cwt_run):
+    (run, summary), out = cwt_run
+    stages = _stages(run.run_dir)
+    assert [s["sites"] for s in stages] == [[], ["hospital_1"], ["hospital_2"]]
+    # site k starts from exactly what site k-1 published (content hashes)
+    for previous, stage in zip(stages, stages[1:]):
+        assert stage["loaded"]["start"] == previous["published"]
+    # the published weights are the bundle's UNet's, not this package's MeshNet's
+    store = DirectoryWeightStore(run.run_dir / "store")
+    published = store.load(store.entry(2))
+    assert set(published) == set(UNet(**UNET).state_dict()) and not any("meshnet" in k.lower() for k in published)
+    # every site scored every row on its own data, the held-out hospital included
+    assert set(summary["strategies"]["cyclic_weight_transfer"]["sites"]) == {"hospital_1", "hospital_2"}
+    assert set(summary["strategies"]["cyclic_weight_transfer"]["held_out"]) == {"hospital_3"}
+    assert all(set(s["scores"]) == {"hospital_1", "hospital_2", "hospital_3"} for s in stages[1:])
+    # each site's own records hold only its own scores, of the models it received and published
+    for site in ("hospital_1", "hospital_2"):
+        records = [json.loads(p.read_text()) for p in (out / "sites" / site).rglob("scores/*.json")]
+        assert records and all(r["site"] == site for r in records)
+        assert {r["when"] for r in records} == ({"published"} if site == "hospital_1" else {"received", "published"})
+    received = next(json.loads(p.read_text()) for p in (out / "sites" / "hospital_2").rglob("scores/stage0001_*.json"))
+    assert received["model_sha256"] == stages[1]["published"] and received["trained_on"] == "hospital_1"
+    # what crossed: parameters, stage numbers and per-volume scores only
+    for line in (out / "payloads.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert set(record["metrics"]) <= {"scores", "reason"}
+
+
+@pytest.mark.slow
+def test_the_overlays_and_the_federated_client_train_the_same_weights(hospitals, cwt_run, tmp_path):
+    """Site by site through the shared-directory overlay (``python -m monai.bundle run``) and through the federated
+    client: the same bundle, seeds and data give the same weights stage by stage."""
+    root, bundle, sites = hospitals
+    (run, _), _ = cwt_run
+    exchange = tmp_path / "exchange"
+    for site in ("hospital_1", "hospital_2"):
+        _run([bundle / "configs" / "train.json", OVERLAYS / "weight_transfer.json"], Path(sites[site]["bundle_root"]),
+             "--dataset_dir", sites[site]["dataset_dir"], "--site", site, "--exchange_dir", str(exchange),
+             "--train#trainer#max_epochs", "1")
+    shared, federated = DirectoryWeightStore(exchange / "weights"), DirectoryWeightStore(run.run_dir / "store")
+    for visit in (0, 1):  # the overlay numbers the visits from 0, the schedule from 1 (0: the initial weights)
+        ours, theirs = shared.load(shared.entry(visit)), federated.load(federated.entry(visit + 1))
+        assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours), f"visit {visit}"
+
+
+@pytest.mark.slow
+def test_dwc_over_the_bundle_network_made_bayesian(hospitals, tmp_path):
+    run, summary = _bundle_run(hospitals, tmp_path, "dwc", {}, held_out=False)
+    stages = {s["number"]: s for s in _stages(run.run_dir)}
+    dwc = next(s for s in stages.values() if s["action"] == "dwc")
+    posteriors = run.run_dir / "posteriors"
+    config = json.loads((run.run_dir / "state.json").read_text())["config"]["stages"]
+    spec = next(s for s in config if s["number"] == dwc["number"])
+    expected = consolidate_dwc(posteriors / f"stage{spec['prior']:04d}.safetensors",
+                               [posteriors / f"stage{i:04d}.safetensors" for i in spec["inputs"]])
+    produced = Posterior.load(posteriors / f"stage{dwc['number']:04d}.safetensors")
+    assert set(produced.mean) == set(expected.mean) and len(produced.mean) > 0
+    assert all(torch.equal(produced.mean[n], expected.mean[n]) and torch.equal(produced.std[n], expected.std[n])
+               for n in expected.mean)
+    # the posterior is over the bundle's UNet: its convolutions' weights, made Bayesian
+    assert {n.rsplit(".", 1)[0] for n in produced.mean} <= {k.rsplit(".", 1)[0] for k in UNet(**UNET).state_dict()}
+    assert "dwc" in summary["strategies"]
+    finetuned = [s for s in stages.values() if s["number"] > dwc["number"]]  # the consolidated model fine-tuned
+    assert finetuned and finetuned[0]["loaded"]["start"] == dwc["published"]
+
+
+@pytest.mark.slow
+def test_the_client_under_nvflare_own_fedavg_recipe(hospitals, tmp_path):
+    """A plain MONAI FL job of NVFlare's (its PyTorch FedAvg recipe, not our controller): two rounds finish."""
+    from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
+    from nvflare.recipe import SimEnv, set_per_site_config
+
+    import monai_continual.federated.bundle_client as client
+
+    _, bundle, sites = hospitals
+    training = {k: v for k, v in sites.items() if k != "hospital_3"}
+    recipe = FedAvgRecipe(name="bundle_fedavg", min_clients=2, num_rounds=2, train_script=client.__file__,
+                          model={"class_path": "monai.networks.nets.UNet", "args": UNET}, key_metric="val_mean_dice")
+    args = {site: " ".join([f"--bundle-root {bundle} --workdir {tmp_path / 'sites'} --send-weight-diff",
+                            *[f"--set {k}={json.dumps(v)}" for k, v in overrides.items()]])
+            for site, overrides in training.items()}
+    set_per_site_config(recipe, {site: {"train_args": a} for site, a in args.items()})
+    recipe.execute(SimEnv(clients=list(training), workspace_root=str(tmp_path / "workspace")))
+    for site in training:  # each site trained once per round, from the global model it received
+        store = DirectoryWeightStore(tmp_path / "sites" / site / "client_algo" / "store")
+        rounds = sorted(e.stage for e in store.entries() if e.site == site)
+        assert rounds == [3, 5], rounds  # round r's received model is stage 2r, its training 2r + 1
+        assert store.entry(4).site == "server"
+    log = next((tmp_path / "workspace").rglob("server/**/log.txt")).read_text()
+    assert "Round 1 started" in log and "Finished FedAvg" in log
+
+
+@pytest.mark.slow
+def test_a_site_whose_bundle_network_differs_is_refused_by_name(hospitals, tmp_path):
+    root, bundle, sites = hospitals
+    other = dict(sites["hospital_2"], **{"network_def#channels": [4, 16]})
+    run = FederatedRun.bundle(bundle, {"hospital_1": sites["hospital_1"], "hospital_2": other},
+                              "cyclic_weight_transfer", tmp_path, options={"cycles": 1}, task_request_interval=POLL)
+    with pytest.raises(RuntimeError, match="hospital_2.*does not fit this site's bundle network"):
+        run.run()
+    assert "hospital_2" in (run.run_dir / "error.txt").read_text()
+    stored = list((tmp_path / "sites" / "hospital_2").rglob("store/*.safetensors"))
+    assert stored == []  # the mismatching model was refused before anything of it was stored
+
+
+def test_client_algo_weight_differences_and_the_posterior_key_convention(hospitals, tmp_path):
+    root, bundle, sites = hospitals
+    algo = ContinualBundleAlgo(bundle, tmp_path, send_weight_diff=True, overrides=sites["hospital_1"])
+    algo.initialize({ExtraItems.CLIENT_NAME: "hospital_1"})
+    start = {k: v + 0.01 for k, v in UNet(**UNET).state_dict().items()}
+    algo.train(ExchangeObject(weights=start, weight_type=WeightType.WEIGHTS))
+    update = algo.get_weights()
+    full = algo.get_weights({"weight_type": WeightType.WEIGHTS})
+    assert update.weight_type == WeightType.WEIGHT_DIFF and full.weight_type == WeightType.WEIGHTS
+    assert all(torch.allclose(update.weights[k], full.weights[k] - start[k]) for k in start)
+    assert update.statistics["num_examples"] == 2  # the bundle trains on all but its last case
+    # the same stage from the same start trains the same weights (the bundle's own determinism)
+    again = ContinualBundleAlgo(bundle, tmp_path / "again", overrides=sites["hospital_1"])
+    again.initialize({ExtraItems.CLIENT_NAME: "hospital_1"})
+    again.train(ExchangeObject(weights=start))
+    assert all(torch.equal(again.get_weights().weights[k], full.weights[k]) for k in start)
+    # a Bayesian stage from those weights returns a posterior under the documented keys
+    again.train(ExchangeObject(weights=full.weights), {StageExtra.NETWORK: "bayes", StageExtra.BOUND_STD: True})
+    posterior = again.get_weights()
+    groups = {k.partition("/")[0] for k in posterior.weights}
+    assert groups == {"mean", "std", "deterministic"} and posterior.weight_type == WeightType.WEIGHTS
+    restored = weights_posterior(posterior.weights)
+    assert posterior_weights(restored).keys() == posterior.weights.keys()
+    assert all(float(v.min()) > 0 for k, v in posterior.weights.items() if k.startswith("std/"))
+    scores = again.evaluate(ExchangeObject(weights=full.weights)).metrics
+    assert 0 <= scores["val_mean_dice"] <= 1 and scores["scores"] == [pytest.approx(scores["val_mean_dice"])]
+
+
+def test_received_models_are_checked_before_anything_is_stored(hospitals, tmp_path):
+    root, bundle, sites = hospitals
+    algo = ContinualBundleAlgo(bundle, tmp_path, overrides=sites["hospital_1"])
+    algo.initialize({ExtraItems.CLIENT_NAME: "hospital_1"})
+    wrong = UNet(**dict(UNET, channels=[4, 16])).state_dict()
+    with pytest.raises(ValueError, match="hospital_1.*does not fit this site's bundle network"):
+        algo.train(ExchangeObject(weights=wrong))
+    bad = {k: v.clone() for k, v in UNet(**UNET).state_dict().items()}
+    next(iter(bad.values())).fill_(float("nan"))
+    with pytest.raises(ValueError, match="not finite"):
+        algo.train(ExchangeObject(weights=bad))
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("item", ['dataset_dir="$__import__(\'os\').system(\'id\')"', "network_def=\"@other\"",
+                                  "train#trainer#amp={\"_target_\":\"x\"}", "../x=1", "key=not json"])
+def test_site_overrides_are_data_never_expressions(item):
+    with pytest.raises(ValueError):
+        bundle_overrides([item])
+    assert bundle_overrides(['dataset_dir="/data/spleen"', "train#trainer#amp=true", "network_def#channels=[4,16]"]) \
+        == {"dataset_dir": "/data/spleen", "train#trainer#amp": True, "network_def#channels": [4, 16]}
+
+
+def test_a_bundle_without_the_model_zoo_keys_is_refused_naming_the_key(tmp_path):
+    (tmp_path / "configs").mkdir()
+    config = {k: v for k, v in MODEL_ZOO_TRAIN.items() if k != "validate"}
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(config))
+    with pytest.raises(KeyError, match="validate#evaluator"):
+        BundleSite(str(tmp_path), "hospital_1").workflow()
+    with pytest.raises(FileNotFoundError, match="hospital_1.*evaluate.json"):
+        BundleSite(str(tmp_path), "hospital_1", evaluate_config="configs/evaluate.json")
