@@ -9,12 +9,12 @@ from collections import defaultdict
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "multisite_segmentation" / "configs"
-ENTRY_POINTS = ("experiment.json", "federated.json", "train_site.json", "train.json", "evaluate.json",
-                "inference.json")
+ENTRY_POINTS = ("experiment.json", "federated.json", "federated_bundle.json", "train_site.json", "train.json",
+                "evaluate.json", "inference.json")
 #: keys whose meaning differs by entry point (a config of its own, a path of its own, its own output)
 OWN = {"imports", "bundle_root", "output_dir", "run", "initialize", "network", "network_def", "base_network",
        "datalist", "model_file", "transforms", "preprocessing", "optimizer", "loss", "device", "set_threads",
-       "datalist_file", "multisite", "train_datalist", "strategy_options", "site"}
+       "datalist_file", "multisite", "train_datalist", "strategy_options", "site", "sites", "federated"}
 
 
 def _defaults() -> dict[str, dict[str, object]]:
