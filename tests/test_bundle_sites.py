@@ -242,3 +242,41 @@ def test_a_bundle_without_the_model_zoo_keys_is_refused_naming_the_key(tmp_path)
         BundleSite(str(tmp_path), "hospital_1").workflow()
     with pytest.raises(FileNotFoundError, match="hospital_1.*evaluate.json"):
         BundleSite(str(tmp_path), "hospital_1", evaluate_config="configs/evaluate.json")
+
+
+def test_an_exported_bundle_job_names_no_path_and_passes_no_override(hospitals, tmp_path):
+    """Each hospital points at its own copy of the bundle and its own data: the job carries none of it."""
+    root, bundle, sites = hospitals
+    FederatedRun.bundle(bundle, sites, "cyclic_weight_transfer", tmp_path / "out", export=str(tmp_path / "job")).run()
+    job = tmp_path / "job" / "monai_continual_cyclic_weight_transfer"
+    files = [p for p in job.rglob("*") if p.is_file()]
+    sites_files = [p for p in files if "app_server" not in p.parts]
+    assert sites_files and not [p for p in sites_files if str(tmp_path) in p.read_text(errors="replace")]
+    # the server keeps only its own run directory: no hospital's bundle or data
+    assert not [p for p in files if str(root) in p.read_text(errors="replace")]
+    clients = [p.read_text() for p in job.glob("app_*/config/config_fed_client.json")]
+    assert clients and all("--bundle-root" not in c and "--set" not in c for c in clients)
+    # on one machine each site gets its own bundle root and overrides, never another site's
+    local = FederatedRun.bundle(bundle, sites, "cyclic_weight_transfer", tmp_path / "out")
+    assert local.site_args["hospital_2"].count("--set") == 2
+    assert sites["hospital_1"]["dataset_dir"] not in " ".join(local.site_args["hospital_2"])
+
+
+@pytest.mark.slow
+def test_cyclic_weight_transfer_over_bundles_in_poc_mode(hospitals, tmp_path):
+    """Separate processes with mutual TLS on loopback (nvflare poc): the same run as in the simulator, and nothing
+    left running afterwards."""
+    from monai_continual.federated.poc import PocDeployment
+
+    _, bundle, sites = hospitals
+    training = {k: v for k, v in sites.items() if k != "hospital_3"}
+    run = FederatedRun.bundle(bundle, training, "cyclic_weight_transfer", tmp_path / "poc_run", options={"cycles": 1},
+                              engine="poc", task_request_interval=POLL)
+    with PocDeployment(tmp_path / "workspace", run.eval_sites, logs_dir=tmp_path / "logs") as poc:
+        assert poc.pids("server") and all(poc.pids(site) for site in run.eval_sites)
+        status = poc.submit_and_wait(run.job(), timeout=300)
+    assert "FINISHED" in str(status) and not (tmp_path / "workspace").exists()
+    assert not poc.pids()
+    stages = _stages(run.run_dir)
+    assert [s["sites"] for s in stages] == [[], ["hospital_1"], ["hospital_2"]]
+    assert all(b["loaded"]["start"] == a["published"] for a, b in zip(stages, stages[1:]))
