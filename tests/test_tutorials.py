@@ -17,6 +17,8 @@ EXPECTED = {
     "04_federated_sites_in_the_simulator.ipynb": "largest difference between the federated and the in-process "
                                                  "R matrix:",
     "05_continual_learning_in_your_own_bundle.ipynb": "hospital 2 started from hospital 1's model:",
+    "06_your_bundle_as_a_federated_site.ipynb": "consolidated posterior equals Eq. 17 of the hospitals' posteriors: "
+                                                "True",
 }
 
 

@@ -91,16 +91,21 @@ class SiteScoreRecorder:
         return self._write(self.transfer.published, "published")
 
 
-def assemble_site_scores(exchange_dir: str | os.PathLike) -> ContinualMatrix:
+def assemble_site_scores(exchange_dir: str | os.PathLike, *more: str | os.PathLike) -> ContinualMatrix:
     """The R matrix from the sites' records: one row per published stage, the cells the sites recorded.
+
+    Args:
+        exchange_dir: the directory whose ``scores/`` holds the records (the shared exchange directory).
+        more: further such directories (e.g. each federated site's own, where the records stay at their site).
 
     Example::
 
         >>> matrix = assemble_site_scores("/exchange"); matrix.plot("R.png")
     """
-    directory = Path(exchange_dir) / "scores"
+    directories = [Path(d) / "scores" for d in (exchange_dir, *more)]
+    directory = directories[0] if len(directories) == 1 else [str(d) for d in directories]
     records = []
-    for path in sorted(directory.glob("stage*_*.json")):
+    for path in sorted(p for d in directories for p in d.glob("stage*_*.json")):
         parsed = parse_stage_file_name(path.name, ".json")
         if parsed is None or parsed[1] is None:
             continue
