@@ -132,3 +132,17 @@ def test_monai_runner_lambda_zero_is_fine_tuning_and_a_large_lambda_stays_near_t
     assert set(fisher) == {n for n, _ in tiny_runner(sites, tmp_path / "x").settings.plain_network().named_parameters()}
     assert all(bool((f >= 0).all()) for f in fisher.values()) and any(bool((f > 0).any()) for f in fisher.values())
     assert DirectoryWeightStore(near_files.layout.store).entry(3) is not None
+
+
+def test_a_stage_whose_start_published_another_fisher_trains_again(tmp_path):
+    from monai_continual.strategies.base_executor import BaseStageExecutor
+
+    stages = build_schedule("ewc", ["a", "b"], make_options("ewc"))
+    executor = BaseStageExecutor(tmp_path, stages)
+    executor.store.publish({"w": torch.zeros(2)}, "init", 0)
+    executor.store.publish({"w": torch.ones(2)}, "a", 1)
+    executor.artifacts.save_fisher(1, {"w": torch.ones(2)})
+    executor.publish(stages[1], {"w": torch.full((2,), 2.0)}, "b", 3, {})
+    assert executor.published(stages[1]).loaded["fisher"] == executor.artifacts.fisher_sha(1)
+    executor.artifacts.save_fisher(1, {"w": torch.full((2,), 3.0)})  # its inputs changed: the receipt no longer fits
+    assert executor.published(stages[1]) is None
