@@ -146,3 +146,96 @@ def test_a_stage_whose_start_published_another_fisher_trains_again(tmp_path):
     assert executor.published(stages[1]).loaded["fisher"] == executor.artifacts.fisher_sha(1)
     executor.artifacts.save_fisher(1, {"w": torch.full((2,), 3.0)})  # its inputs changed: the receipt no longer fits
     assert executor.published(stages[1]) is None
+
+
+def test_nnunet_trainer_adds_the_penalty_in_train_step_and_estimates_its_fisher(monkeypatch):
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from monai_continual.nnunet.ewc_trainer import nnUNetTrainerEWC
+    from monai_continual.nnunet.sites import NnUNetStageExecutor
+
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: None)  # no dataset: only the hooks run
+    monkeypatch.setattr(nnUNetTrainer, "on_train_end", lambda self: None)
+    batches = [(torch.tensor([[1.5]]), torch.tensor([[0]])), (torch.tensor([[-2.0]]), torch.tensor([[1]]))]
+
+    def trained(cls, lam: float) -> nnUNetTrainer:
+        trainer = cls.__new__(cls)  # nnU-Net's train_step on a one-input, two-class network, without plans or data
+        if cls is nnUNetTrainerEWC:
+            trainer.ewc_lambda, trainer.estimate_fisher = lam, True
+            trainer.ewc_anchor = {"weight": torch.zeros(2, 1), "bias": torch.zeros(2)}  # w* = 0
+            trainer.ewc_fisher = {"weight": torch.tensor([[2.0], [4.0]]), "bias": torch.zeros(2)}
+        trainer.device, trainer.grad_scaler = torch.device("cpu"), None
+        trainer.network = nn.Linear(1, 2)
+        with torch.no_grad():
+            trainer.network.weight.copy_(torch.tensor([[0.5], [-0.25]]))
+            trainer.network.bias.zero_()
+        trainer.loss = nn.MSELoss()
+        trainer.optimizer = torch.optim.SGD(trainer.network.parameters(), lr=0.1)
+        trainer.on_train_start()
+        trainer.train_step({"data": torch.ones(1, 1), "target": torch.zeros(1, 2)})
+        assert isinstance(trainer.loss, nn.MSELoss)  # validation keeps the data loss
+        trainer.dataloader_train = iter({"data": x, "target": y} for x, y in batches)
+        trainer.do_split = lambda: (["case0", "case1"], [])
+        trainer.on_train_end()
+        return trainer
+
+    plain, zero, ewc = trained(nnUNetTrainer, 0.0), trained(nnUNetTrainerEWC, 0.0), trained(nnUNetTrainerEWC, 3.0)
+    assert torch.equal(zero.network.weight, plain.network.weight)
+    step = 0.1 * 3.0 * torch.tensor([[2.0 * 0.5], [4.0 * -0.25]])  # lr * lambda * F * (w - w*)
+    torch.testing.assert_close(ewc.network.weight.detach(), plain.network.weight.detach() - step)
+    expected = parameter_fisher(ewc.network, batches)  # both training cases, at the trained weights
+    assert set(ewc.fisher) == {"weight", "bias"}
+    for name in expected:
+        torch.testing.assert_close(ewc.fisher[name], expected[name])
+    executor = NnUNetStageExecutor.__new__(NnUNetStageExecutor)
+    executor.trainer = "nnUNetTrainer"
+    stages = build_schedule("ewc", ["a", "b"], make_options("ewc"))
+    assert [executor._trainer_for(s) for s in stages] == ["nnUNetTrainerEWC"] * 2
+    executor.trainer = "nnUNetTrainerReplay"  # a trainer that would lose the penalty without a word
+    with pytest.raises(ValueError, match="ewc needs nnUNetTrainerEWC"):
+        executor._trainer_for(stages[1])
+
+
+def test_federated_sites_publish_the_in_process_models_and_running_fishers(tmp_path):
+    pytest.importorskip("nvflare")
+    import json
+    from pathlib import Path
+
+    from loopback import loopback_run
+    from monai_continual.federated.config import parse_config
+
+    config = Path(__file__).resolve().parents[1] / "bundles" / "multisite_segmentation" / "configs" / "federated.json"
+    overrides = {"channels": 4, "dilations": [1, 2, 1], "epochs": 1, "mc_samples": 2, "device": "cpu", "threads": 1,
+                 "learning_rate": 0.03}
+    data = tiny_sites(tmp_path / "data")
+    options = {"ewc_lambda": 10.0, "gamma": 0.5}
+    loopback_run(config, data, tmp_path / "fl", "ewc", options, overrides, sites=("alpha", "beta"))
+    runner = parse_config(config, {**overrides, "datalist": str(data), "output_dir": str(tmp_path / "local")})
+    local = runner.get_parsed_content("runner").run("ewc", skip=["gamma"], **options)
+
+    def records(run_dir: Path) -> list:
+        stages = json.loads((run_dir / "state.json").read_text())["stages"]
+        return [(r["number"], r["published"], r["loaded"], r["details"].get("fisher")) for r in stages[1:]]
+
+    federated = records(tmp_path / "fl" / "ewc")
+    assert federated == records(local.directory)  # weights and running Fishers, stage by stage, by content hash
+    assert federated[1][2]["fisher"] == federated[0][3] is not None  # the second site trained with the first's
+
+
+@pytest.mark.parametrize("fisher,reason", [
+    ({}, "no entries"),
+    ({"w": torch.tensor([1.0, -0.5])}, "not non-negative"),
+    ({"w": torch.tensor([1.0, math.nan])}, "non-finite"),
+    ({"w": torch.ones(3)}, "shape"),
+    ({"v": torch.ones(2)}, "extra"),
+])
+def test_a_received_fisher_is_checked_before_it_is_stored(fisher, reason):
+    pytest.importorskip("nvflare")
+    from monai_continual.federated.boundary import BoundaryPolicy, check_fisher
+    from monai_continual.federated.payload import PayloadError
+
+    weights = {"w": torch.zeros(2), "running_mean": torch.zeros(4)}
+    check_fisher({"w": torch.tensor([0.0, 2.0])}, weights, "site 'a', stage 2", BoundaryPolicy())
+    with pytest.raises(PayloadError, match=reason):
+        check_fisher(fisher, weights, "site 'a', stage 2", BoundaryPolicy())
