@@ -239,3 +239,15 @@ def test_a_received_fisher_is_checked_before_it_is_stored(fisher, reason):
     check_fisher({"w": torch.tensor([0.0, 2.0])}, weights, "site 'a', stage 2", BoundaryPolicy())
     with pytest.raises(PayloadError, match=reason):
         check_fisher(fisher, weights, "site 'a', stage 2", BoundaryPolicy())
+
+
+def test_every_trainer_names_its_constructor_arguments():
+    pytest.importorskip("nnunetv2")
+    import inspect
+
+    from monai_continual.nnunet.trainers import TRAINERS
+
+    # nnU-Net records every named constructor argument from locals() (to rebuild the trainer): *args fails there
+    for name, cls in TRAINERS.items():
+        kinds = {p.kind for p in inspect.signature(cls.__init__).parameters.values()}
+        assert not kinds & {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}, name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from monai_continual.bayes.laplace import parameter_fisher
@@ -42,8 +43,10 @@ class nnUNetTrainerEWC(PenalizedStep, nnUNetTrainer):
 
     ewc_lambda: float = 1.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    # nnU-Net records the constructor's named arguments (to rebuild a trainer from a checkpoint): no *args
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.ewc_lambda = float(type(self).ewc_lambda)
         self.ewc_fisher: dict | None = None
         self.ewc_anchor: dict | None = None

@@ -8,8 +8,7 @@ so nnU-Net's validation loss stays its data loss.
 
 from __future__ import annotations
 
-from typing import Any
-
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from monai_continual.losses.proximal import ProximalLoss, proximal_anchor
@@ -33,8 +32,10 @@ class nnUNetTrainerFedProx(PenalizedStep, nnUNetTrainer):
 
     proximal_mu: float = 0.01
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    # nnU-Net records the constructor's named arguments (to rebuild a trainer from a checkpoint): no *args
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.proximal_mu = float(type(self).proximal_mu)
         self.proximal_anchor: dict | None = None
 
