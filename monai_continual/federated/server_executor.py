@@ -182,9 +182,10 @@ class FederatedStageExecutor(BaseStageExecutor):
                 return self._skip(stage, site)
             params, meta, _ = answer
             parts = split_params(params)
-            expected = ["fisher", "published"] if stage.ewc_gamma is not None else ["published"]
-            if sorted(parts) != expected:
-                raise PayloadError(f"{what}: the answer carries models under {sorted(parts)}, not {expected}.")
+            ewc = stage.ewc_gamma is not None
+            if sorted(parts) != (["fisher", "published"] if ewc else ["published"]):
+                want = "one 'published' model and its 'fisher'" if ewc else "one 'published' model"
+                raise PayloadError(f"{what}: the answer carries models under {sorted(parts)}, not {want}.")
             count = check_count(meta.get("num_examples"), f"{what}: num_examples")
             details = check_details(meta.get("details", {}), what)
             tensors = parts["published"]
@@ -200,7 +201,7 @@ class FederatedStageExecutor(BaseStageExecutor):
                 check_model(model, start, what, self.policy)
                 sha = self.artifacts.store.content_sha256(model, site, stage.number)
                 self._check_sha(sha, meta, what)
-            fisher = None if stage.ewc_gamma is None else self._checked_fisher(stage, parts["fisher"], model, meta)
+            fisher = self._checked_fisher(stage, parts["fisher"], model, meta) if ewc else None
         except PayloadError as err:  # the visit counts as skipped, the site as refused
             self._event(stage.number, site=site, model="refused", reason=str(err))
             return self._skip(stage, site, refused=True)
