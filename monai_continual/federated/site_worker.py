@@ -230,6 +230,8 @@ class SiteWorker:
     @staticmethod
     def _receive_fisher(executor: Any, tensors: Mapping[str, Any], number: int, expected: str | None,
                         what: str) -> None:
+        """Check a running Fisher that came with a task (entries of the start weights received with it, finite,
+        >= 0, the server's hash) in memory, then store it under its stage number (skipped when already there)."""
         artifacts = executor.artifacts
         fisher = params_to_fisher(tensors)
         start = artifacts.weights(number) if artifacts.store.entry(number) is not None else None

@@ -25,6 +25,10 @@ FISHER_FORMAT = "monai-continual-fisher"
 _FISHER_VERSION = 1
 
 
+def _fisher_metadata(number: int) -> dict[str, int]:
+    return {"stage": int(number)}
+
+
 class StageArtifacts:
     """The published models of a run's stages, looked up by stage number (every backend keeps them this way).
 
@@ -95,14 +99,14 @@ class StageArtifacts:
     @staticmethod
     def fisher_content_sha256(fisher: Mapping[str, torch.Tensor], number: int) -> str:
         """The content SHA-256 stage ``number``'s running Fisher ``fisher`` is published under."""
-        return tensors_sha256(fisher, {"stage": int(number)})
+        return tensors_sha256(fisher, _fisher_metadata(number))
 
     def save_fisher(self, number: int, fisher: Mapping[str, torch.Tensor]) -> str:
         """Publish stage ``number``'s running Fisher (a side output, saved before the stage's weights); return its
         content SHA-256."""
         path = self.layout.fisher_file(number)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_tensor_file(path, fisher, {"stage": int(number)}, FISHER_FORMAT, _FISHER_VERSION)
+        return write_tensor_file(path, fisher, _fisher_metadata(number), FISHER_FORMAT, _FISHER_VERSION)
 
     def fisher(self, number: int) -> dict[str, torch.Tensor]:
         """The running Fisher stage ``number`` published (checked against its hash)."""
