@@ -1,7 +1,8 @@
 """A process that dies at any step boundary of any stage resumes to exactly the uninterrupted run (MONAI backend).
 
 The fault points (``MONAI_CONTINUAL_CRASH_AT=STEP:STAGE``) exit the process with ``os._exit`` at: the end of a
-training epoch, right after a stage published its model, between two sites' evaluations, before the run state is
+training epoch, after a stage's side outputs (optimizer state, replay memory, running Fisher) but before its model is
+published, right after a stage published its model, between two sites' evaluations, before the run state is
 saved, and inside a consolidation. Each strategy's run is crashed at several of them in turn, then finished; the
 final state must equal a reference run's: the same R matrix and the same hash of every published model.
 """
@@ -25,6 +26,8 @@ CASES = {
     "cyclic_weight_transfer": ({"cycles": 2, "epochs": 2, "epochs_per_visit": 2},
                                ["mid_training:2", "after_publish:3", "during_evaluation:4", "before_state_save:5"]),
     "replay": ({"capacity_per_site": 1, "epochs": 2}, ["after_publish:1", "mid_training:2", "before_state_save:3"]),
+    "ewc": ({"ewc_lambda": 1.0, "gamma": 0.5, "epochs": 2},
+            ["before_publish:1", "mid_training:2", "after_publish:2", "before_publish:3", "during_evaluation:3"]),
     "vcl": ({"epochs": 2}, ["mid_training:2", "after_publish:3", "during_evaluation:4"]),
     "dwc": ({"epochs": 2}, ["after_publish:2", "mid_training:3", "mid_consolidation:5", "before_state_save:5",
                             "after_publish:6"]),

@@ -355,7 +355,7 @@ def test_one_schedule_drives_both_backends(nnunet, site_runs, tmp_path):
     cases = (("cyclic_weight_transfer", {"rounds": 2}, {"cycles": 2}),
              ("federated_averaging", {"rounds": 1}, {"rounds": 1}),
              ("fine_tuning", {}, {}), ("single_weight_transfer", {"options": {"patience": 1}}, {"patience": 1}),
-             ("vcl", {}, {}), ("dwc", {"rounds": 1}, {"rounds": 1}))
+             ("vcl", {}, {}), ("dwc", {"rounds": 1}, {"rounds": 1}), ("ewc", {}, {}))
     for strategy, kwargs, core_options in cases:
         nn_result = site_runs(strategy, **kwargs)
         monai_result = runner.run(strategy, **core_options)
@@ -379,6 +379,8 @@ def test_one_schedule_drives_both_backends(nnunet, site_runs, tmp_path):
                     assert all(isinstance(v, list) and v for v in record["scores"].values())
                 if stage.prior is not None:
                     assert record["loaded"]["prior"] == by_number[stage.prior]["published"]
+                if stage.fisher is not None:  # the running Fisher its start published with the weights
+                    assert record["loaded"]["fisher"] == by_number[stage.fisher]["details"]["fisher"]
     # bad options are refused before any work, with the valid values listed, as in the MONAI runner
     with pytest.raises(ValueError, match="epochs_per_visit must be a number >= 1"):
         run_sites(names, "cyclic_weight_transfer", tmp_path / "bad", options={"epochs_per_visit": 0}, **options)

@@ -79,7 +79,7 @@ def test_every_option_has_help_and_its_default_is_shown():
     text = parsers["sites"].format_help()
     for shown in ("(default: 2)", "(default: 1)", "(default: fixed)", "(default: 3d_fullres)", "(default: 5)"):
         assert shown in text
-    for strategy in ("single_weight_transfer", "cyclic_weight_transfer", "fine_tuning", "replay", "vcl", "dwc",
+    for strategy in ("single_weight_transfer", "cyclic_weight_transfer", "fine_tuning", "replay", "ewc", "vcl", "dwc",
                      "federated_averaging"):
         assert text.count(strategy) >= 3  # in the strategies' descriptions, the trainers' table and the choices
 
@@ -204,8 +204,10 @@ def test_sites_passes_rounds_and_epochs_with_their_meaning_for_each_strategy(tmp
     assert cli.main(["sites", "federated_averaging", *base]) == 0
     assert cli.main(["sites", "fine_tuning", *base, "--rounds", "5"]) == 0
     assert cli.main(["sites", "federated_averaging", *base, "--proximal-mu", "0.5"]) == 0
-    cyclic, fedavg, fine_tuning, fedprox = calls
+    assert cli.main(["sites", "ewc", *base, "--ewc-lambda", "2", "--ewc-gamma", "0.9"]) == 0
+    cyclic, fedavg, fine_tuning, fedprox, ewc = calls
     assert fedprox["options"] == {"local_epochs": 3, "proximal_mu": 0.5}
+    assert (ewc["strategy"], ewc["options"]) == ("ewc", {"ewc_lambda": 2.0, "gamma": 0.9})
     assert cyclic["datasets"] == ["901", "Dataset902_b"]
     assert (cyclic["rounds"], cyclic["epochs"], cyclic["options"]) == (4, 3, {"epochs_per_visit": 3})
     assert (fedavg["rounds"], fedavg["options"]) == (2, {"local_epochs": 3})

@@ -17,6 +17,7 @@ from runner_utils import tiny_sites
 CASES = {
     "cyclic_weight_transfer": {"cycles": 2, "epochs_per_visit": 2},
     "vcl": {},
+    "ewc": {"ewc_lambda": 1.0, "gamma": 0.5},
 }
 
 

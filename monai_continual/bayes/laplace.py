@@ -35,7 +35,8 @@ from monai_continual.bayes.base import BayesianModule
 from monai_continual.bayes.config import conversion_std_init
 from monai_continual.bayes.convert import bayesian_layers
 
-__all__ = ["laplace_std", "fisher_diagonal", "calibrate_posterior_std", "std_summary", "conversion_std_init"]
+__all__ = ["laplace_std", "fisher_diagonal", "parameter_fisher", "calibrate_posterior_std", "std_summary",
+           "conversion_std_init"]
 
 
 def laplace_std(fisher_sum: torch.Tensor, prior_std: torch.Tensor) -> torch.Tensor:
@@ -50,6 +51,48 @@ def laplace_std(fisher_sum: torch.Tensor, prior_std: torch.Tensor) -> torch.Tens
         >>> laplace_std(torch.tensor([0.0, 3.0]), torch.tensor(1.0))  # tensor([1.0000, 0.5000])
     """
     return torch.rsqrt(fisher_sum.clamp_min(0) + prior_std.pow(-2))
+
+
+def _voxel_fisher_sums(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    leaves: Callable[[], list[torch.Tensor | None]],
+    draws: int,
+    seed: int,
+) -> tuple[list[torch.Tensor | None], int]:
+    """The random-sign estimate of the module docstring, once for every caller: per tensor of ``leaves()`` (called
+    before each forward pass; ``None`` entries are skipped), the sum over every voxel of the squared gradient of its
+    cross-entropy, and the number of voxels. The model runs in ``eval()`` mode."""
+    if int(draws) < 1:
+        raise ValueError(f"the Fisher estimate: draws must be >= 1, got {draws}.")
+    sums = [None if t is None else torch.zeros_like(t, dtype=torch.float32) for t in leaves()]
+    generator = torch.Generator().manual_seed(int(seed))
+    voxels = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for image, label in batches:
+            if isinstance(label, (list, tuple)):  # deep supervision: the full-resolution target
+                label = label[0]
+            target = label[:, 0] if label.dim() == image.dim() else label
+            for _ in range(int(draws)):
+                flat = leaves()
+                logits = model(image)
+                if isinstance(logits, (list, tuple)):
+                    logits = logits[0]
+                per_voxel = F.cross_entropy(logits, target.long(), reduction="none")
+                signs = torch.randint(0, 2, per_voxel.shape, generator=generator).to(per_voxel) * 2 - 1
+                used = [t for t in flat if t is not None]
+                # tensors that do not reach the used output (deep-supervision heads) get no curvature
+                grads = iter(torch.autograd.grad((per_voxel * signs).sum(), used, allow_unused=True))
+                for total, leaf in zip(sums, flat):
+                    grad = None if leaf is None else next(grads)
+                    if grad is not None:
+                        total.add_(grad.detach().float().pow(2))
+            voxels += per_voxel.numel()
+    finally:
+        model.train(was_training)
+    return [None if t is None else t / int(draws) for t in sums], voxels
 
 
 def fisher_diagonal(
@@ -78,41 +121,48 @@ def fisher_diagonal(
 
         >>> fisher = fisher_diagonal(bnet, [(image, label)])
     """
-    if int(draws) < 1:
-        raise ValueError(f"fisher_diagonal: draws must be >= 1, got {draws}.")
     layers = dict(bayesian_layers(model))
     if not layers:
         raise ValueError("fisher_diagonal: the model has no Bayesian layer.")
-    sums = {name: (torch.zeros(layer.weight_shape, device=layer.prior_std.device),
-                   None if layer.bias_shape is None else torch.zeros(layer.bias_shape, device=layer.prior_std.device))
-            for name, layer in layers.items()}
-    generator = torch.Generator().manual_seed(int(seed))
-    was_training = model.training
-    model.eval()
     try:
-        for image, label in batches:
-            if isinstance(label, (list, tuple)):  # deep supervision: the full-resolution target
-                label = label[0]
-            target = label[:, 0] if label.dim() == image.dim() else label
-            for _ in range(int(draws)):
-                leaves = _override_means(layers)
-                logits = model(image)
-                if isinstance(logits, (list, tuple)):
-                    logits = logits[0]
-                per_voxel = F.cross_entropy(logits, target.long(), reduction="none")
-                signs = torch.randint(0, 2, per_voxel.shape, generator=generator).to(per_voxel) * 2 - 1
-                flat = [t for pair in leaves.values() for t in pair if t is not None]
-                # layers that do not reach the used output (deep-supervision heads) get no curvature: prior std
-                grads = iter(torch.autograd.grad((per_voxel * signs).sum(), flat, allow_unused=True))
-                for name, (w, b) in leaves.items():
-                    for target_sum, grad in zip(sums[name], (next(grads), None if b is None else next(grads))):
-                        if grad is not None:
-                            target_sum.add_(grad.pow(2))
+        sums, _ = _voxel_fisher_sums(
+            model, batches, lambda: [t for pair in _override_means(layers).values() for t in pair], draws, seed
+        )
     finally:
         for layer in layers.values():
             layer._mean_override = None
-        model.train(was_training)
-    return {name: (w / int(draws), None if b is None else b / int(draws)) for name, (w, b) in sums.items()}
+    pairs = iter(sums)
+    return {name: (next(pairs), next(pairs)) for name in layers}
+
+
+def parameter_fisher(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    draws: int = 1,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Per trainable parameter of a deterministic network, the diagonal empirical Fisher as a mean over voxels: the
+    estimate of :func:`fisher_diagonal` divided by the number of voxels of ``batches`` (elastic weight
+    consolidation's ``F``, on the scale of a data loss that averages over voxels).
+
+    Args:
+        model: a network producing class logits ``(B, C, *spatial)`` (or a list of them: the first is used).
+        batches: ``(image, label)`` pairs as for :func:`fisher_diagonal`.
+        draws, seed: see :func:`fisher_diagonal`.
+
+    Returns:
+        parameter name (of ``model.named_parameters()``) -> its Fisher, float32, >= 0.
+
+    Example::
+
+        >>> fisher = parameter_fisher(net, [(image, label)])
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
+    sums, voxels = _voxel_fisher_sums(model, batches, lambda: [params[n] for n in names], draws, seed)
+    if not voxels:
+        raise ValueError("parameter_fisher: no batch to estimate the Fisher from.")
+    return {name: total / voxels for name, total in zip(names, sums)}
 
 
 def _override_means(layers: dict[str, BayesianModule]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:

@@ -78,7 +78,7 @@ class ContinualRunner:
 
     Strategies and their options are those of :mod:`monai_continual.strategies` (:class:`Strategy`, one options
     dataclass each): ``single_site``, ``ensemble``, ``centrally_hosted``, ``single_weight_transfer``,
-    ``cyclic_weight_transfer``, ``fine_tuning``, ``replay``, ``vcl``, ``dwc`` and ``federated_averaging``. The
+    ``cyclic_weight_transfer``, ``fine_tuning``, ``replay``, ``ewc``, ``vcl``, ``dwc`` and ``federated_averaging``. The
     schedule comes from :func:`~monai_continual.strategies.build_schedule`, the engine
     :func:`~monai_continual.strategies.run_stages` walks it, and :class:`MonaiStageExecutor` runs each stage as one
     ``SupervisedTrainer`` at one site with this package's handlers.

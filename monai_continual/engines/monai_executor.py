@@ -17,7 +17,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from monai_continual.bayes.laplace import calibrate_posterior_std, std_summary
+from monai_continual.bayes.laplace import calibrate_posterior_std, parameter_fisher, std_summary
 from monai_continual.consolidation import EnsembleModel, Posterior
 from monai_continual.consolidation.weight_store import load_stage_weights
 from monai_continual.data import MultiSiteDatalist, ReplayBuffer, ReplayDataset
@@ -25,7 +25,15 @@ from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.epoch_sampler import EpochSampler
 from monai_continual.engines.settings import DatasetCache, MonaiSettings, OptimizerState
 from monai_continual.handlers import EpochCheckpoint, EpochLosses, EpochSeeder, FiniteGuard, PlateauStopper, ProgressBar
-from monai_continual.losses import ElboExamples, ELBOLoss, ProximalLoss, proximal_anchor, voxels_per_item
+from monai_continual.losses import (
+    ElboExamples,
+    ELBOLoss,
+    EWCLoss,
+    ProximalLoss,
+    proximal_anchor,
+    running_fisher,
+    voxels_per_item,
+)
 from monai_continual.metrics import evaluate_sites
 from monai_continual.strategies import (
     Action,
@@ -235,9 +243,13 @@ class MonaiStageExecutor(BaseStageExecutor):
                             collate_fn=list_data_collate)
         n_elbo = (stage.num_examples if stage.num_examples is not None else len(dataset)) * self._voxels(items)
         loss = ELBOLoss(s.loss, network, n_elbo) if bayes else s.loss
-        if stage.proximal_mu:  # FedProx: anchored at the start stage's published weights, also when resumed
-            start = load_stage_weights(self.store, stage.start, s.plain_network(), stage.site).state_dict()
+        # FedProx and EWC: anchored at the start stage's published weights, also when resumed
+        start = (load_stage_weights(self.store, stage.start, s.plain_network(), stage.site).state_dict()
+                 if stage.proximal_mu or stage.ewc_lambda else None)
+        if stage.proximal_mu:
             loss = ProximalLoss(loss, network, proximal_anchor(network, start), stage.proximal_mu)
+        if stage.ewc_lambda:
+            loss = EWCLoss(loss, network, start, self.artifacts.fisher(stage.fisher), stage.ewc_lambda)
         optimizer = (s.bayes_optimizer if bayes else s.optimizer)(network.parameters())
         plateau = PlateauStopper(self._plateau_score(stage, network), network, stage.patience) if stage.patience \
             else None
@@ -307,6 +319,11 @@ class MonaiStageExecutor(BaseStageExecutor):
             memory.add_site(site, self.data.items(site, "training"))
             memory.save(self.layout.replay_dir(stage.number))
             trainer.logger.info(f"replay buffer: kept {len(memory.site_items(site))} items of site {site!r}")
+        if stage.ewc_gamma is not None:  # the site's Fisher at its trained weights joins the running one
+            seed = self.settings.seed + stage.number
+            own = parameter_fisher(run.network, self._batches(items, seed), seed=seed)
+            previous = None if stage.fisher is None else self.artifacts.fisher(stage.fisher)
+            details["fisher"] = self.artifacts.save_fisher(stage.number, running_fisher(previous, own, stage.ewc_gamma))
         if stage.network == NetworkKind.BAYES:
             model: Any = Posterior.from_model(run.network, site=stage.site, num_examples=len(items))
         else:
@@ -352,7 +369,8 @@ class MonaiStageExecutor(BaseStageExecutor):
         return voxels_per_item(s.train_transform(dict(items[0])))
 
     def _batches(self, items: Sequence[dict[str, Any]], seed: int):
-        """The training batches of a Laplace calibration: patches when training on patches, seeded by ``seed``."""
+        """The training batches of a Laplace calibration or a Fisher estimate: patches when training on patches,
+        seeded by ``seed``."""
         s = self.settings
         # MONAI's DataLoader seeds the chain's random state from its generator (num_workers=0)
         loader = DataLoader(Dataset(items, transform=s.train_chain), batch_size=s.batch_size, num_workers=0,

@@ -211,6 +211,22 @@ def check_model(tensors: Mapping[str, torch.Tensor], reference: Mapping[str, tor
                                    f"above max_abs_value={policy.max_abs_value:g}.")
 
 
+def check_fisher(fisher: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor] | None, what: str,
+                 policy: BoundaryPolicy) -> None:
+    """:func:`check_model` for a running Fisher: not empty, entries of the model it came with (same shapes and
+    dtypes), finite, within the value bound, and >= 0 (a diagonal Fisher is a sum of squares).
+
+    Raises:
+        PayloadError: naming the site, stage and entry at fault.
+    """
+    if not fisher:
+        raise PayloadError(f"{what}: the Fisher has no entries.")
+    check_model(fisher, weights, what, policy, subset=True)
+    negative = [name for name, value in fisher.items() if not value.is_floating_point() or bool((value < 0).any())]
+    if negative:
+        raise PayloadError(f"{what}: entries {negative[:5]} are not non-negative floats.")
+
+
 def check_posterior(posterior: Posterior, reference: Posterior | Mapping[str, torch.Tensor] | None, what: str,
                     policy: BoundaryPolicy) -> None:
     """:func:`check_model` for a posterior: against a reference posterior, or against a plain start model."""

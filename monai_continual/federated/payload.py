@@ -22,6 +22,8 @@ __all__ = [
     "model_to_params",
     "params_to_weights",
     "params_to_posterior",
+    "fisher_to_params",
+    "params_to_fisher",
     "split_params",
     "check_payload",
     "PayloadError",
@@ -31,11 +33,11 @@ __all__ = [
 _SEP = "|"
 _POSTERIOR_GROUPS = ("mean", "std", "deterministic")
 _ALLOWED_META_KEYS = {"task", "run", "stage", "kinds", "roles", "site", "num_examples", "published", "details",
-                      "metadata", "scores", "error"}
+                      "metadata", "scores", "error", "fisher"}
 
 
 #: what a site's answer may carry in its meta (the rest, e.g. what NVFlare adds, is dropped on arrival)
-REPLY_KEYS = frozenset({"published", "num_examples", "details", "metadata"})
+REPLY_KEYS = frozenset({"published", "num_examples", "details", "metadata", "fisher"})
 _MAX_STAGE = 100_000
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
 
@@ -51,7 +53,7 @@ def stage_to_meta(stage: Stage, kinds: Mapping[int, str]) -> dict[str, Any]:
 
 def stage_from_meta(meta: Mapping[str, Any]) -> tuple[Stage, dict[int, NetworkKind]]:
     data = dict(meta["stage"])
-    named = ("number", "start", "prior", "previous_visit", "memory")
+    named = ("number", "start", "prior", "previous_visit", "memory", "fisher")
     numbers = [data.get(k) for k in named] + list(data.get("inputs", []))
     if any(n is not None and (type(n) is not int or not 0 <= n <= _MAX_STAGE) for n in numbers):
         raise PayloadError(f"stage numbers must be integers in [0, {_MAX_STAGE}], got {numbers}.")
@@ -91,14 +93,27 @@ def split_params(params: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]
     return out
 
 
-def params_to_weights(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fisher_to_params(role: str, fisher: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A running Fisher (a summary of parameters, by parameter name) as flat numpy parameters under ``role``."""
+    return {f"{role}{_SEP}fisher/{k}": v.detach().cpu().numpy() for k, v in fisher.items()}
+
+
+def _one_group(tensors: Mapping[str, torch.Tensor], group: str, what: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, tensor in tensors.items():
-        group, _, key = name.partition("/")
-        if group != "weights":
-            raise PayloadError(f"expected weights, got {name!r}.")
+        found, _, key = name.partition("/")
+        if found != group:
+            raise PayloadError(f"expected {what}, got {name!r}.")
         out[key] = tensor
     return out
+
+
+def params_to_weights(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _one_group(tensors, "weights", "weights")
+
+
+def params_to_fisher(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _one_group(tensors, "fisher", "a Fisher")
 
 
 def params_to_posterior(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Posterior:

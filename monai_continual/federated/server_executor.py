@@ -23,6 +23,7 @@ from monai_continual.federated.boundary import (
     BoundaryPolicy,
     check_count,
     check_details,
+    check_fisher,
     check_model,
     check_posterior,
     check_scores,
@@ -31,7 +32,9 @@ from monai_continual.federated.boundary import (
 from monai_continual.federated.payload import (
     PayloadError,
     check_payload,
+    fisher_to_params,
     model_to_params,
+    params_to_fisher,
     params_to_posterior,
     params_to_weights,
     split_params,
@@ -123,6 +126,9 @@ class FederatedStageExecutor(BaseStageExecutor):
                 entry = self.artifacts.store.entry(number)
                 params.update(model_to_params(role, self.artifacts.weights(number)))
                 roles[role].update(site=entry.site, sha256=entry.sha256, metadata=dict(entry.metadata))
+        if task == "train" and stage.fisher is not None:  # EWC's running Fisher travels with the start weights
+            params.update(fisher_to_params("fisher", self.artifacts.fisher(stage.fisher)))
+            roles["fisher"] = {"stage": stage.fisher, "sha256": self.artifacts.fisher_sha(stage.fisher)}
         return params, roles, kinds
 
     def _request(self, task: str, stage: Stage, site: str) -> tuple[dict, dict, dict] | None:
@@ -176,9 +182,10 @@ class FederatedStageExecutor(BaseStageExecutor):
                 return self._skip(stage, site)
             params, meta, _ = answer
             parts = split_params(params)
-            if sorted(parts) != ["published"]:
-                raise PayloadError(f"{what}: the answer carries models under {sorted(parts)}, not one 'published' "
-                                   "model.")
+            ewc = stage.ewc_gamma is not None
+            if sorted(parts) != (["fisher", "published"] if ewc else ["published"]):
+                want = "one 'published' model and its 'fisher'" if ewc else "one 'published' model"
+                raise PayloadError(f"{what}: the answer carries models under {sorted(parts)}, not {want}.")
             count = check_count(meta.get("num_examples"), f"{what}: num_examples")
             details = check_details(meta.get("details", {}), what)
             tensors = parts["published"]
@@ -194,6 +201,7 @@ class FederatedStageExecutor(BaseStageExecutor):
                 check_model(model, start, what, self.policy)
                 sha = self.artifacts.store.content_sha256(model, site, stage.number)
                 self._check_sha(sha, meta, what)
+            fisher = self._checked_fisher(stage, parts["fisher"], model, meta) if ewc else None
         except PayloadError as err:  # the visit counts as skipped, the site as refused
             self._event(stage.number, site=site, model="refused", reason=str(err))
             return self._skip(stage, site, refused=True)
@@ -203,8 +211,20 @@ class FederatedStageExecutor(BaseStageExecutor):
         loaded = self.artifacts.loaded(stage)
         if details.get("refused_start"):
             self._event(stage.number, site=site, start="refused by the site", sha256=loaded.get("start"))
+        if fisher is not None:  # a side output: stored before the weights are published
+            details["fisher"] = self.artifacts.save_fisher(stage.number, fisher)
         self.publish(stage, model, site, count, details)
         return self._output(stage.number, sha, loaded, count, details)
+
+    def _checked_fisher(self, stage: Stage, tensors: dict, weights: dict, meta: dict) -> dict:
+        """The running Fisher that came with a stage's weights, after the checks (:func:`check_fisher`, hash)."""
+        what = f"site {stage.site!r}, stage {stage.number} (Fisher)"
+        fisher = params_to_fisher(tensors)
+        check_fisher(fisher, weights, what, self.policy)
+        if self.artifacts.fisher_content_sha256(fisher, stage.number) != meta.get("fisher"):
+            raise PayloadError(f"{what}: the Fisher received does not match the hash the site reported; nothing was "
+                               "stored.")
+        return fisher
 
     def _reference(self, stage: Stage) -> tuple[int | None, Posterior | dict | None]:
         """What a stage's posterior must fit, and its stage number: its start's or prior's posterior, else its plain
@@ -250,7 +270,12 @@ class FederatedStageExecutor(BaseStageExecutor):
             cause = "whose model was refused" if refused else "which did not answer"
             raise SiteUnavailable(f"site {site!r}, {cause}, trains stage {stage.number} ({stage.label}), whose model "
                                   "kind differs from its start's: it cannot be skipped. Resubmit the job to continue.")
-        details = {"skipped": True, "refused": refused}
+        details: dict[str, Any] = {"skipped": True, "refused": refused}
+        if stage.ewc_gamma is not None:  # the running Fisher passes the skipped visit unchanged, as the weights do
+            if stage.fisher is None:
+                raise SiteUnavailable(f"site {site!r} trains stage {stage.number} ({stage.label}), the first of EWC's "
+                                      "running Fisher: it cannot be skipped. Resubmit the job to continue.")
+            details["fisher"] = self.artifacts.save_fisher(stage.number, self.artifacts.fisher(stage.fisher))
         if stage.network == NetworkKind.BAYES:
             sha = self.publish(stage, self.artifacts.posterior(stage.start), site, 0, details)
         else:

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from monai_continual.consolidation.weight_store import DirectoryWeightStore
+from monai_continual.federated.boundary import BoundaryPolicy, check_fisher
 from monai_continual.federated.payload import (
     PayloadError,
     check_payload,
+    fisher_to_params,
     model_to_params,
+    params_to_fisher,
     params_to_posterior,
     params_to_weights,
     split_params,
@@ -110,6 +113,9 @@ class SiteWorker:
             if stage.network == NetworkKind.BAYES:
                 out_meta["metadata"] = dict(published.metadata)
             out_params, metrics = model_to_params("published", published), {}
+            if stage.ewc_gamma is not None:  # the running Fisher after this site: a summary of its parameters
+                out_params.update(fisher_to_params("fisher", executor.artifacts.fisher(stage.number)))
+                out_meta["fisher"] = executor.artifacts.fisher_sha(stage.number)
         elif task == "evaluate":
             scores = [float(x) for x in executor.evaluate(stage, self.site)]
             out_params, out_meta, metrics = {}, {}, {"scores": scores}
@@ -184,20 +190,23 @@ class SiteWorker:
         their stage numbers (skipped when already there)."""
         roles = dict(meta.get("roles", {}))
         stage = dict(meta["stage"])
-        if meta.get("task") == "train":  # a training stage receives its start and prior, never its own number
-            expected = {"start": stage.get("start"), "prior": stage.get("prior")}
+        if meta.get("task") == "train":  # a training stage receives its start, prior and Fisher, never its own number
+            named = {"start": stage.get("start"), "prior": stage.get("prior"), "fisher": stage.get("fisher")}
         else:
-            expected = {"model": stage.get("number"), **{f"input{i}": n for i, n in enumerate(stage.get("inputs", []))}}
-        for role, tensors in split_params(params).items():
-            if role not in roles or roles[role].get("stage") != expected.get(role) or expected[role] is None:
+            named = {"model": stage.get("number"), **{f"input{i}": n for i, n in enumerate(stage.get("inputs", []))}}
+        # the Fisher last: it is checked against the start weights received with it
+        for role, tensors in sorted(split_params(params).items(), key=lambda item: item[0] == "fisher"):
+            if role not in roles or roles[role].get("stage") != named.get(role) or named[role] is None:
                 raise PayloadError(
                     f"site {self.site!r}: a model arrived under role {role!r} for stage "
                     f"{roles.get(role, {}).get('stage')!r}, which the task does not name."
                 )
             number = int(roles[role]["stage"])
-            expected = roles[role].get("sha256")
+            expected = roles[role].get("sha256")  # the content hash the server sent
             what = f"site {self.site!r}: the {role} model (stage {number})"
-            if kinds.get(number, NetworkKind.MAP) == NetworkKind.BAYES:
+            if role == "fisher":
+                self._receive_fisher(executor, tensors, number, expected, what)
+            elif kinds.get(number, NetworkKind.MAP) == NetworkKind.BAYES:
                 try:
                     posterior = params_to_posterior(tensors, roles[role].get("metadata", {}))
                 except ValueError as err:
@@ -219,6 +228,20 @@ class SiteWorker:
                 entry = store.entry(number)
                 if entry is None or entry.sha256 != expected:
                     store.publish(weights, publisher, number, **metadata)
+
+    @staticmethod
+    def _receive_fisher(executor: Any, tensors: Mapping[str, Any], number: int, expected: str | None,
+                        what: str) -> None:
+        """Check a running Fisher that came with a task (entries of the start weights received with it, finite,
+        >= 0, the server's hash) in memory, then store it under its stage number (skipped when already there)."""
+        artifacts = executor.artifacts
+        fisher = params_to_fisher(tensors)
+        start = artifacts.weights(number) if artifacts.store.entry(number) is not None else None
+        check_fisher(fisher, start, what, BoundaryPolicy())
+        if artifacts.fisher_content_sha256(fisher, number) != expected:
+            raise PayloadError(f"{what} does not match the hash the server sent; nothing was stored.")
+        if artifacts.fisher_sha(number) != expected:
+            artifacts.save_fisher(number, fisher)
 
 
 def _stand_ins(stage: Stage, kinds: Mapping[int, NetworkKind]) -> list[Stage]:

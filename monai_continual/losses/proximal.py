@@ -3,48 +3,26 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn.modules.loss import _Loss
+
+from monai_continual.losses.quadratic import PenalizedLoss, anchored_quadratic, check_strength, parameter_state
 
 __all__ = ["proximal_anchor", "proximal_term", "ProximalLoss"]
 
 
-def _check_mu(mu: float) -> float:
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
-        raise ValueError(f"proximal_mu must be a finite number >= 0, got {mu!r}.")
-    return float(mu)
-
-
 def proximal_anchor(model: nn.Module, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Detached copies of ``model``'s trainable parameters (or of ``state``'s entries of the same names), each on its
-    parameter's device and dtype: the ``w^t`` of :func:`proximal_term`.
-
-    Args:
-        model: the network being trained.
-        state: the start weights by the names of ``model.named_parameters()`` (e.g. a published ``state_dict``);
-            ``None``: the model's current parameters.
-
-    Raises:
-        KeyError: ``state`` lacks a trainable parameter of ``model`` (named).
+    """The ``w^t`` of :func:`proximal_term`: :func:`~monai_continual.losses.quadratic.parameter_state` of the start
+    weights (``state``, by the names of ``model.named_parameters()``; ``None``: the model's current parameters).
 
     Example::
 
         >>> anchor = proximal_anchor(network)  # before the first local step
     """
-    anchor = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if state is not None and name not in state:
-            raise KeyError(f"the start weights lack parameter {name!r}.")
-        source = param if state is None else state[name]
-        anchor[name] = source.detach().to(device=param.device, dtype=param.dtype).clone()
-    return anchor
+    return parameter_state(model, state)
 
 
 def proximal_term(model: nn.Module, anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:
@@ -60,22 +38,16 @@ def proximal_term(model: nn.Module, anchor: Mapping[str, torch.Tensor], mu: floa
 
         >>> loss = data_loss + proximal_term(network, anchor, mu=0.01)
     """
-    mu = _check_mu(mu)
-    squares = [((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if p.requires_grad]
-    if not squares:
-        raise ValueError("the model has no trainable parameters.")
-    return 0.5 * mu * torch.stack(squares).sum()
+    return anchored_quadratic(model, anchor, check_strength("proximal_mu", mu))
 
 
-class ProximalLoss(_Loss):
+class ProximalLoss(PenalizedLoss):
     """``loss = data_loss(input, target) + mu/2 * ||w - w0||^2`` (FedProx's local objective).
-
-    The term is computed on ``model`` itself (the unwrapped network, not a ``DistributedDataParallel`` wrapper):
-    its gradient is the same in every process, so averaging gradients over processes keeps it.
 
     Args:
         data_loss: the data loss.
-        model: the network being trained (held by reference, not registered as a submodule).
+        model: the network being trained (the unwrapped network, see
+            :class:`~monai_continual.losses.quadratic.PenalizedLoss`).
         anchor: :func:`proximal_anchor` of the round's start weights, by the names of ``model.named_parameters()``.
         mu: FedProx's mu (> 0).
 
@@ -87,13 +59,11 @@ class ProximalLoss(_Loss):
 
     def __init__(self, data_loss: Callable[..., torch.Tensor], model: nn.Module,
                  anchor: Mapping[str, torch.Tensor], mu: float) -> None:
-        super().__init__()
-        if _check_mu(mu) == 0:
+        if check_strength("proximal_mu", mu) == 0:
             raise ValueError("ProximalLoss: mu must be > 0 (with mu = 0, use the data loss itself).")
-        self.data_loss = data_loss
+        super().__init__(data_loss, model)
         self.mu = float(mu)
         self.anchor = dict(anchor)
-        object.__setattr__(self, "_model", model)  # not a submodule: its parameters are not the loss's
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.data_loss(*args, **kwargs) + proximal_term(self._model, self.anchor, self.mu)
+    def penalty(self) -> torch.Tensor:
+        return proximal_term(self._model, self.anchor, self.mu)

@@ -45,6 +45,7 @@ _EXPORTS = {
     "ReplayMixDataset": "replay_trainer",
     "nnUNetTrainerReplay": "replay_trainer",
     "nnUNetTrainerFedProx": "proximal_trainer",
+    "nnUNetTrainerEWC": "ewc_trainer",
     "TRAINERS": "trainers",
     "ext_trainer_folder": "trainers",
     "find_trainer": "trainers",
@@ -52,8 +53,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerReplay", "nnUNetTrainerFedProx", "TRAINERS",
-    "register_trainers",
+    "nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerReplay", "nnUNetTrainerFedProx", "nnUNetTrainerEWC",
+    "TRAINERS", "register_trainers",
     "find_trainer", "ext_trainer_folder", "build_trainer", "train", "predict", "MCnnUNetPredictor",
     "UNCERTAINTY_MAPS", "export_nnunet_datasets", "check_datasets_compatible", "NnUNetDatasetError",
     "plan_and_preprocess_sites", "nnunet_paths", "set_nnunet_paths", "POSTERIOR_FILE", "PRIOR_ENV", "REPLAY_ENV",
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily t
     )
     from monai_continual.nnunet.datasets import NnUNetDatasetError, check_datasets_compatible, export_nnunet_datasets
     from monai_continual.nnunet.environment import nnunet_paths, set_nnunet_paths
+    from monai_continual.nnunet.ewc_trainer import nnUNetTrainerEWC
     from monai_continual.nnunet.launcher import build_trainer, predict, train
     from monai_continual.nnunet.mc_predictor import UNCERTAINTY_MAPS, MCnnUNetPredictor
     from monai_continual.nnunet.planning import plan_and_preprocess_sites

@@ -24,6 +24,7 @@ from monai_continual.bayes import BayesConfig, StdInit, bayesianize
 from monai_continual.bayes.laplace import calibrate_posterior_std
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses import ElboExamples, ELBOLoss
+from monai_continual.nnunet.training_batches import training_batches
 
 __all__ = [
     "nnUNetTrainerBayesian",
@@ -113,13 +114,7 @@ class nnUNetTrainerBayesian(nnUNetTrainer):
         if self.bayes.std_init != StdInit.LAPLACE or self.current_epoch > 0:
             return
         # as many random patches as the site has cases, from nnU-Net's own training loader
-        batches, seen = [], 0
-        while seen < self.num_training_cases:
-            batch = next(self.dataloader_train)
-            target = batch["target"]
-            target = [t.to(self.device) for t in target] if isinstance(target, list) else target.to(self.device)
-            batches.append((batch["data"].to(self.device), target))
-            seen += int(batch["data"].shape[0])
+        batches, seen = training_batches(self, self.num_training_cases)
         network = getattr(self.network, "_orig_mod", self.network)
         self.std_stats = calibrate_posterior_std(network, batches, seed=self.current_epoch,
                                                  scale=self.num_training_cases / seen)

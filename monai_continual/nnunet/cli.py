@@ -75,13 +75,20 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 # ----------------------------------------------------------------------------------------------- argument types
 
 
-def _proximal_mu(text: str) -> float:
+def _nonnegative(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _decay(text: str) -> float:
+    value = _nonnegative(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
     return value
 
 
@@ -307,11 +314,15 @@ def _sites(args: argparse.Namespace) -> int:
     # --epochs is the epochs of one visit (cyclic transfer) or of one round's local training (FedAvg)
     options = {"cyclic_weight_transfer": {"epochs_per_visit": args.epochs},
                "federated_averaging": {"local_epochs": args.epochs}}.get(args.strategy)
-    if args.proximal_mu is not None:
-        if args.strategy == "federated_averaging":
-            options["proximal_mu"] = args.proximal_mu
+    for flag, key, strategy in (("--proximal-mu", "proximal_mu", "federated_averaging"),
+                                ("--ewc-lambda", "ewc_lambda", "ewc"), ("--ewc-gamma", "gamma", "ewc")):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if args.strategy == strategy:
+            options = {**(options or {}), key: value}
         else:
-            print(f"{PROG} sites: note: --proximal-mu is federated_averaging's; ignored.", file=sys.stderr)
+            print(f"{PROG} sites: note: {flag} is {strategy}'s; ignored.", file=sys.stderr)
     from monai_continual.metrics.transfer import backward_transfer
     from monai_continual.nnunet.sites import run_sites
 
@@ -363,6 +374,8 @@ strategies:
   cyclic_weight_transfer  --rounds cycles; each cycle visits every site once, for --epochs epochs
   fine_tuning             every site once for --epochs epochs, from the previous site's weights
   replay                  fine_tuning, plus up to --replay-capacity cases of every earlier site
+  ewc                     fine_tuning with online elastic weight consolidation: every site after the first adds
+                          --ewc-lambda/2 sum F (w - w_previous)^2, F the running Fisher (decayed by --ewc-gamma)
   vcl                     Bayesian: a deterministic network on the first site, then every site once for --epochs
                           epochs, each site's posterior the next site's prior
   dwc                     Bayesian: a deterministic network and the prior q0 on the first site; then --rounds
@@ -505,9 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--order", default="fixed", choices=_ORDERS,
                     help="site order: as listed, one random permutation, or a new one every cycle "
                          "(not federated_averaging, whose sites train in parallel)")
-    st.add_argument("--proximal-mu", type=_proximal_mu, default=None, metavar="MU",
+    st.add_argument("--proximal-mu", type=_nonnegative, default=None, metavar="MU",
                     help="federated_averaging: FedProx's mu, the weight of mu/2 ||w - w_round||^2 added to every "
                          "local step, trained with nnUNetTrainerFedProx (default: 0, FedAvg)")
+    st.add_argument("--ewc-lambda", type=_nonnegative, default=None, metavar="LAMBDA",
+                    help="ewc: the weight of lambda/2 sum F (w - w_previous)^2 added to every step, trained with "
+                         "nnUNetTrainerEWC (default: 1; 0 is fine_tuning)")
+    st.add_argument("--ewc-gamma", type=_decay, default=None, metavar="GAMMA",
+                    help="ewc: the running Fisher's decay in (0, 1] (default: 1)")
     st.add_argument("--replay-capacity", type=_positive_int, default=5, metavar="K",
                     help="replay: cases kept of every earlier site")
     st.add_argument("--no-dwc-finetune", dest="dwc_finetune", action="store_false", default=None,

@@ -28,6 +28,7 @@ OUR_TRAINERS: tuple[str, ...] = (
     "nnUNetTrainerVCLUnbounded",
     "nnUNetTrainerReplay",
     "nnUNetTrainerFedProx",
+    "nnUNetTrainerEWC",
     "nnUNetTrainerBayesian_short",
     "nnUNetTrainerVCL_short",
     "nnUNetTrainerReplay_short",
@@ -39,6 +40,7 @@ SITE_STRATEGY_TRAINERS: dict[str, str] = {
     "cyclic_weight_transfer": NNUNET_TRAINER,
     "fine_tuning": NNUNET_TRAINER,
     "replay": "nnUNetTrainerReplay",
+    "ewc": "nnUNetTrainerEWC",
     "vcl": "nnUNetTrainerVCL",
     "dwc": "nnUNetTrainerVCL",
     "federated_averaging": NNUNET_TRAINER,  # nnUNetTrainerFedProx for stages with a proximal_mu

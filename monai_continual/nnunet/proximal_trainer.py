@@ -8,16 +8,16 @@ so nnU-Net's validation loss stays its data loss.
 
 from __future__ import annotations
 
-from typing import Any
-
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from monai_continual.losses.proximal import ProximalLoss, proximal_anchor
+from monai_continual.nnunet.penalized_step import PenalizedStep
 
 __all__ = ["nnUNetTrainerFedProx"]
 
 
-class nnUNetTrainerFedProx(nnUNetTrainer):
+class nnUNetTrainerFedProx(PenalizedStep, nnUNetTrainer):
     """nnUNetTrainer minimizing ``loss + proximal_mu/2 ||w - w_start||^2`` in every training step.
 
     Attributes:
@@ -32,24 +32,16 @@ class nnUNetTrainerFedProx(nnUNetTrainer):
 
     proximal_mu: float = 0.01
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    # nnU-Net records the constructor's named arguments (to rebuild a trainer from a checkpoint): no *args
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.proximal_mu = float(type(self).proximal_mu)
         self.proximal_anchor: dict | None = None
-        self._proximal_loss: ProximalLoss | None = None
 
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.proximal_mu:
             if self.proximal_anchor is None:
                 self.proximal_anchor = proximal_anchor(self.network)
-            self._proximal_loss = ProximalLoss(self.loss, self.network, self.proximal_anchor, self.proximal_mu)
-
-    def train_step(self, batch: dict) -> dict:
-        if self._proximal_loss is None:
-            return super().train_step(batch)
-        data_loss, self.loss = self.loss, self._proximal_loss
-        try:
-            return super().train_step(batch)
-        finally:
-            self.loss = data_loss
+            self.step_loss = ProximalLoss(self.loss, self.network, self.proximal_anchor, self.proximal_mu)

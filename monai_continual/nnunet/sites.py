@@ -28,11 +28,13 @@ import torch
 from monai_continual.bayes import bayesianize
 from monai_continual.bayes.laplace import std_summary
 from monai_continual.consolidation.posterior import Posterior
+from monai_continual.losses.ewc import running_fisher
 from monai_continual.metrics.continual_matrix import ContinualMatrix
 from monai_continual.nnunet.bayesian_trainer import POSTERIOR_FILE, nnUNetTrainerBayesian
 from monai_continual.nnunet.datasets import check_datasets_compatible
 from monai_continual.nnunet.environment import nnunet_paths, results_folder
 from monai_continual.nnunet.evaluation import SiteEvaluator
+from monai_continual.nnunet.ewc_trainer import nnUNetTrainerEWC
 from monai_continual.nnunet.launcher import build_trainer
 from monai_continual.nnunet.names import SITE_STRATEGY_TRAINERS
 from monai_continual.nnunet.planning import check_shared_plans, plans_file, preprocessed_data_folder
@@ -65,7 +67,7 @@ __all__ = ["SITE_STRATEGIES", "NnUNetStageExecutor", "NnUNetSiteSettings", "Site
 #: strategy -> the trainer of its stages (Bayesian stages of any strategy use ``nnUNetTrainerVCL``)
 SITE_STRATEGIES = SITE_STRATEGY_TRAINERS
 _MAP_TRAINER, _BAYES_TRAINER, _VCL_TRAINER = "nnUNetTrainer", "nnUNetTrainerVCL", "nnUNetTrainerVCLUnbounded"
-_PROX_TRAINER = "nnUNetTrainerFedProx"
+_PROX_TRAINER, _EWC_TRAINER = "nnUNetTrainerFedProx", "nnUNetTrainerEWC"
 
 
 @dataclass
@@ -115,13 +117,17 @@ class NnUNetStageExecutor(BaseStageExecutor):
             return _BAYES_TRAINER if stage.bound_std else _VCL_TRAINER
         if stage.memory is not None or stage.remember:
             return self.trainer if not bayes_main else "nnUNetTrainerReplay"
-        if stage.proximal_mu:
-            if issubclass(find_trainer(self.trainer), nnUNetTrainerFedProx):
+        for needed, cls, name, what in (
+            (stage.proximal_mu, nnUNetTrainerFedProx, _PROX_TRAINER, "proximal_mu"),
+            (stage.ewc_gamma is not None or stage.fisher is not None, nnUNetTrainerEWC, _EWC_TRAINER, "ewc"),
+        ):
+            if not needed:
+                continue
+            if issubclass(find_trainer(self.trainer), cls):
                 return self.trainer
             if self.trainer != _MAP_TRAINER:  # the user's own trainer would lose the term without a word
-                raise ValueError(f"stage {stage.number}: proximal_mu needs {_PROX_TRAINER} or a subclass of it, "
-                                 f"not {self.trainer}.")
-            return _PROX_TRAINER
+                raise ValueError(f"stage {stage.number}: {what} needs {name} or a subclass of it, not {self.trainer}.")
+            return name
         return self.trainer if not bayes_main and self.trainer != "nnUNetTrainerReplay" else _MAP_TRAINER
 
     def _bayes_trainer(self) -> str:
@@ -181,6 +187,10 @@ class NnUNetStageExecutor(BaseStageExecutor):
                     std=dict(instance.std_stats or {}, trained=std_summary(network)), elbo=instance.elbo_history
                 )
             details["replay_items"] = int(getattr(instance, "num_replayed", 0))
+            if stage.ewc_gamma is not None:  # the site's Fisher joins the running one, saved before the weights
+                previous = None if stage.fisher is None else self.artifacts.fisher(stage.fisher)
+                details["fisher"] = self.artifacts.save_fisher(
+                    stage.number, running_fisher(previous, instance.fisher, stage.ewc_gamma))
             model: Any = (Posterior.load(Path(instance.output_folder) / POSTERIOR_FILE) if bayes
                           else network.state_dict())
             published = self.publish(stage, model, dataset, num_examples, details)
@@ -199,6 +209,10 @@ class NnUNetStageExecutor(BaseStageExecutor):
             instance.kl_num_examples = float(stage.num_examples)
         if isinstance(instance, nnUNetTrainerFedProx):  # the stage's mu, 0 included; anchored when training starts
             instance.proximal_mu = float(stage.proximal_mu)
+        if isinstance(instance, nnUNetTrainerEWC):  # anchored at the start weights when training starts
+            instance.ewc_lambda = float(stage.ewc_lambda)
+            instance.ewc_fisher = None if stage.fisher is None else self.artifacts.fisher(stage.fisher)
+            instance.estimate_fisher = stage.ewc_gamma is not None
         if stage.memory is not None:
             earlier = [s.sites[0] for n, s in self.stages.items() if s.remember and n <= stage.memory]
             folders = [preprocessed_data_folder(plans_file(d, self.settings.plans).parent, self.settings.configuration,
@@ -239,8 +253,9 @@ def run_sites(
 
     The schedule is the strategy core's, with the same meaning as in the MONAI runner: ``single_weight_transfer``,
     ``cyclic_weight_transfer`` (``rounds`` cycles), ``fine_tuning``, ``replay`` (plus up to ``replay_capacity``
-    cases of every earlier site), ``vcl``, ``dwc`` (MAP stage, q0 on the first site, every other site from q0,
-    Eq. 17, ``rounds`` rounds, fine-tuning on the first site unless ``dwc_finetune=False``) and
+    cases of every earlier site), ``ewc`` (fine-tuning with ``nnUNetTrainerEWC``'s penalty), ``vcl``, ``dwc`` (MAP
+    stage, q0 on the first site, every other site from q0, Eq. 17, ``rounds`` rounds, fine-tuning on the first site
+    unless ``dwc_finetune=False``) and
     ``federated_averaging`` (``rounds`` rounds of ``epochs`` local epochs).
 
     Args:

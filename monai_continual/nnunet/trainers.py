@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from monai_continual.nnunet.bayesian_trainer import nnUNetTrainerBayesian, nnUNetTrainerVCL, nnUNetTrainerVCLUnbounded
+from monai_continual.nnunet.ewc_trainer import nnUNetTrainerEWC
 from monai_continual.nnunet.proximal_trainer import nnUNetTrainerFedProx
 from monai_continual.nnunet.replay_trainer import nnUNetTrainerReplay
 from monai_continual.nnunet.short_trainers import (
@@ -23,13 +24,15 @@ from monai_continual.nnunet.short_trainers import (
 __all__ = [
     "TRAINERS", "register_trainers", "find_trainer", "ext_trainer_folder",
     "nnUNetTrainerBayesian", "nnUNetTrainerVCL", "nnUNetTrainerVCLUnbounded", "nnUNetTrainerReplay",
-    "nnUNetTrainerFedProx", "nnUNetTrainerBayesian_short", "nnUNetTrainerVCL_short", "nnUNetTrainerReplay_short",
+    "nnUNetTrainerFedProx", "nnUNetTrainerEWC", "nnUNetTrainerBayesian_short", "nnUNetTrainerVCL_short",
+    "nnUNetTrainerReplay_short",
 ]
 
 TRAINERS = {
     cls.__name__: cls
     for cls in (nnUNetTrainerBayesian, nnUNetTrainerVCL, nnUNetTrainerVCLUnbounded, nnUNetTrainerReplay,
-                nnUNetTrainerFedProx, nnUNetTrainerBayesian_short, nnUNetTrainerVCL_short, nnUNetTrainerReplay_short)
+                nnUNetTrainerFedProx, nnUNetTrainerEWC, nnUNetTrainerBayesian_short, nnUNetTrainerVCL_short,
+                nnUNetTrainerReplay_short)
 }
 
 

@@ -15,8 +15,18 @@ from monai_continual.consolidation.weight_store import DirectoryWeightStore
 from monai_continual.strategies.layout import RunLayout
 from monai_continual.strategies.stage import NetworkKind, Stage
 from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.hashing import tensors_sha256
+from monai_continual.utils.tensor_files import read_tensor_file, write_tensor_file
 
-__all__ = ["StageArtifacts"]
+__all__ = ["StageArtifacts", "FISHER_FORMAT"]
+
+#: the format name of a running Fisher file (safetensors: a summary of parameters, it may travel with the weights)
+FISHER_FORMAT = "monai-continual-fisher"
+_FISHER_VERSION = 1
+
+
+def _fisher_metadata(number: int) -> dict[str, int]:
+    return {"stage": int(number)}
 
 
 class StageArtifacts:
@@ -82,7 +92,30 @@ class StageArtifacts:
             loaded["prior"] = self.published_sha(stage.prior)
         if stage.inputs:
             loaded["inputs"] = [self.published_sha(i) for i in stage.inputs]
+        if stage.fisher is not None:
+            loaded["fisher"] = self.fisher_sha(stage.fisher)
         return loaded
+
+    @staticmethod
+    def fisher_content_sha256(fisher: Mapping[str, torch.Tensor], number: int) -> str:
+        """The content SHA-256 stage ``number``'s running Fisher ``fisher`` is published under."""
+        return tensors_sha256(fisher, _fisher_metadata(number))
+
+    def save_fisher(self, number: int, fisher: Mapping[str, torch.Tensor]) -> str:
+        """Publish stage ``number``'s running Fisher (a side output, saved before the stage's weights); return its
+        content SHA-256."""
+        path = self.layout.fisher_file(number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_tensor_file(path, fisher, _fisher_metadata(number), FISHER_FORMAT, _FISHER_VERSION)
+
+    def fisher(self, number: int) -> dict[str, torch.Tensor]:
+        """The running Fisher stage ``number`` published (checked against its hash)."""
+        return read_tensor_file(self.layout.fisher_file(number), FISHER_FORMAT, _FISHER_VERSION)[0]
+
+    def fisher_sha(self, number: int) -> str | None:
+        """Content SHA-256 of stage ``number``'s running Fisher, or ``None`` when it has not published one."""
+        path = self.layout.fisher_file(number)
+        return read_tensor_file(path, FISHER_FORMAT, _FISHER_VERSION)[2] if path.exists() else None
 
     def weights(self, number: int) -> dict[str, torch.Tensor]:
         """The weights stage ``number`` published (checked against the manifest's hash)."""

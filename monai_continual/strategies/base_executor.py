@@ -107,6 +107,7 @@ class BaseStageExecutor:
         """Write the receipt (count, details, the hashes of the stage's inputs), then publish ``model`` (weights to
         the store, a posterior to its file): publishing commits the stage. Returns the content SHA-256."""
         number = stage.number
+        crash_point("before_publish", number)  # side outputs (optimizer state, replay memory, Fisher) are saved
         fields = {"num_examples": int(num_examples), "details": dict(details), "inputs": self.artifacts.loaded(stage)}
         if isinstance(model, Posterior):
             sha = model.sha256()

@@ -94,8 +94,7 @@ def _check_numbers(stages: Sequence[Stage]) -> None:
     for expected, stage in enumerate(stages, 1):
         if stage.number != expected:
             raise ValueError(f"run_stages: stage {stage.label!r} has number {stage.number}, expected {expected}.")
-        refs = [
-            r for r in (stage.start, stage.prior, stage.previous_visit, stage.memory, *stage.inputs) if r is not None
-        ]
+        named = (stage.start, stage.prior, stage.previous_visit, stage.memory, stage.fisher, *stage.inputs)
+        refs = [r for r in named if r is not None]
         if any(r >= stage.number for r in refs):
             raise ValueError(f"run_stages: stage {stage.number} ({stage.label}) depends on a later stage: {refs}.")

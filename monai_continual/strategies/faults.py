@@ -9,7 +9,9 @@ __all__ = ["CRASH_ENV", "STEPS", "crash_point"]
 #: ``STEP:STAGE`` (e.g. ``after_publish:3``) makes the process exit at that step of that stage, as a SIGKILL would
 CRASH_ENV = "MONAI_CONTINUAL_CRASH_AT"
 #: the step boundaries a run can be interrupted at
-STEPS = ("mid_training", "after_publish", "during_evaluation", "before_state_save", "mid_consolidation")
+STEPS = (
+    "mid_training", "before_publish", "after_publish", "during_evaluation", "before_state_save", "mid_consolidation"
+)
 _EXIT_CODE = 86
 
 

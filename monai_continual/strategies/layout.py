@@ -6,6 +6,7 @@
     <run>/store/                                    weights of deterministic stages (DirectoryWeightStore)
     <run>/store/optimizer_stage####.safetensors     the optimizer state that travels (optimizer_state="transfer")
     <run>/posteriors/stage####.safetensors          posteriors of Bayesian stages
+    <run>/fisher/stage####.safetensors              the running diagonal Fisher after a stage (ewc)
     <run>/receipts/stage####.json                   a stage's count, details and input hashes, written before
                                                     its model is published
     <run>/checks/stage####.json                     a site's check of a model it received
@@ -72,6 +73,9 @@ class RunLayout:
 
     def posterior_file(self, number: int) -> Path:
         return self.root / "posteriors" / stage_file_name(number, ".safetensors")
+
+    def fisher_file(self, number: int) -> Path:
+        return self.root / "fisher" / stage_file_name(number, ".safetensors")
 
     def receipt_file(self, number: int) -> Path:
         return self.root / "receipts" / stage_file_name(number, ".json")

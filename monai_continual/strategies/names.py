@@ -21,8 +21,10 @@ class Strategy(StrEnum):
     ``single_site`` (one model per site), ``ensemble`` (their mean softmax), ``centrally_hosted`` (pooled data),
     ``single_weight_transfer`` (each site once, to a validation plateau), ``cyclic_weight_transfer`` (every site
     many times), ``fine_tuning`` (each site once, no memory), ``replay`` (fine-tuning plus a memory of earlier sites'
-    cases), ``vcl`` (variational continual learning), ``dwc`` (distributed weight consolidation) and
-    ``federated_averaging`` (FedAvg: parallel site training, averaged weighted by training-set size).
+    cases), ``ewc`` (fine-tuning with online elastic weight consolidation: a penalty keeps the weights near the
+    previous site's, weighted by a running diagonal Fisher), ``vcl`` (variational continual learning), ``dwc``
+    (distributed weight consolidation) and ``federated_averaging`` (FedAvg: parallel site training, averaged
+    weighted by training-set size).
     """
 
     SINGLE_SITE = "single_site"
@@ -32,6 +34,7 @@ class Strategy(StrEnum):
     CYCLIC_WEIGHT_TRANSFER = "cyclic_weight_transfer"
     FINE_TUNING = "fine_tuning"
     REPLAY = "replay"
+    EWC = "ewc"
     VCL = "vcl"
     DWC = "dwc"
     FEDERATED_AVERAGING = "federated_averaging"
@@ -70,12 +73,15 @@ SEQUENTIAL = (
     Strategy.CYCLIC_WEIGHT_TRANSFER,
     Strategy.FINE_TUNING,
     Strategy.REPLAY,
+    Strategy.EWC,
     Strategy.VCL,
 )
 #: strategies that train Bayesian networks
 BAYESIAN = (Strategy.VCL, Strategy.DWC)
 #: strategies whose result depends on the site order, in the order a summary lists their spread over orders
-ORDER_DEPENDENT = (Strategy.FINE_TUNING, Strategy.REPLAY, Strategy.VCL, Strategy.CYCLIC_WEIGHT_TRANSFER)
+ORDER_DEPENDENT = (
+    Strategy.FINE_TUNING, Strategy.REPLAY, Strategy.EWC, Strategy.VCL, Strategy.CYCLIC_WEIGHT_TRANSFER
+)
 #: the named result of DWC's consolidated model fine-tuned on the first site (``dwc``: before fine-tuning)
 DWC_FINETUNED = "dwc_finetuned"
 #: every summary row in display order (:attr:`Strategy.summary_rows` of each strategy)

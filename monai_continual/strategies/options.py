@@ -21,6 +21,7 @@ __all__ = [
     "CyclicWeightTransferOptions",
     "FineTuningOptions",
     "ReplayOptions",
+    "EWCOptions",
     "VCLOptions",
     "DWCOptions",
     "FederatedAveragingOptions",
@@ -159,6 +160,37 @@ class ReplayOptions(_Ordered):
 
 
 @dataclass
+class EWCOptions(_Ordered):
+    """``ewc``: fine-tuning with online elastic weight consolidation (Kirkpatrick et al. 2017; Schwarz et al. 2018).
+
+    Every site after the first trains on ``loss + ewc_lambda/2 * sum_i F_i (w_i - w*_i)^2``, ``w*`` the previous
+    site's weights and ``F`` the running diagonal Fisher: after a site trains, it estimates the Fisher of its own
+    training data at its final weights (the mean over its training voxels of the squared gradient of their
+    cross-entropy, :func:`~monai_continual.bayes.laplace.parameter_fisher`) and the running Fisher becomes
+    ``gamma * F_previous + F_site``. ``F`` is a summary of parameters, published next to the weights.
+
+    Attributes:
+        ewc_lambda: the penalty's weight (>= 0). With a per-voxel mean Fisher, 1 weighs every earlier site's
+            quadratic approximation like the current site's mean data loss; 0 is ``fine_tuning``.
+        gamma: the running Fisher's decay in (0, 1] (1: every earlier site counts fully; online EWC's gamma).
+
+    Example::
+
+        >>> make_options("ewc", ewc_lambda=10.0, gamma=0.9, order="random")
+    """
+
+    ewc_lambda: float = 1.0
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least("ewc_lambda", self.ewc_lambda, 0)
+        _at_least("gamma", self.gamma, 0)
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"option gamma must be a number in (0, 1], got {self.gamma!r}.")
+
+
+@dataclass
 class VCLOptions(_Ordered):
     """``vcl``: Bayesian networks; each site's posterior is the next site's prior (McClure et al. Eq. 8).
 
@@ -231,6 +263,7 @@ OPTIONS: dict[Strategy, type[StrategyOptions]] = {
     Strategy.CYCLIC_WEIGHT_TRANSFER: CyclicWeightTransferOptions,
     Strategy.FINE_TUNING: FineTuningOptions,
     Strategy.REPLAY: ReplayOptions,
+    Strategy.EWC: EWCOptions,
     Strategy.VCL: VCLOptions,
     Strategy.DWC: DWCOptions,
     Strategy.FEDERATED_AVERAGING: FederatedAveragingOptions,

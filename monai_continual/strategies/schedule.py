@@ -108,6 +108,13 @@ def _replay(sites, options, epochs, seed) -> list[Stage]:
     return [dataclasses.replace(s, memory=s.number - 1 if s.number > 1 else None) for s in stages]
 
 
+def _ewc(sites, options, epochs, seed) -> list[Stage]:
+    stages = _sequential(sites, options, epochs, seed, ewc_gamma=float(options.gamma))
+    # every site after the first is held near its start by the running Fisher its start published
+    return [stages[0]] + [dataclasses.replace(s, fisher=s.start, ewc_lambda=float(options.ewc_lambda))
+                          for s in stages[1:]]
+
+
 def _vcl(sites, options, epochs, seed) -> list[Stage]:
     offset = 1 if options.map_stage else 0
     stages = _sequential(sites, options, epochs, seed, offset=offset, network=NetworkKind.BAYES)
@@ -215,6 +222,7 @@ _BUILDERS = {
     Strategy.CYCLIC_WEIGHT_TRANSFER.value: _cyclic,
     Strategy.FINE_TUNING.value: _fine_tuning,
     Strategy.REPLAY.value: _replay,
+    Strategy.EWC.value: _ewc,
     Strategy.VCL.value: _vcl,
     Strategy.DWC.value: _dwc,
     Strategy.FEDERATED_AVERAGING.value: _federated_averaging,

@@ -60,6 +60,14 @@ class Stage:
         proximal_mu: FedProx's mu of a deterministic ``train`` stage: every step adds ``mu/2 ||w - w_start||^2``
             to the loss, ``w_start`` the ``start`` stage's weights (0: none). Part of :meth:`to_dict` only when
             not 0, so that runs made before this field keep their configuration hash.
+        ewc_lambda: EWC's lambda of a deterministic ``train`` stage: every step adds
+            ``lambda/2 sum_i F_i (w_i - w_start_i)^2`` to the loss, ``F`` the ``fisher`` stage's running Fisher
+            (0: none).
+        fisher: the stage whose running Fisher the penalty uses and this stage's own decays (``None``: none).
+        ewc_gamma: when set, the stage publishes its running Fisher after training, ``ewc_gamma * F_fisher +
+            F_own`` (``F_own``: the site's Fisher at the trained weights); in (0, 1].
+            ``ewc_lambda``, ``fisher`` and ``ewc_gamma`` are part of :meth:`to_dict` only when set, as
+            ``proximal_mu``.
     """
 
     number: int
@@ -82,18 +90,35 @@ class Stage:
     result: str | None = None
     round: int | None = None
     proximal_mu: float = 0.0
+    ewc_lambda: float = 0.0
+    fisher: int | None = None
+    ewc_gamma: float | None = None
 
     def __post_init__(self) -> None:
         # site names become folder names of a run (``sites/<site>/``, ``stages/<number>_<site>/``), also where a
         # stage arrives from elsewhere (a federated server): refuse anything but ``^[A-Za-z0-9_-]+$`` here
         for site in self.sites:
             check_site_name(site, f"stage {self.number}: site")
-        mu = self.proximal_mu
-        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
-            raise ValueError(f"stage {self.number}: proximal_mu must be a finite number >= 0, got {mu!r}.")
-        if mu and (self.action != Action.TRAIN or self.network != NetworkKind.MAP or self.start is None):
-            raise ValueError(f"stage {self.number}: proximal_mu applies to deterministic train stages with a start, "
-                             f"not to a {self.network} {self.action} stage.")
+        self._check_number("proximal_mu", self.proximal_mu)
+        self._check_number("ewc_lambda", self.ewc_lambda)
+        if self.ewc_gamma is not None:
+            self._check_number("ewc_gamma", self.ewc_gamma, high=1.0)
+            if self.ewc_gamma == 0:
+                raise ValueError(f"stage {self.number}: ewc_gamma must be in (0, 1], got {self.ewc_gamma!r}.")
+        if self.ewc_lambda and self.fisher is None:
+            raise ValueError(f"stage {self.number}: ewc_lambda needs the stage of the Fisher it weighs (fisher).")
+        anchored = {"proximal_mu": self.proximal_mu, "ewc_lambda": self.ewc_lambda,
+                    "fisher": self.fisher is not None, "ewc_gamma": self.ewc_gamma is not None}
+        if self.action != Action.TRAIN or self.network != NetworkKind.MAP or self.start is None:
+            for name in (name for name, value in anchored.items() if value):
+                raise ValueError(f"stage {self.number}: {name} applies to deterministic train stages with a start, "
+                                 f"not to a {self.network} {self.action} stage.")
+
+    def _check_number(self, name: str, value: float, high: float = math.inf) -> None:
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not 0 <= value <= high):
+            bound = "" if high == math.inf else f" and <= {high:g}"
+            raise ValueError(f"stage {self.number}: {name} must be a finite number >= 0{bound}, got {value!r}.")
 
     @property
     def site(self) -> str:
@@ -108,6 +133,7 @@ class Stage:
         data = asdict(self)
         data["action"], data["network"] = str(self.action), str(self.network)
         data["sites"], data["inputs"] = list(self.sites), list(self.inputs)
-        if not self.proximal_mu:
-            del data["proximal_mu"]
+        for name, unset in (("proximal_mu", 0.0), ("ewc_lambda", 0.0), ("fisher", None), ("ewc_gamma", None)):
+            if data[name] == unset:
+                del data[name]
         return data
