@@ -260,3 +260,45 @@ def test_cyclic_weight_transfer_over_bundles_in_poc_mode(hospitals, tmp_path):
     stages = _stages(run.run_dir)
     assert [s["sites"] for s in stages] == [[], ["hospital_1"], ["hospital_2"]]
     assert all(b["loaded"]["start"] == a["published"] for a, b in zip(stages, stages[1:]))
+
+
+def _loopback(hospitals, out: Path, strategy: str, options: dict) -> list[dict]:
+    """The server's run with every bundle site in this process (no NVFlare): the same workers as the simulator's."""
+    from monai_continual.engines.bundle_executor import BundleStageExecutor
+    from monai_continual.federated.payload import REPLY_KEYS, check_payload
+    from monai_continual.federated.server_run import run_on_server
+    from monai_continual.federated.site_worker import SiteWorker
+
+    _, bundle, sites = hospitals
+    training = [s for s in sites if s != "hospital_3"]
+    workers = {}
+    for site in training:
+        spec = BundleSite(str(bundle), site, overrides=sites[site])
+        workers[site] = SiteWorker(lambda stages, run_dir, spec=spec: BundleStageExecutor(spec, run_dir, stages),
+                                   site, out / "sites" / site)
+
+    def send(task, site, params, meta):
+        check_payload(meta, params, None)
+        params, meta, metrics = workers[site].handle(task, meta, params)
+        return params, {k: v for k, v in meta.items() if k in REPLY_KEYS}, metrics
+
+    run_on_server(strategy, options, training, training, out / strategy, send, log=None)
+    return _stages(out / strategy)
+
+
+def test_ewc_and_fedprox_wrap_the_bundle_loss(hospitals, tmp_path):
+    """EWC with lambda 0 is fine-tuning (same published weights) and publishes running Fishers; FedProx's mu > 0
+    keeps the sites' models closer to the global one than FedAvg's."""
+    tuned = _loopback(hospitals, tmp_path / "ft", "fine_tuning", {})
+    ewc = _loopback(hospitals, tmp_path / "ewc", "ewc", {"ewc_lambda": 0.0})
+    assert [s["published"] for s in tuned] == [s["published"] for s in ewc]
+    assert all("fisher" in s["details"] for s in ewc[1:])
+    distances = {}
+    for name, mu in (("fedavg", 0.0), ("fedprox", 10.0)):
+        stages = _loopback(hospitals, tmp_path / name, "federated_averaging", {"rounds": 1, "proximal_mu": mu})
+        store = DirectoryWeightStore(tmp_path / name / "federated_averaging" / "store")
+        start = store.load(store.entry(0))
+        sites = [s["number"] for s in stages if s["action"] == "train"]
+        distances[name] = sum(float(((store.load(store.entry(n))[k] - start[k]) ** 2).sum())
+                              for n in sites for k in start if start[k].is_floating_point())
+    assert distances["fedprox"] < distances["fedavg"], distances

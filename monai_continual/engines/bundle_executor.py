@@ -13,14 +13,14 @@ from ignite.engine import Events
 from torch import nn
 
 from monai_continual.bayes.convert import bayesianize
-from monai_continual.bayes.laplace import calibrate_posterior_std, std_summary
+from monai_continual.bayes.laplace import calibrate_posterior_std, parameter_fisher, std_summary
 from monai_continual.bayes.mc_inferer import MCInferer
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.consolidation.weight_store import WeightEntry
 from monai_continual.engines.bundle_site import BundleSite
 from monai_continual.handlers.site_batches import site_batches
 from monai_continual.handlers.site_score import SiteScoreRecorder
-from monai_continual.losses import ELBOLoss, voxels_per_item
+from monai_continual.losses import ELBOLoss, EWCLoss, ProximalLoss, proximal_anchor, running_fisher, voxels_per_item
 from monai_continual.strategies.base_executor import BaseStageExecutor
 from monai_continual.strategies.engine import INITIAL_STAGE
 from monai_continual.strategies.executor import StageOutput, check_finite_weights
@@ -181,6 +181,14 @@ class BundleStageExecutor(BaseStageExecutor):
             trainer.loss_function = ELBOLoss(trainer.loss_function, network, float(examples * voxels))
             seed = self.seed + stage.number
             details["std"] = calibrate_posterior_std(network, lambda: site_batches(dataset, network), seed=seed)
+        if stage.proximal_mu or stage.ewc_lambda:  # FedProx and EWC: anchored at the start stage's weights
+            anchor = self.artifacts.weights(stage.start)
+            if stage.proximal_mu:
+                trainer.loss_function = ProximalLoss(trainer.loss_function, network,
+                                                     proximal_anchor(network, anchor), stage.proximal_mu)
+            if stage.ewc_lambda:
+                trainer.loss_function = EWCLoss(trainer.loss_function, network, anchor,
+                                                self.artifacts.fisher(stage.fisher), stage.ewc_lambda)
         self._record_scores(stage, trainer, parser, network, len(dataset))
         self._trainer = trainer
         try:
@@ -192,6 +200,11 @@ class BundleStageExecutor(BaseStageExecutor):
         state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
         check_finite_weights(state, stage)
         details["epochs_run"] = int(trainer.state.epoch)
+        if stage.ewc_gamma is not None:  # the site's Fisher at its trained weights joins the running one
+            seed = self.seed + stage.number
+            own = parameter_fisher(network, site_batches(dataset, network), seed=seed)
+            previous = None if stage.fisher is None else self.artifacts.fisher(stage.fisher)
+            details["fisher"] = self.artifacts.save_fisher(stage.number, running_fisher(previous, own, stage.ewc_gamma))
         if bayes:
             details["std"] = dict(details.get("std", {}), trained=std_summary(network))
             model: Any = Posterior.from_model(network, site=self.site, num_examples=len(dataset))
