@@ -302,3 +302,33 @@ def test_ewc_and_fedprox_wrap_the_bundle_loss(hospitals, tmp_path):
         distances[name] = sum(float(((store.load(store.entry(n))[k] - start[k]) ** 2).sum())
                               for n in sites for k in start if start[k].is_floating_point())
     assert distances["fedprox"] < distances["fedavg"], distances
+
+
+@pytest.mark.slow
+def test_exclude_vars_keeps_variables_at_the_sites_and_difference_filters_are_refused(hospitals, tmp_path):
+    """NVIDIA FLARE's ExcludeVars on the sites' training results: the excluded layer never leaves a site, the server
+    takes it from each stage's start (here: the initial weights throughout), every other layer trains."""
+    from monai_continual.federated.result_filters import check_result_filters
+
+    _, bundle, sites = hospitals
+    training = {k: v for k, v in sites.items() if k != "hospital_3"}
+    keep = [{"name": "ExcludeVars", "args": {"exclude_vars": r"model\.2\."}}]
+    run = FederatedRun.bundle(bundle, training, "cyclic_weight_transfer", tmp_path, options={"cycles": 1},
+                              task_request_interval=POLL, result_filters=keep, payload_log=str(tmp_path / "log"))
+    run.run()
+    store = DirectoryWeightStore(run.run_dir / "store")
+    initial, last = store.load(store.entry(0)), store.load(store.entry(2))
+    excluded = [k for k in initial if k.startswith("model.2.")]
+    assert excluded and all(torch.equal(last[k], initial[k]) for k in excluded)
+    assert any(not torch.equal(last[k], initial[k]) for k in initial if k not in excluded)
+    received = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    trained = [r for r in received if r["direction"] == "received" and r["task"] == "train"]
+    assert trained and not any("model.2." in name for r in trained for name in r["params"])
+    # the privacy filters that assume weight differences are refused on full weights, by name
+    for name in ("PercentilePrivacy", "SVTPrivacy"):
+        with pytest.raises(ValueError, match=f"{name} treats what it filters as weight differences"):
+            FederatedRun.bundle(bundle, training, "cyclic_weight_transfer", tmp_path / "x",
+                                result_filters=[{"name": name, "args": {}}])
+        assert check_result_filters([{"name": name, "args": {}}], weight_diff=True)
+    with pytest.raises(ValueError, match="result filter 0"):
+        check_result_filters([{"name": "nvflare.app_common.filters.ExcludeVars"}], weight_diff=False)

@@ -10,6 +10,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from monai_continual.federated.boundary import BoundaryPolicy
 from monai_continual.federated.payload import REPLY_KEYS, PayloadError, check_payload
+from monai_continual.federated.result_filters import check_result_filters
 from monai_continual.federated.server_run import run_on_server
 from monai_continual.strategies import Strategy, strategy_of
 
@@ -54,14 +55,18 @@ class StrategyController(ModelController):
         allow_data_to_leave_sites: must be set for strategies that move data (replay).
         boundary: the bounds on a site's influence, :class:`~monai_continual.federated.boundary.BoundaryPolicy`'s
             fields as JSON (defaults: equal FedAvg weights, updates bounded to 2x the median norm, posteriors screened).
+        result_filters: the task-result filters the job applies at the sites, as data
+            (:mod:`~monai_continual.federated.result_filters`; full-weight transfer: ``ExcludeVars`` only).
     """
 
     def __init__(self, strategy: str, options: dict, sites: list, eval_sites: list, run_dir: str, *,
                  settings: dict | None = None, epochs: int = 1, seed: int = 0, min_clients: int = 1,
                  task_timeout: int = 0, payload_log: str = "", allow_data_to_leave_sites: bool = False,
-                 boundary: dict | None = None) -> None:
+                 boundary: dict | None = None, result_filters: list | None = None) -> None:
         super().__init__()
         refuse_data_transfer(strategy, allow_data_to_leave_sites)
+        check_result_filters(result_filters or [], weight_diff=False)  # full weights and posteriors travel
+        self.result_filters = list(result_filters or [])
         self.boundary = BoundaryPolicy.from_dict(boundary).to_dict()  # refused here, before the job runs
         self.strategy = strategy
         self.options = dict(options or {})
@@ -112,7 +117,7 @@ class StrategyController(ModelController):
         try:
             run_on_server(self.strategy, self.options, self.sites, self.eval_sites, self.run_dir, self._send,
                           settings=self.settings, epochs=self.epochs, seed=self.seed, min_clients=self.min_clients,
-                          boundary=self.boundary, log=self.info)
+                          boundary=self.boundary, log=self.info, result_filters=self.result_filters)
         except (PayloadError, RuntimeError, ValueError) as err:
             self.error(f"federated {self.strategy} stopped: {err}")
             raise

@@ -16,6 +16,7 @@ from monai_continual.federated.boundary import BoundaryPolicy
 from monai_continual.federated.controller import StrategyController, refuse_data_transfer
 from monai_continual.federated.network_spec import NETWORK_DEF_KEY, launcher_network_def
 from monai_continual.federated.overrides import MONAI_SITE_KEYS, NNUNET_SITE_KEYS, check_overrides
+from monai_continual.federated.result_filters import check_result_filters, result_filters
 from monai_continual.report import summary_table
 from monai_continual.strategies import make_options, strategy_of
 from monai_continual.utils.flags import as_flag
@@ -109,6 +110,7 @@ class FederatedRun:
         self.strategy = name.value
         self.site_args: dict[str, list[str]] = {}  # a site's own arguments (a bundle site's bundle and data)
         self.identity: dict[str, Any] | None = None  # the run's settings when the sites get none of them
+        self.result_filters: list[dict[str, Any]] = []
         self.sites, self.eval_sites = list(sites), list(eval_sites)
         self.output_dir = Path(output_dir).resolve()
         self.overrides = overrides
@@ -167,7 +169,8 @@ class FederatedRun:
                evaluate_config: str | None = None, mc_samples: int = 3, engine: str = "simulator",
                export: str = "", epochs: int = 1, seed: int = 0, min_clients: int | None = None,
                task_timeout: int = 0, payload_log: str = "", boundary: Mapping[str, Any] | None = None,
-               task_request_interval: float | None = None) -> FederatedRun:
+               task_request_interval: float | None = None,
+               result_filters: Sequence[Mapping[str, Any]] = ()) -> FederatedRun:
         """Hospitals' own MONAI bundles as the sites (:mod:`~monai_continual.federated.bundle_client`).
 
         Every site runs the same bundle (a run never mixes networks: a site whose network differs is refused at the
@@ -175,7 +178,9 @@ class FederatedRun:
         plain JSON), ``eval_sites`` the held-out ones. On one machine (simulator, POC) each site gets ``bundle_root``,
         its overrides and ``output_dir/sites`` as arguments; an exported job names none of them, and each hospital
         sets ``MONAI_CONTINUAL_BUNDLE_ROOT``, ``MONAI_CONTINUAL_BUNDLE_OVERRIDES`` (a JSON file) and
-        ``MONAI_CONTINUAL_WORKDIR`` in its client's environment.
+        ``MONAI_CONTINUAL_WORKDIR`` in its client's environment. ``result_filters`` are NVIDIA FLARE task-result
+        filters every site applies to its training results (:mod:`~monai_continual.federated.result_filters`:
+        ``ExcludeVars``; the privacy filters that assume differences are refused, full weights travel).
 
         Example::
 
@@ -197,6 +202,8 @@ class FederatedRun:
                    task_timeout=task_timeout, allow=False, payload_log=payload_log, boundary=boundary,
                    accept_margin=None, task_request_interval=task_request_interval)
         run.overrides = {}  # nothing of the bundle's config is chosen by the job: only the sites' own settings
+        check_result_filters(result_filters, weight_diff=False)
+        run.result_filters = [dict(f) for f in result_filters]
         common = ["--train-config", str(train_config), "--mc-samples", str(int(mc_samples))]
         if evaluate_config:
             common += ["--evaluate-config", str(evaluate_config)]
@@ -217,6 +224,7 @@ class FederatedRun:
         """The NVFlare job: our controller on the server, the client script at every site."""
         from nvflare.fuel.utils.constants import FrameworkType
         from nvflare.job_config.api import FedJob
+        from nvflare.job_config.defs import FilterType
         from nvflare.job_config.script_runner import ScriptRunner
 
         job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=self.min_clients)
@@ -225,6 +233,7 @@ class FederatedRun:
             self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), settings=self._site_settings(),
             epochs=self.epochs, seed=self.seed, min_clients=self.min_clients, task_timeout=self.task_timeout,
             payload_log=self.payload_log, allow_data_to_leave_sites=self.allow, boundary=self.boundary,
+            result_filters=self.result_filters,
         )
         job.to_server(controller)
         if self.task_request_interval is not None:  # the server app's system setting (config_fed_server.json)
@@ -256,6 +265,8 @@ class FederatedRun:
                 ScriptRunner(script=str(self.script), script_args=" ".join(site_args), framework=FrameworkType.NUMPY),
                 site,
             )
+            for task_filter in result_filters(self.result_filters, weight_diff=False):  # on training results only
+                job.to(task_filter, site, filter_type=FilterType.TASK_RESULT, tasks=["train"])
         return job
 
     def _site_settings(self) -> dict[str, Any]:

@@ -72,11 +72,15 @@ class FederatedStageExecutor(BaseStageExecutor):
         run_id: the run's identity (config hash), sent with every task: a site keys its stage outputs by it.
         policy: the bounds on a site's influence (default :class:`BoundaryPolicy`).
         test_sizes: site -> test cases, as known from earlier evaluations of this run (resume).
+        excluded: whether a training result's variable (its name as sent, ``published|<group>/<name>``) is one the
+            job's ``ExcludeVars`` filter keeps at the site (:func:`~monai_continual.federated.result_filters.
+            excluded_names`): it is taken from the stage's start, as the site will receive it, and the stage's hash
+            is the server's (the site's covers values it kept).
     """
 
     def __init__(self, run_dir: str | Path, stages: Sequence[Stage], send: Send, min_clients: int = 1, *,
                  run_id: str = "", policy: BoundaryPolicy | None = None,
-                 test_sizes: dict[str, int] | None = None) -> None:
+                 test_sizes: dict[str, int] | None = None, excluded: Callable[[str], bool] | None = None) -> None:
         super().__init__(run_dir, stages)
         self.send = send
         self.min_clients = int(min_clients)
@@ -86,6 +90,7 @@ class FederatedStageExecutor(BaseStageExecutor):
         self.missing: set[int] = set()
         self.dead: set[str] = set()
         self.events: dict[int, list[dict[str, Any]]] = {}
+        self.excluded = excluded
 
     def _event(self, number: int, **event: Any) -> None:
         logger.warning(f"stage {number}: {event}")
@@ -195,12 +200,14 @@ class FederatedStageExecutor(BaseStageExecutor):
                     return self._skip(stage, site, refused=True)
                 sha = model.sha256()
             else:
-                model = params_to_weights(tensors)
                 start = (self.artifacts.weights(stage.start)
                          if stage.start is not None and self.artifacts.kind(stage.start) == NetworkKind.MAP else None)
+                tensors, kept = self._completed(stage, tensors, start and {f"weights/{k}": v for k, v in start.items()})
+                model = params_to_weights(tensors)
                 check_model(model, start, what, self.policy)
                 sha = self.artifacts.store.content_sha256(model, site, stage.number)
-                self._check_sha(sha, meta, what)
+                if not kept:
+                    self._check_sha(sha, meta, what)
             fisher = self._checked_fisher(stage, parts["fisher"], model, meta) if ewc else None
         except PayloadError as err:  # the visit counts as skipped, the site as refused
             self._event(stage.number, site=site, model="refused", reason=str(err))
@@ -215,6 +222,16 @@ class FederatedStageExecutor(BaseStageExecutor):
             details["fisher"] = self.artifacts.save_fisher(stage.number, fisher)
         self.publish(stage, model, site, count, details)
         return self._output(stage.number, sha, loaded, count, details)
+
+    def _completed(self, stage: Stage, tensors: dict, start: dict | None) -> tuple[dict, list[str]]:
+        """``tensors`` with the variables the job's ``ExcludeVars`` kept at the site taken from ``start`` (the same
+        ``group/name`` keys), and those names; a missing variable the filter does not name stays missing."""
+        if self.excluded is None:
+            return tensors, []
+        kept = sorted(k for k in (start or {}) if k not in tensors and self.excluded(f"published|{k}"))
+        if kept:
+            self._event(stage.number, site=stage.site, kept_at_site=len(kept), taken_from_stage=stage.start)
+        return {**tensors, **{k: start[k] for k in kept}}, kept
 
     def _checked_fisher(self, stage: Stage, tensors: dict, weights: dict, meta: dict) -> dict:
         """The running Fisher that came with a stage's weights, after the checks (:func:`check_fisher`, hash)."""
@@ -241,15 +258,23 @@ class FederatedStageExecutor(BaseStageExecutor):
             raise PayloadError(f"{what}: posterior metadata must be a small dict, got {type(metadata).__name__}.")
         if "num_examples" in metadata:
             check_count(metadata["num_examples"], f"{what}: posterior metadata num_examples")
+        number, reference = self._reference(stage)
+        kept: list[str] = []
+        if isinstance(reference, Posterior):
+            groups = {"mean": reference.mean, "std": reference.std, "deterministic": reference.deterministic}
+            tensors, kept = self._completed(stage, tensors, {f"{g}/{k}": v for g, d in groups.items() for k, v in
+                                                             d.items()})
+        else:
+            tensors, kept = self._completed(stage, tensors, None)
         try:
             posterior = params_to_posterior(tensors, metadata)
         except (TypeError, ValueError) as err:  # non-finite values, std <= 0, mismatched means and stds
             raise PayloadError(f"{what}: {err}") from err
         if not posterior.mean:
             raise PayloadError(f"{what}: the posterior has no Bayesian parameters.")
-        number, reference = self._reference(stage)
         check_posterior(posterior, reference, what, self.policy)
-        self._check_sha(posterior.sha256(), meta, what)
+        if not kept:
+            self._check_sha(posterior.sha256(), meta, what)
         if not isinstance(reference, Posterior):
             return posterior
         prior = reference if stage.prior in (None, number) else self.artifacts.posterior(stage.prior)

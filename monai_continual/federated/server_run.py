@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_continual.federated.boundary import BoundaryPolicy
+from monai_continual.federated.result_filters import excluded_names
 from monai_continual.federated.results import write_results
 from monai_continual.federated.server_executor import FederatedStageExecutor, Send
 from monai_continual.strategies import RunState, build_schedule, make_options, run_name, run_stages, strategy_of
@@ -23,7 +24,8 @@ __all__ = ["run_on_server"]
 def run_on_server(strategy: str, options: Mapping[str, Any], sites: Sequence[str], eval_sites: Sequence[str],
                   run_dir: str | Path, send: Send, *, settings: Mapping[str, Any] | None = None, epochs: int = 1,
                   seed: int = 0, min_clients: int = 1, boundary: Mapping[str, Any] | None = None,
-                  log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                  log: Callable[[str], None] | None = print,
+                  result_filters: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Run (or resume) one strategy with the sites reached through ``send``; return the summary.
 
     Args:
@@ -36,6 +38,8 @@ def run_on_server(strategy: str, options: Mapping[str, Any], sites: Sequence[str
         min_clients: fewest inputs a consolidation goes on with.
         boundary: :class:`BoundaryPolicy` fields.
         log: where a line per finished stage goes.
+        result_filters: the task-result filters the sites apply (:mod:`~monai_continual.federated.result_filters`):
+            variables an ``ExcludeVars`` keeps at a site are taken from the stage's start.
 
     Raises:
         Exception: whatever stops the run is written to ``error.txt`` first; run again to resume.
@@ -51,11 +55,12 @@ def run_on_server(strategy: str, options: Mapping[str, Any], sites: Sequence[str
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"strategy": run_name(name), "stages": [s.to_dict() for s in stages], "sites": list(sites),
               "eval_sites": list(eval_sites), "settings": dict(settings or {}), "engine": "federated",
-              "boundary": policy.to_dict()}
+              "boundary": policy.to_dict(), **({"result_filters": list(result_filters)} if result_filters else {})}
     state = RunState.open(run_dir, run_name(name), config)
     test_sizes = {site: len(v) for r in state.stage_records() for site, v in (r.scores or {}).items() if v}
     executor = FederatedStageExecutor(run_dir, stages, send, min_clients, run_id=state.config_hash, policy=policy,
-                                      test_sizes=test_sizes)
+                                      test_sizes=test_sizes,
+                                      excluded=excluded_names(result_filters) if result_filters else None)
     try:
         run_stages(stages, executor, state, list(eval_sites), log=log)
     except Exception as err:  # whatever stopped it, the next submission reads why
