@@ -431,6 +431,54 @@ def test_nnunet_runs_crashed_at_step_boundaries_resume_exactly(nnunet, tmp_path,
     assert len(set(published)) == len(published)
 
 
+def test_a_stage_killed_mid_training_resumes_from_its_checkpoint_to_the_same_hashes(nnunet, tmp_path):
+    """A SIGKILL after a stage's first epoch checkpoint, then a fault-point exit in the next stage: each rerun
+    continues the stage from ``checkpoint_latest.pth`` (nnU-Net's file, bound to the stage's input hashes) and the
+    run ends with the uninterrupted run's published hashes."""
+    from forked import ForkedWorker
+    from monai_continual.nnunet.stage_training import LATEST_CHECKPOINT, StageCheckpoint
+    from monai_continual.strategies import CRASH_ENV
+
+    names = list(nnunet["names"].values())[:2]
+    args = ["sites", "fine_tuning", *names, "--epochs", "3", "--iterations-per-epoch", "1",
+            "--val-iterations-per-epoch", "1", "--disable-tta", "-device", "cpu"]
+    env = {k: v for k, v in dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent)).items() if k != CRASH_ENV}
+
+    def records(directory: Path) -> list:
+        state = json.loads((directory / "state.json").read_text())
+        return [(r["number"], r["published"], r["loaded"], r["scores"]) for r in state["stages"]]
+
+    reference = run_forked(nnunet_cli.main, [*args, "-o", str(tmp_path / "reference")], env=env, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = tmp_path / "killed"
+    stages = RunLayout(run).root / "stages"
+    worker = ForkedWorker(nnunet_cli.main, [*args, "-o", str(run)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and worker.poll() is None and not list(stages.rglob(LATEST_CHECKPOINT)):
+        time.sleep(0.01)
+    os.kill(worker.pid, signal.SIGKILL)  # in stage 1's training, after its first checkpoint
+    assert worker.wait(60) == -signal.SIGKILL
+    [latest] = stages.rglob(LATEST_CHECKPOINT)
+    stage_dir = RunLayout(run).stage_dir(1, names[0])
+    assert stage_dir in latest.parents and not (run / "receipts").exists()
+    reference_state = json.loads((tmp_path / "reference" / "state.json").read_text())["stages"]
+    identity = {"inputs": {"start": reference_state[0]["published"]}, "trainer": "nnUNetTrainer", "epochs": 3,
+                "patience": None}
+    assert StageCheckpoint(identity).find(stage_dir)["current_epoch"] in (1, 2)
+    assert StageCheckpoint({**identity, "inputs": {"start": "0" * 64}}).find(stage_dir) is None  # other inputs
+
+    crashed = run_forked(nnunet_cli.main, [*args, "-o", str(run)], env={**env, CRASH_ENV: "mid_training:2"},
+                         timeout=300)
+    assert crashed.returncode == 86, crashed.stderr[-3000:]  # stage 2 exited after its first epoch's checkpoint
+    final = run_forked(nnunet_cli.main, [*args, "-o", str(run)], env=env, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert records(run) == records(tmp_path / "reference")
+    for number, site in ((1, names[0]), (2, names[1])):  # both stages continued, neither started again
+        folder = RunLayout(run).stage_dir(number, site)
+        logs = "".join(p.read_text() for p in folder.rglob("training_log_*.txt"))  # one per process
+        assert "resumed at epoch" in logs and not list(folder.rglob(LATEST_CHECKPOINT))
+
+
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("nvflare"), reason="needs nvflare")
 def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_path):
     """One short cyclic weight transfer over two tiny nnU-Net datasets in NVFlare's simulator: each site trains with
