@@ -479,6 +479,105 @@ def test_a_stage_killed_mid_training_resumes_from_its_checkpoint_to_the_same_has
         assert "resumed at epoch" in logs and not list(folder.rglob(LATEST_CHECKPOINT))
 
 
+def test_region_dice_by_hand_and_bad_exports_are_refused(tmp_path):
+    from monai_continual.nnunet.evaluation import region_dice
+
+    reference = np.array([0, 1, 2, 3, 3, 0]).reshape(1, 1, 6)
+    prediction = np.array([0, 1, 1, 3, 2, 2]).reshape(1, 1, 6)
+    # BraTS-style regions: whole (1, 2, 3): 2*4 / (5 + 4); core (2, 3): 2*2 / (3 + 3); enhancing (3): 2*1 / (1 + 2)
+    assert region_dice(prediction, reference, [(1, 2, 3), (2, 3), 3]) == pytest.approx((8 / 9 + 2 / 3 + 2 / 3) / 3)
+    assert region_dice(np.zeros_like(reference), np.zeros_like(reference), [(1, 2), 2]) == 1.0  # nothing to find
+    image = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), image)
+    cases = [{"image": [str(image), str(image)], "label": str(image)}, {"image": str(image), "label": str(image)}]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b"},
+                                    "sites": {"x": {"training": cases}}}))
+    with pytest.raises(ValueError, match=r"same image channels, found 1 channel\(s\) in site x, training case 1"):
+        export_nnunet_datasets(datalist, tmp_path / "raw")
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b"}, "regions": {"ab": [1, 5]},
+                                    "regions_class_order": [1], "sites": {"x": {"training": cases[:1]}}}))
+    with pytest.raises(ValueError, match=r"region 'ab' must list foreground label values of \[1, 2\]"):
+        export_nnunet_datasets(datalist, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_two_sites_with_two_channels_and_regions_train_and_score_by_region(nnunet, tmp_path):
+    """Two modalities per case (exported as ``_0000``/``_0001``), BraTS-style overlapping regions (one sigmoid output
+    per region, scored per region), and a site without test labels scored on its validation fold: through
+    ``sites cyclic_weight_transfer`` and ``fine_tuning``."""
+    from monai_continual.nnunet.evaluation import SPLITS_FILE, region_dice
+
+    source = json.loads((nnunet["root"] / "data" / "datalist.json").read_text())
+    base = nnunet["root"] / "data"
+    sites = {}
+    for site in ("alpha", "beta"):
+        entry = {split: [] for split in ("training", "validation", "test")}
+        for split in entry:
+            for case in source["sites"][site][split]:
+                t1 = nib.load(base / case["image"])
+                t2 = base / case["image"].replace("_img", "_t2")
+                data = np.asarray(t1.dataobj, dtype=np.float32)
+                nib.save(nib.Nifti1Image(data.max() - data, t1.affine), t2)  # an inverted contrast
+                # beta keeps no test labels: its test cases train, and its validation fold scores it
+                entry["training" if site == "beta" else split].append(
+                    {"image": [case["image"], str(t2.relative_to(base))], "label": case["label"]})
+        sites[site] = entry
+    datalist = base / "regions_datalist.json"
+    datalist.write_text(json.dumps({
+        "labels": source["labels"], "channel_names": ["T1", "T2"], "sites": sites,
+        "regions": {"brain": [1, 2, 3], "tissue": [2, 3], "WM": [3]}, "regions_class_order": [1, 2, 3]}))
+    done = run_forked(nnunet_cli.main, ["export-sites", str(datalist), "--first-id", "911"], env={**os.environ, **ENV})
+    assert done.returncode == 0, done.stderr[-3000:]
+    alpha, beta = "Dataset911_alpha", "Dataset912_beta"
+    raw = nnunet["nnUNet_raw"]
+    assert sorted(p.name for p in (raw / alpha / "imagesTr").iterdir())[:2] == ["alpha_000_0000.nii.gz",
+                                                                                 "alpha_000_0001.nii.gz"]
+    document = json.loads((raw / beta / "dataset.json").read_text())
+    assert document["channel_names"] == {"0": "T1", "1": "T2"} and document["regions_class_order"] == [1, 2, 3]
+    assert document["labels"] == {"background": 0, "brain": [1, 2, 3], "tissue": [2, 3], "WM": 3}
+    assert not (raw / beta / "labelsTs").exists()
+    plan_and_preprocess_sites([alpha, beta])
+    for name, count in ((alpha, 3), (beta, 4)):  # one split of each site's training cases (too few for 5 folds)
+        cases = [f"{name.split('_')[1]}_{i:03d}" for i in range(count)]
+        (nnunet["nnUNet_preprocessed"] / name / SPLITS_FILE).write_text(
+            json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
+    args = ["--epochs", "1", "--iterations-per-epoch", "1", "--val-iterations-per-epoch", "1", "--disable-tta",
+            "-f", "0", "-device", "cpu"]
+    env = {**os.environ, **ENV, "PYTHONPATH": str(Path(__file__).parent)}
+    cyclic = run_forked(nnunet_cli.main, ["sites", "cyclic_weight_transfer", alpha, beta, "--rounds", "1", *args,
+                                          "-o", str(tmp_path / "cwt")], env=env, timeout=300)
+    assert cyclic.returncode == 0, cyclic.stderr[-3000:]
+    with pytest.raises(FileNotFoundError, match=f"dataset {beta}: needs test cases .* or a fold"):
+        run_sites([alpha, beta], "fine_tuning", tmp_path / "all", **TINY_SCHEDULE)  # fold "all": no validation cases
+    assert not (tmp_path / "all").exists()
+    finetuned = run_sites([alpha, beta], "fine_tuning", tmp_path / "ft", fold=0, **TINY_SCHEDULE)
+    for run in (tmp_path / "cwt", finetuned.directory):
+        matrix = json.loads((run / "R.json").read_text())
+        state = json.loads((run / "state.json").read_text())
+        assert len(matrix["stages"]) == 2
+        last = state["stages"][-1]
+        # alpha: its 2 test cases; beta: the 1 case of its validation fold (imagesTr/labelsTr)
+        assert {site: len(scores) for site, scores in last["scores"].items()} == {alpha: 2, beta: 1}
+        predictions = RunLayout(run).predictions_dir(last["number"])
+        for site, labels in ((alpha, raw / alpha / "labelsTs"), (beta, raw / beta / "labelsTr")):
+            files = sorted((predictions / site).glob("*.nii.gz"))
+            assert [f.name for f in files] == (["alpha_000.nii.gz", "alpha_001.nii.gz"] if site == alpha
+                                               else ["beta_003.nii.gz"])
+            expected = [region_dice(np.asarray(nib.load(f).dataobj), np.asarray(nib.load(labels / f.name).dataobj),
+                                    [(1, 2, 3), (2, 3), 3]) for f in files]
+            assert last["scores"][site] == pytest.approx(expected)
+            assert set(np.unique(np.concatenate([np.asarray(nib.load(f).dataobj).ravel() for f in files]))) <= {
+                0, 1, 2, 3}
+    from monai_continual.consolidation import DirectoryWeightStore
+
+    store = DirectoryWeightStore(RunLayout(finetuned.directory).store)
+    published = store.load(store.entry(2))
+    first = next(v for k, v in published.items() if k.endswith("weight") and v.ndim == 5)
+    heads = [v for k, v in published.items() if "seg_layers" in k and k.endswith("weight")]
+    assert first.shape[1] == 2 and all(h.shape[0] == 3 for h in heads)  # two input channels, three region outputs
+
+
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("nvflare"), reason="needs nvflare")
 def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_path):
     """One short cyclic weight transfer over two tiny nnU-Net datasets in NVFlare's simulator: each site trains with

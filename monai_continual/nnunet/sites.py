@@ -7,7 +7,8 @@ Every site is its own nnU-Net dataset, planned once and preprocessed with the sh
 crosses to the next stage is a safetensors file only (weights in a
 :class:`~monai_continual.consolidation.DirectoryWeightStore`, or a posterior file), named by stage number, with its
 content SHA-256 recorded. After every evaluated stage the published model is loaded into a freshly built network
-and scored per volume on every site's test cases (``imagesTs``/``labelsTs``).
+and scored per volume on every site's test cases (``imagesTs``/``labelsTs``, or the validation fold's cases when a site
+keeps no test labels), by label or, for region-based datasets, by region.
 
 The whole state is kept in the run directory (``state.json``, the store, posteriors, ``R.json``); running the same
 command again after the process was killed resumes exactly (the engine's invariant). A stage killed during training
@@ -297,7 +298,7 @@ def run_sites(
         raise ValueError(f"strategy {name.value} trains with {required.__name__} or a subclass of it"
                          f"{'' if name in BAYESIAN else ' that is not Bayesian'}; got {trainer_name}.")
     evaluator = SiteEvaluator(names + held_out, settings.configuration, settings.plans, settings.torch_device(),
-                              settings.mirroring, settings.mc_samples)
+                              settings.mirroring, settings.mc_samples, settings.fold)
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = dict(settings.identity(), trainer=trainer_name)
