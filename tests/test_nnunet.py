@@ -466,6 +466,10 @@ def test_a_stage_killed_mid_training_resumes_from_its_checkpoint_to_the_same_has
                 "patience": None}
     assert StageCheckpoint(identity).find(stage_dir)["current_epoch"] in (1, 2)
     assert StageCheckpoint({**identity, "inputs": {"start": "0" * 64}}).find(stage_dir) is None  # other inputs
+    truncated = tmp_path / "truncated" / LATEST_CHECKPOINT  # what a plain torch.save killed mid-write leaves
+    truncated.parent.mkdir()
+    truncated.write_bytes(latest.read_bytes()[:1000])
+    assert StageCheckpoint(identity).find(truncated.parent) is None
 
     crashed = run_forked(nnunet_cli.main, [*args, "-o", str(run)], env={**env, CRASH_ENV: "mid_training:2"},
                          timeout=300)

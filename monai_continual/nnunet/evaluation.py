@@ -75,10 +75,14 @@ def validation_cases(dataset: str, fold: int | str, configuration: str, plans: s
         identifiers = sorted(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder)))
         splits = generate_crossval_split(identifiers, seed=12345, n_splits=5)
         atomic_write_text(splits_file, json.dumps(splits, indent=2))
-    splits = json.loads(splits_file.read_text())
-    if not 0 <= int(fold) < len(splits) or not splits[int(fold)].get("val"):
+    try:
+        splits = json.loads(splits_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"dataset {dataset}: {splits_file} is not valid JSON ({err}).") from None
+    if (not isinstance(splits, list) or not 0 <= int(fold) < len(splits) or not isinstance(splits[int(fold)], dict)
+            or not splits[int(fold)].get("val")):
         raise ValueError(f"dataset {dataset}: fold {fold} has no validation cases in {splits_file} "
-                         f"({len(splits)} splits).")
+                         "(a list of {'train': [...], 'val': [...]} per fold).")
     return [str(case) for case in splits[int(fold)]["val"]]
 
 

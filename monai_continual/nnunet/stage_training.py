@@ -100,8 +100,9 @@ class StageCheckpoint:
         finally:
             trainer.current_epoch += 1
         buffer.seek(0)
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            checkpoint = torch.load(buffer, map_location="cpu", weights_only=True)
+        # the bytes this process has just written (never a file): a trainer's checkpoint with more than tensors and
+        # plain values is still saved, and find() then starts the stage again instead of unpickling it
+        checkpoint = torch.load(buffer, map_location="cpu", weights_only=False)
         records = {name: getattr(trainer, name) for name in _TRAINER_RECORDS if hasattr(trainer, name)}
         checkpoint[_STAGE_KEY] = {"identity": self.identity, "loop": dict(loop), "records": records}
         path = Path(trainer.output_folder) / LATEST_CHECKPOINT
