@@ -510,7 +510,9 @@ def test_two_sites_with_two_channels_and_regions_train_and_score_by_region(nnune
     """Two modalities per case (exported as ``_0000``/``_0001``), BraTS-style overlapping regions (one sigmoid output
     per region, scored per region), and a site without test labels scored on its validation fold: through
     ``sites cyclic_weight_transfer`` and ``fine_tuning``."""
-    from monai_continual.nnunet.evaluation import SPLITS_FILE, region_dice
+    from monai_continual.nnunet.environment import results_folder
+    from monai_continual.nnunet.evaluation import SPLITS_FILE, region_dice, validation_cases
+    from monai_continual.nnunet.launcher import build_trainer
 
     source = json.loads((nnunet["root"] / "data" / "datalist.json").read_text())
     base = nnunet["root"] / "data"
@@ -523,8 +525,8 @@ def test_two_sites_with_two_channels_and_regions_train_and_score_by_region(nnune
                 t2 = base / case["image"].replace("_img", "_t2")
                 data = np.asarray(t1.dataobj, dtype=np.float32)
                 nib.save(nib.Nifti1Image(data.max() - data, t1.affine), t2)  # an inverted contrast
-                # beta keeps no test labels: its test cases train, and its validation fold scores it
-                entry["training" if site == "beta" else split].append(
+                # alpha keeps no test labels: its test cases train, and its validation fold scores it
+                entry["training" if site == "alpha" else split].append(
                     {"image": [case["image"], str(t2.relative_to(base))], "label": case["label"]})
         sites[site] = entry
     datalist = base / "regions_datalist.json"
@@ -540,19 +542,25 @@ def test_two_sites_with_two_channels_and_regions_train_and_score_by_region(nnune
     document = json.loads((raw / beta / "dataset.json").read_text())
     assert document["channel_names"] == {"0": "T1", "1": "T2"} and document["regions_class_order"] == [1, 2, 3]
     assert document["labels"] == {"background": 0, "brain": [1, 2, 3], "tissue": [2, 3], "WM": 3}
-    assert not (raw / beta / "labelsTs").exists()
+    assert not (raw / alpha / "labelsTs").exists()
     plan_and_preprocess_sites([alpha, beta])
-    for name, count in ((alpha, 3), (beta, 4)):  # one split of each site's training cases (too few for 5 folds)
-        cases = [f"{name.split('_')[1]}_{i:03d}" for i in range(count)]
-        (nnunet["nnUNet_preprocessed"] / name / SPLITS_FILE).write_text(
-            json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
+    # alpha's 5 cases: the evaluator makes nnU-Net's 5-fold split before any training, and nnU-Net's trainer, making
+    # it itself, agrees; beta's 2 cases are too few for 5 folds: one split of them, as a user would write it
+    splits_file = nnunet["nnUNet_preprocessed"] / alpha / SPLITS_FILE
+    validation = validation_cases(alpha, 0, "3d_fullres", "nnUNetPlans")
+    made, _ = splits_file.read_text(), splits_file.unlink()
+    with results_folder(tmp_path / "split_check"):  # the trainer's log folder
+        assert build_trainer(alpha, "3d_fullres", 0, device="cpu").do_split()[1] == validation
+    assert json.loads(splits_file.read_text()) == json.loads(made) and len(validation) == 1
+    (nnunet["nnUNet_preprocessed"] / beta / SPLITS_FILE).write_text(
+        json.dumps([{"train": ["beta_000"], "val": ["beta_001"]}]))
     args = ["--epochs", "1", "--iterations-per-epoch", "1", "--val-iterations-per-epoch", "1", "--disable-tta",
             "-f", "0", "-device", "cpu"]
     env = {**os.environ, **ENV, "PYTHONPATH": str(Path(__file__).parent)}
     cyclic = run_forked(nnunet_cli.main, ["sites", "cyclic_weight_transfer", alpha, beta, "--rounds", "1", *args,
                                           "-o", str(tmp_path / "cwt")], env=env, timeout=300)
     assert cyclic.returncode == 0, cyclic.stderr[-3000:]
-    with pytest.raises(FileNotFoundError, match=f"dataset {beta}: needs test cases .* or a fold"):
+    with pytest.raises(FileNotFoundError, match=f"dataset {alpha}: needs test cases .* or a fold"):
         run_sites([alpha, beta], "fine_tuning", tmp_path / "all", **TINY_SCHEDULE)  # fold "all": no validation cases
     assert not (tmp_path / "all").exists()
     finetuned = run_sites([alpha, beta], "fine_tuning", tmp_path / "ft", fold=0, **TINY_SCHEDULE)
@@ -561,13 +569,13 @@ def test_two_sites_with_two_channels_and_regions_train_and_score_by_region(nnune
         state = json.loads((run / "state.json").read_text())
         assert len(matrix["stages"]) == 2
         last = state["stages"][-1]
-        # alpha: its 2 test cases; beta: the 1 case of its validation fold (imagesTr/labelsTr)
-        assert {site: len(scores) for site, scores in last["scores"].items()} == {alpha: 2, beta: 1}
+        # alpha: the 1 case of its validation fold (imagesTr/labelsTr); beta: its 2 test cases
+        assert {site: len(scores) for site, scores in last["scores"].items()} == {alpha: 1, beta: 2}
         predictions = RunLayout(run).predictions_dir(last["number"])
-        for site, labels in ((alpha, raw / alpha / "labelsTs"), (beta, raw / beta / "labelsTr")):
+        for site, labels in ((alpha, raw / alpha / "labelsTr"), (beta, raw / beta / "labelsTs")):
             files = sorted((predictions / site).glob("*.nii.gz"))
-            assert [f.name for f in files] == (["alpha_000.nii.gz", "alpha_001.nii.gz"] if site == alpha
-                                               else ["beta_003.nii.gz"])
+            assert [f.name for f in files] == ([f"{validation[0]}.nii.gz"] if site == alpha
+                                               else ["beta_000.nii.gz", "beta_001.nii.gz"])
             expected = [region_dice(np.asarray(nib.load(f).dataobj), np.asarray(nib.load(labels / f.name).dataobj),
                                     [(1, 2, 3), (2, 3), 3]) for f in files]
             assert last["scores"][site] == pytest.approx(expected)
