@@ -182,6 +182,9 @@ def test_replay_trainer_mixes_earlier_sites_cases_into_the_loader(nnunet):
 
     alpha, beta = nnunet["names"]["alpha"], nnunet["names"]["beta"]
     trainer = build_trainer(beta, "3d_fullres", "all", "nnUNetTrainerReplay", device="cpu", num_epochs=1)
+    # a schedule shorter than nnU-Net's save_every (50) still writes checkpoint_latest.pth, every epoch here
+    assert trainer.save_every == 1
+    assert build_trainer(beta, "3d_fullres", "all", "nnUNetTrainerReplay_short", device="cpu").save_every == 1
     folder = nnunet["nnUNet_preprocessed"] / alpha / "nnUNetPlans_3d_fullres"
     trainer.replay_sources = replay_sources_for([folder], capacity_per_site=2, seed=0)
     trainer.initialize()
