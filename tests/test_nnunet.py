@@ -182,6 +182,9 @@ def test_replay_trainer_mixes_earlier_sites_cases_into_the_loader(nnunet):
 
     alpha, beta = nnunet["names"]["alpha"], nnunet["names"]["beta"]
     trainer = build_trainer(beta, "3d_fullres", "all", "nnUNetTrainerReplay", device="cpu", num_epochs=1)
+    # a schedule shorter than nnU-Net's save_every (50) still writes checkpoint_latest.pth, every epoch here
+    assert trainer.save_every == 1
+    assert build_trainer(beta, "3d_fullres", "all", "nnUNetTrainerReplay_short", device="cpu").save_every == 1
     folder = nnunet["nnUNet_preprocessed"] / alpha / "nnUNetPlans_3d_fullres"
     trainer.replay_sources = replay_sources_for([folder], capacity_per_site=2, seed=0)
     trainer.initialize()
@@ -431,6 +434,165 @@ def test_nnunet_runs_crashed_at_step_boundaries_resume_exactly(nnunet, tmp_path,
     assert records(tmp_path / "crashed") == records(tmp_path / "reference")
     published = [p for _, p, _, _, _ in records(tmp_path / "reference") if p]
     assert len(set(published)) == len(published)
+
+
+def test_a_stage_killed_mid_training_resumes_from_its_checkpoint_to_the_same_hashes(nnunet, tmp_path):
+    """A SIGKILL after a stage's first epoch checkpoint, then a fault-point exit in the next stage: each rerun
+    continues the stage from ``checkpoint_latest.pth`` (nnU-Net's file, bound to the stage's input hashes) and the
+    run ends with the uninterrupted run's published hashes."""
+    from forked import ForkedWorker
+    from monai_continual.nnunet.stage_training import LATEST_CHECKPOINT, StageCheckpoint
+    from monai_continual.strategies import CRASH_ENV
+
+    names = list(nnunet["names"].values())[:2]
+    args = ["sites", "fine_tuning", *names, "--epochs", "3", "--iterations-per-epoch", "1",
+            "--val-iterations-per-epoch", "1", "--disable-tta", "-device", "cpu"]
+    env = {k: v for k, v in dict(os.environ, **ENV, PYTHONPATH=str(Path(__file__).parent)).items() if k != CRASH_ENV}
+
+    def records(directory: Path) -> list:
+        state = json.loads((directory / "state.json").read_text())
+        return [(r["number"], r["published"], r["loaded"], r["scores"]) for r in state["stages"]]
+
+    reference = run_forked(nnunet_cli.main, [*args, "-o", str(tmp_path / "reference")], env=env, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = tmp_path / "killed"
+    stages = RunLayout(run).root / "stages"
+    worker = ForkedWorker(nnunet_cli.main, [*args, "-o", str(run)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and worker.poll() is None and not list(stages.rglob(LATEST_CHECKPOINT)):
+        time.sleep(0.01)
+    os.kill(worker.pid, signal.SIGKILL)  # in stage 1's training, after its first checkpoint
+    assert worker.wait(60) == -signal.SIGKILL
+    [latest] = stages.rglob(LATEST_CHECKPOINT)
+    stage_dir = RunLayout(run).stage_dir(1, names[0])
+    assert stage_dir in latest.parents and not (run / "receipts").exists()
+    reference_state = json.loads((tmp_path / "reference" / "state.json").read_text())["stages"]
+    identity = {"inputs": {"start": reference_state[0]["published"]}, "trainer": "nnUNetTrainer", "epochs": 3,
+                "patience": None}
+    assert StageCheckpoint(identity).find(stage_dir)["current_epoch"] in (1, 2)
+    assert StageCheckpoint({**identity, "inputs": {"start": "0" * 64}}).find(stage_dir) is None  # other inputs
+    truncated = tmp_path / "truncated" / LATEST_CHECKPOINT  # what a plain torch.save killed mid-write leaves
+    truncated.parent.mkdir()
+    truncated.write_bytes(latest.read_bytes()[:1000])
+    assert StageCheckpoint(identity).find(truncated.parent) is None
+
+    crashed = run_forked(nnunet_cli.main, [*args, "-o", str(run)], env={**env, CRASH_ENV: "mid_training:2"},
+                         timeout=300)
+    assert crashed.returncode == 86, crashed.stderr[-3000:]  # stage 2 exited after its first epoch's checkpoint
+    final = run_forked(nnunet_cli.main, [*args, "-o", str(run)], env=env, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert records(run) == records(tmp_path / "reference")
+    for number, site in ((1, names[0]), (2, names[1])):  # both stages continued, neither started again
+        folder = RunLayout(run).stage_dir(number, site)
+        logs = "".join(p.read_text() for p in folder.rglob("training_log_*.txt"))  # one per process
+        assert "resumed at epoch" in logs and not list(folder.rglob(LATEST_CHECKPOINT))
+
+
+def test_region_dice_by_hand_and_bad_exports_are_refused(tmp_path):
+    from monai_continual.nnunet.evaluation import region_dice
+
+    reference = np.array([0, 1, 2, 3, 3, 0]).reshape(1, 1, 6)
+    prediction = np.array([0, 1, 1, 3, 2, 2]).reshape(1, 1, 6)
+    # BraTS-style regions: whole (1, 2, 3): 2*4 / (5 + 4); core (2, 3): 2*2 / (3 + 3); enhancing (3): 2*1 / (1 + 2)
+    assert region_dice(prediction, reference, [(1, 2, 3), (2, 3), 3]) == pytest.approx((8 / 9 + 2 / 3 + 2 / 3) / 3)
+    assert region_dice(np.zeros_like(reference), np.zeros_like(reference), [(1, 2), 2]) == 1.0  # nothing to find
+    image = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), image)
+    cases = [{"image": [str(image), str(image)], "label": str(image)}, {"image": str(image), "label": str(image)}]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b"},
+                                    "sites": {"x": {"training": cases}}}))
+    with pytest.raises(ValueError, match=r"same image channels, found 1 channel\(s\) in site x, training case 1"):
+        export_nnunet_datasets(datalist, tmp_path / "raw")
+    datalist.write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b"}, "regions": {"ab": [1, 5]},
+                                    "regions_class_order": [1], "sites": {"x": {"training": cases[:1]}}}))
+    with pytest.raises(ValueError, match=r"region 'ab' must list foreground label values of \[1, 2\]"):
+        export_nnunet_datasets(datalist, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_two_sites_with_two_channels_and_regions_train_and_score_by_region(nnunet, tmp_path):
+    """Two modalities per case (exported as ``_0000``/``_0001``), BraTS-style overlapping regions (one sigmoid output
+    per region, scored per region), and a site without test labels scored on its validation fold: through
+    ``sites cyclic_weight_transfer`` and ``fine_tuning``."""
+    from monai_continual.nnunet.environment import results_folder
+    from monai_continual.nnunet.evaluation import SPLITS_FILE, region_dice, validation_cases
+    from monai_continual.nnunet.launcher import build_trainer
+
+    source = json.loads((nnunet["root"] / "data" / "datalist.json").read_text())
+    base = nnunet["root"] / "data"
+    sites = {}
+    for site in ("alpha", "beta"):
+        entry = {split: [] for split in ("training", "validation", "test")}
+        for split in entry:
+            for case in source["sites"][site][split]:
+                t1 = nib.load(base / case["image"])
+                t2 = base / case["image"].replace("_img", "_t2")
+                data = np.asarray(t1.dataobj, dtype=np.float32)
+                nib.save(nib.Nifti1Image(data.max() - data, t1.affine), t2)  # an inverted contrast
+                # alpha keeps no test labels: its test cases train, and its validation fold scores it
+                entry["training" if site == "alpha" else split].append(
+                    {"image": [case["image"], str(t2.relative_to(base))], "label": case["label"]})
+        sites[site] = entry
+    datalist = base / "regions_datalist.json"
+    datalist.write_text(json.dumps({
+        "labels": source["labels"], "channel_names": ["T1", "T2"], "sites": sites,
+        "regions": {"brain": [1, 2, 3], "tissue": [2, 3], "WM": [3]}, "regions_class_order": [1, 2, 3]}))
+    done = run_forked(nnunet_cli.main, ["export-sites", str(datalist), "--first-id", "911"], env={**os.environ, **ENV})
+    assert done.returncode == 0, done.stderr[-3000:]
+    alpha, beta = "Dataset911_alpha", "Dataset912_beta"
+    raw = nnunet["nnUNet_raw"]
+    assert sorted(p.name for p in (raw / alpha / "imagesTr").iterdir())[:2] == ["alpha_000_0000.nii.gz",
+                                                                                 "alpha_000_0001.nii.gz"]
+    document = json.loads((raw / beta / "dataset.json").read_text())
+    assert document["channel_names"] == {"0": "T1", "1": "T2"} and document["regions_class_order"] == [1, 2, 3]
+    assert document["labels"] == {"background": 0, "brain": [1, 2, 3], "tissue": [2, 3], "WM": 3}
+    assert not (raw / alpha / "labelsTs").exists()
+    plan_and_preprocess_sites([alpha, beta])
+    # alpha's 5 cases: the evaluator makes nnU-Net's 5-fold split before any training, and nnU-Net's trainer, making
+    # it itself, agrees; beta's 2 cases are too few for 5 folds: one split of them, as a user would write it
+    splits_file = nnunet["nnUNet_preprocessed"] / alpha / SPLITS_FILE
+    validation = validation_cases(alpha, 0, "3d_fullres", "nnUNetPlans")
+    made, _ = splits_file.read_text(), splits_file.unlink()
+    with results_folder(tmp_path / "split_check"):  # the trainer's log folder
+        assert build_trainer(alpha, "3d_fullres", 0, device="cpu").do_split()[1] == validation
+    assert json.loads(splits_file.read_text()) == json.loads(made) and len(validation) == 1
+    (nnunet["nnUNet_preprocessed"] / beta / SPLITS_FILE).write_text(
+        json.dumps([{"train": ["beta_000"], "val": ["beta_001"]}]))
+    args = ["--epochs", "1", "--iterations-per-epoch", "1", "--val-iterations-per-epoch", "1", "--disable-tta",
+            "-f", "0", "-device", "cpu"]
+    env = {**os.environ, **ENV, "PYTHONPATH": str(Path(__file__).parent)}
+    cyclic = run_forked(nnunet_cli.main, ["sites", "cyclic_weight_transfer", alpha, beta, "--rounds", "1", *args,
+                                          "-o", str(tmp_path / "cwt")], env=env, timeout=300)
+    assert cyclic.returncode == 0, cyclic.stderr[-3000:]
+    with pytest.raises(FileNotFoundError, match=f"dataset {alpha}: needs test cases .* or a fold"):
+        run_sites([alpha, beta], "fine_tuning", tmp_path / "all", **TINY_SCHEDULE)  # fold "all": no validation cases
+    assert not (tmp_path / "all").exists()
+    finetuned = run_sites([alpha, beta], "fine_tuning", tmp_path / "ft", fold=0, **TINY_SCHEDULE)
+    for run in (tmp_path / "cwt", finetuned.directory):
+        matrix = json.loads((run / "R.json").read_text())
+        state = json.loads((run / "state.json").read_text())
+        assert len(matrix["stages"]) == 2
+        last = state["stages"][-1]
+        # alpha: the 1 case of its validation fold (imagesTr/labelsTr); beta: its 2 test cases
+        assert {site: len(scores) for site, scores in last["scores"].items()} == {alpha: 1, beta: 2}
+        predictions = RunLayout(run).predictions_dir(last["number"])
+        for site, labels in ((alpha, raw / alpha / "labelsTr"), (beta, raw / beta / "labelsTs")):
+            files = sorted((predictions / site).glob("*.nii.gz"))
+            assert [f.name for f in files] == ([f"{validation[0]}.nii.gz"] if site == alpha
+                                               else ["beta_000.nii.gz", "beta_001.nii.gz"])
+            expected = [region_dice(np.asarray(nib.load(f).dataobj), np.asarray(nib.load(labels / f.name).dataobj),
+                                    [(1, 2, 3), (2, 3), 3]) for f in files]
+            assert last["scores"][site] == pytest.approx(expected)
+            assert set(np.unique(np.concatenate([np.asarray(nib.load(f).dataobj).ravel() for f in files]))) <= {
+                0, 1, 2, 3}
+    from monai_continual.consolidation import DirectoryWeightStore
+
+    store = DirectoryWeightStore(RunLayout(finetuned.directory).store)
+    published = store.load(store.entry(2))
+    first = next(v for k, v in published.items() if k.endswith("weight") and v.ndim == 5)
+    heads = [v for k, v in published.items() if "seg_layers" in k and k.endswith("weight")]
+    assert first.shape[1] == 2 and all(h.shape[0] == 3 for h in heads)  # two input channels, three region outputs
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("nvflare"), reason="needs nvflare")

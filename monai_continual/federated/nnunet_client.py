@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     flare.init()
     site = check_site_name(flare.get_site_name(), "NVFlare site")
     evaluator = SiteEvaluator([site], settings.configuration, settings.plans, settings.torch_device(),
-                              settings.mirroring, settings.mc_samples)
+                              settings.mirroring, settings.mc_samples, settings.fold)
 
     def make_executor(stages, run_dir):
         return NnUNetStageExecutor(run_dir, stages, evaluator, settings, NNUNET_TRAINER, first=site)

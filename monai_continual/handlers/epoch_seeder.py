@@ -12,7 +12,7 @@ else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
     Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
-from monai_continual.utils.seeding import seed_everything
+from monai_continual.utils.seeding import epoch_seed, seed_everything
 
 __all__ = ["EpochSeeder"]
 
@@ -32,7 +32,7 @@ class EpochSeeder:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        epoch_seed = self.seed * 1_000_003 + engine.state.epoch
-        seed_everything(epoch_seed)
+        seed = epoch_seed(self.seed, engine.state.epoch)
+        seed_everything(seed)
         if hasattr(self.transform, "set_random_state"):
-            self.transform.set_random_state(seed=epoch_seed % 2**32)
+            self.transform.set_random_state(seed=seed % 2**32)

@@ -332,7 +332,8 @@ def _sites(args: argparse.Namespace) -> int:
                        rounds=_DEFAULT_ROUNDS if args.rounds is None else args.rounds, order=args.order,
                        replay_capacity=args.replay_capacity, dwc_finetune=args.dwc_finetune,
                        eval_datasets=args.eval or (), trainer=args.tr, device=args.device,
-                       mirroring=not args.disable_tta, mc_samples=args.mc_samples, seed=args.seed, options=options)
+                       mirroring=not args.disable_tta, mc_samples=args.mc_samples, seed=args.seed,
+                       save_every=args.save_every, options=options)
     print(result.matrix)
     if result.matrix.num_stages > 1:
         print(f"BWT {backward_transfer(result.matrix):+.3f}")
@@ -534,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Monte Carlo passes when evaluating Bayesian stages (1: the posterior mean)")
     st.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation in evaluation")
     st.add_argument("--seed", type=int, default=0, help="seeds every stage, random orders and the replayed cases")
+    st.add_argument("--save-every", type=_positive_int, default=1, metavar="N",
+                    help="a stage's resumable checkpoint every N epochs (a rerun continues a killed stage from it)")
     st.add_argument(
         "-device", type=_device, default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)"
     )

@@ -10,6 +10,7 @@ information) are brought back to the input image's grid the way nnU-Net brings b
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,11 @@ class MCnnUNetPredictor(nnUNetPredictor):
         return written
 
     def predict_files(self, input_folder: str | os.PathLike, output_folder: str | os.PathLike, uncertainty: bool = True,
-                      progress: bool = True) -> list[Path]:
+                      progress: bool = True, cases: Sequence[str] | None = None) -> list[Path]:
         """Predict every case of an nnU-Net images folder into ``output_folder``, one case at a time.
+
+        Args:
+            cases: only these case identifiers (e.g. a validation fold's cases of ``imagesTr``); default: all.
 
         Returns:
             the segmentation files written.
@@ -113,9 +117,11 @@ class MCnnUNetPredictor(nnUNetPredictor):
 
         output_folder = Path(output_folder)
         output_folder.mkdir(parents=True, exist_ok=True)
-        cases, outputs, _ = self._manage_input_and_output_lists(
-            _cases_of_folder(input_folder, self.dataset_json["file_ending"]), str(output_folder)
-        )
+        chosen = _cases_of_folder(input_folder, self.dataset_json["file_ending"], cases)
+        if cases is not None and len(chosen) != len(set(cases)):
+            raise FileNotFoundError(f"{input_folder}: has images of {len(chosen)} of the {len(set(cases))} cases "
+                                    f"{sorted(set(cases))}.")
+        cases, outputs, _ = self._manage_input_and_output_lists(chosen, str(output_folder))
         if not cases:
             raise FileNotFoundError(f"no images ending in _0000{self.dataset_json['file_ending']} in {input_folder}.")
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
@@ -132,7 +138,8 @@ class MCnnUNetPredictor(nnUNetPredictor):
         return written
 
 
-def _cases_of_folder(folder: str | os.PathLike, file_ending: str) -> list[list[str]]:
+def _cases_of_folder(folder: str | os.PathLike, file_ending: str,
+                     only: Sequence[str] | None = None) -> list[list[str]]:
     """Every case's channel files in an nnU-Net images folder (``<case>_XXXX<ending>``), listed in this process.
 
     What nnU-Net's ``create_lists_from_splitted_dataset_folder`` returns, without its pool of 12 worker processes
@@ -144,4 +151,5 @@ def _cases_of_folder(folder: str | os.PathLike, file_ending: str) -> list[list[s
     folder = str(folder)
     files = subfiles(folder, suffix=file_ending, join=False, sort=True)
     return [create_paths_fn(folder, files, file_ending, case)
-            for case in get_identifiers_from_splitted_dataset_folder(folder, file_ending)]
+            for case in get_identifiers_from_splitted_dataset_folder(folder, file_ending)
+            if only is None or case in only]

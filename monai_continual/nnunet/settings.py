@@ -25,6 +25,8 @@ class NnUNetSiteSettings:
         mc_samples: Monte Carlo passes when evaluating Bayesian stages (1: the posterior mean).
         seed: seeds every stage and the choice of replayed cases.
         progress: print a line per stage.
+        save_every: a stage writes its resumable checkpoint every this many epochs (and after its last); a stage
+            rerun after an interruption continues from it (results do not depend on it).
 
     Example::
 
@@ -44,9 +46,10 @@ class NnUNetSiteSettings:
     mc_samples: int = 1
     seed: int = 0
     progress: bool = True
+    save_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("replay_capacity", "mc_samples"):
+        for name in ("replay_capacity", "mc_samples", "save_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"nnU-Net settings: {name} must be an integer >= 1, got {value!r}.")
@@ -67,9 +70,9 @@ class NnUNetSiteSettings:
         return torch.device(self.device or default_device())
 
     def identity(self) -> dict[str, Any]:
-        """What makes a run's results what they are (the device and progress do not)."""
+        """What makes a run's results what they are (the device, progress and checkpoint interval do not)."""
         values = asdict(self)
         values["fold"] = str(self.fold)
-        for name in ("device", "progress"):
+        for name in ("device", "progress", "save_every"):
             values.pop(name)
         return values

@@ -7,10 +7,13 @@ Every site is its own nnU-Net dataset, planned once and preprocessed with the sh
 crosses to the next stage is a safetensors file only (weights in a
 :class:`~monai_continual.consolidation.DirectoryWeightStore`, or a posterior file), named by stage number, with its
 content SHA-256 recorded. After every evaluated stage the published model is loaded into a freshly built network
-and scored per volume on every site's test cases (``imagesTs``/``labelsTs``).
+and scored per volume on every site's test cases (``imagesTs``/``labelsTs``, or the validation fold's cases when a site
+keeps no test labels), by label or, for region-based datasets, by region.
 
 The whole state is kept in the run directory (``state.json``, the store, posteriors, ``R.json``); running the same
-command again after the process was killed resumes exactly (the engine's invariant).
+command again after the process was killed resumes exactly (the engine's invariant). A stage killed during training
+continues from its ``checkpoint_latest.pth`` (every ``save_every`` epochs, bound to the stage's input hashes;
+:mod:`~monai_continual.nnunet.stage_training`) and publishes what the uninterrupted stage would have.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from monai_continual.bayes import bayesianize
 from monai_continual.bayes.laplace import std_summary
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.losses.ewc import running_fisher
+from monai_continual.losses.proximal import proximal_anchor
+from monai_continual.losses.quadratic import parameter_state
 from monai_continual.metrics.continual_matrix import ContinualMatrix
 from monai_continual.nnunet.bayesian_trainer import POSTERIOR_FILE, nnUNetTrainerBayesian
 from monai_continual.nnunet.datasets import check_datasets_compatible
@@ -38,10 +43,10 @@ from monai_continual.nnunet.ewc_trainer import nnUNetTrainerEWC
 from monai_continual.nnunet.launcher import build_trainer
 from monai_continual.nnunet.names import SITE_STRATEGY_TRAINERS
 from monai_continual.nnunet.planning import check_shared_plans, plans_file, preprocessed_data_folder
-from monai_continual.nnunet.plateau import run_training_to_plateau
 from monai_continual.nnunet.proximal_trainer import nnUNetTrainerFedProx
 from monai_continual.nnunet.replay_trainer import replay_sources_for
 from monai_continual.nnunet.settings import NnUNetSiteSettings
+from monai_continual.nnunet.stage_training import StageCheckpoint, run_stage_training
 from monai_continual.nnunet.trainers import find_trainer
 from monai_continual.strategies import (
     BAYESIAN,
@@ -52,7 +57,6 @@ from monai_continual.strategies import (
     StageOutput,
     Strategy,
     build_schedule,
-    crash_point,
     make_options,
     run_stages,
     strategy_of,
@@ -84,8 +88,9 @@ class NnUNetStageExecutor(BaseStageExecutor):
     """Runs the core's stages with nnU-Net's trainers, one nnU-Net dataset per site.
 
     Files by stage number (:class:`~monai_continual.strategies.layout.RunLayout`): weights and posteriors, a receipt
-    per published stage, ``stages/stage####_<dataset>/`` (nnU-Net's results folder of a stage, redone from scratch
-    when the stage did not publish) and ``predictions/``.
+    per published stage, ``stages/stage####_<dataset>/`` (nnU-Net's results folder of a stage; a stage that did not
+    publish continues from its checkpoint there, or is redone from scratch when it has none for the same inputs) and
+    ``predictions/``.
 
     Args:
         run_dir: the run directory.
@@ -166,18 +171,21 @@ class NnUNetStageExecutor(BaseStageExecutor):
         if done is not None:  # published before an interruption: its count was recorded before publishing
             return StageOutput(done.published, done.loaded, done.num_examples, {**done.details, "redone": False})
         stage_dir = self.layout.stage_dir(stage.number, dataset)
-        if stage_dir.exists():  # an interrupted stage starts again from its beginning
-            shutil.rmtree(stage_dir)
-        seed_everything(self.seed + stage.number)
         trainer_name = self._trainer_for(stage)
+        # an interrupted stage continues from its last checkpoint when that was written for the same inputs, else it
+        # starts again from its beginning
+        checkpoint = StageCheckpoint({"inputs": self.artifacts.loaded(stage), "trainer": trainer_name,
+                                      "epochs": stage.epochs, "patience": stage.patience},
+                                     self.settings.save_every, stage.number)
+        resumed = checkpoint.find(stage_dir)
+        if resumed is None and stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        seed = self.seed + stage.number
+        seed_everything(seed)
         details: dict[str, Any] = {"trainer": trainer_name}
         with results_folder(stage_dir):
             instance = self._trainer(stage, dataset, trainer_name)
-            if stage.patience:
-                details.update(run_training_to_plateau(instance, stage.patience))
-            else:
-                instance.run_training()
-            crash_point("mid_training", stage.number)
+            details.update(run_stage_training(instance, seed, checkpoint, resumed, stage.patience or None))
             network = getattr(instance.network, "_orig_mod", instance.network)
             check_finite_weights(network.state_dict(), stage)
             num_examples = int(getattr(instance, "num_training_cases", 0) or len(instance.do_split()[0]))
@@ -227,6 +235,10 @@ class NnUNetStageExecutor(BaseStageExecutor):
                 plain.load_state_dict(state)
                 state = bayesianize(plain, type(instance).bayes, inplace=True).state_dict()
             network.load_state_dict(state)
+        if isinstance(instance, nnUNetTrainerFedProx):  # anchored at the start weights, also when resumed later
+            instance.proximal_anchor = proximal_anchor(instance.network)
+        if isinstance(instance, nnUNetTrainerEWC):
+            instance.ewc_anchor = parameter_state(network)
         return instance
 
     def consolidate(self, stage: Stage, weights: Sequence[float]) -> StageOutput:
@@ -304,7 +316,7 @@ def run_sites(
         raise ValueError(f"strategy {name.value} trains with {required.__name__} or a subclass of it"
                          f"{'' if name in BAYESIAN else ' that is not Bayesian'}; got {trainer_name}.")
     evaluator = SiteEvaluator(names + held_out, settings.configuration, settings.plans, settings.torch_device(),
-                              settings.mirroring, settings.mc_samples)
+                              settings.mirroring, settings.mc_samples, settings.fold)
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = dict(settings.identity(), trainer=trainer_name)

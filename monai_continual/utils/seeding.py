@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything"]
+__all__ = ["seed_everything", "epoch_seed"]
 
 
 def seed_everything(seed: int) -> None:
@@ -24,3 +24,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` of a stage seeded with ``seed``: what a resumed stage reseeds with at each epoch.
+
+    Example::
+
+        >>> seed_everything(epoch_seed(7, 3))
+    """
+    return int(seed) * 1_000_003 + int(epoch)
