@@ -1,9 +1,14 @@
 """Plan once, share the plans with every site's dataset, preprocess each site with them.
 
 Weights can only move between nnU-Net trainings that build the same network from the same plans (patch size,
-spacing, normalization, architecture). Planning is therefore done once, on one source dataset, and the plans are
-moved to the other sites' datasets with nnU-Net's own ``move_plans_between_datasets`` before each site preprocesses
-its own cases. Only the plans (no images) cross a site boundary.
+spacing, normalization, architecture). Planning is therefore done once and the plans are given to every site's
+dataset before each site preprocesses its own cases. Only the plans (no images) cross a site boundary. Two ways:
+
+- :func:`plan_and_preprocess_sites`: on one machine that sees every site's raw data, plan on one source dataset and
+  move the plans to the others with nnU-Net's own ``move_plans_between_datasets``;
+- federated: every site computes its fingerprint (:func:`~monai_continual.nnunet.fingerprints.site_fingerprint`),
+  :func:`plan_from_fingerprints` merges them and runs nnU-Net's planner on the pooled fingerprint, and every site
+  preprocesses its own dataset with the plans file it was given (:func:`preprocess_with_plans`).
 """
 
 from __future__ import annotations
@@ -11,15 +16,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from monai_continual.nnunet.datasets import check_datasets_compatible, raw_dataset_folder
-from monai_continual.nnunet.environment import dataset_id, nnunet_paths
+from monai_continual.nnunet.environment import NNUNET_ENV, dataset_id, nnunet_paths
+from monai_continual.nnunet.fingerprints import load_fingerprint, merge_fingerprints, nnunet_fingerprint
 from monai_continual.utils.atomic import atomic_write_text
 
-__all__ = ["plan_and_preprocess_sites", "plans_file", "shared_plans", "preprocessed_data_folder", "check_shared_plans"]
+__all__ = [
+    "PLANNED_DATASET_KEY", "PlansFileError", "plan_and_preprocess_sites", "plans_file", "shared_plans",
+    "preprocessed_data_folder", "check_shared_plans", "plan_from_fingerprints", "load_plans_file",
+    "preprocess_with_plans",
+]
+
+#: the key of plans made from fingerprints that records the channels, labels and case count they were made for
+PLANNED_DATASET_KEY = "planned_for_dataset"
+
+#: the dataset name plans made from fingerprints carry until a site adopts them
+_FEDERATED_DATASET = "Dataset000_federated"
+
+
+class PlansFileError(ValueError):
+    """A plans file that is malformed or does not fit the dataset it is given to (the message names the file)."""
 
 
 def plans_file(dataset: str | int, plans: str = "nnUNetPlans") -> Path:
@@ -89,11 +110,7 @@ def plan_and_preprocess_sites(
 
         >>> plan_and_preprocess_sites(["Dataset501_site_a", "Dataset502_site_b"], configurations=["3d_fullres"])
     """
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints,
-        plan_experiments,
-        preprocess_dataset,
-    )
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
     from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
         move_plans_between_datasets,
     )
@@ -113,23 +130,28 @@ def plan_and_preprocess_sites(
     if not source_plans.is_file():
         with _planning_threads():
             plan_experiments([source_id], overwrite_plans_name=plans if plans != "nnUNetPlans" else None)
-    shared = shared_plans(json.loads(source_plans.read_text()))
     result = {}
     for name in names:
-        target = plans_file(name, plans)
         if name != source_name:
             move_plans_between_datasets(source_name, name, plans, plans)
-        done = target.with_name(target.stem + ".preprocessed.json")
-        wanted = {"plans": shared, "configurations": list(configurations)}
-        if not done.is_file() or json.loads(done.read_text()) != wanted:
-            atomic_write_text(
-                target.parent / "dataset.json", (raw_dataset_folder(paths["raw"], name) / "dataset.json").read_text()
-            )
-            preprocess_dataset(dataset_id(name), plans, list(configurations), [num_processes] * len(configurations),
-                               verbose=verbose, show_progress_bar=False)
-            atomic_write_text(done, json.dumps(wanted))
-        result[name] = target
+        result[name] = _preprocess(name, plans, configurations, num_processes, verbose)
     return result
+
+
+def _preprocess(name: str, plans: str, configurations: Sequence[str], num_processes: int, verbose: bool) -> Path:
+    """Preprocess dataset ``name`` with its plans ``plans`` unless it was done with the same plans; the plans file."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+
+    raw = nnunet_paths(("raw", "preprocessed"))["raw"]
+    target = plans_file(name, plans)
+    done = target.with_name(target.stem + ".preprocessed.json")
+    wanted = {"plans": shared_plans(json.loads(target.read_text())), "configurations": list(configurations)}
+    if not done.is_file() or json.loads(done.read_text()) != wanted:
+        atomic_write_text(target.parent / "dataset.json", (raw_dataset_folder(raw, name) / "dataset.json").read_text())
+        preprocess_dataset(dataset_id(name), plans, list(configurations), [num_processes] * len(configurations),
+                           verbose=verbose, show_progress_bar=False)
+        atomic_write_text(done, json.dumps(wanted))
+    return target
 
 
 @contextlib.contextmanager
@@ -145,3 +167,180 @@ def _planning_threads() -> Iterator[None]:
         if value == "0":
             os.environ["nnUNet_n_proc_DA"] = value
 
+
+
+def plan_from_fingerprints(
+    fingerprints: Sequence[str | os.PathLike],
+    output: str | os.PathLike | None = None,
+    planner: str = "ExperimentPlanner",
+    plans: str = "nnUNetPlans",
+) -> dict[str, Any]:
+    """Merge the sites' fingerprint files and run nnU-Net's planner on the pooled fingerprint.
+
+    The plans equal nnU-Net's plans of the pooled data up to the approximations of
+    :func:`~monai_continual.nnunet.fingerprints.merge_fingerprints` (the foreground median and 0.5/99.5 percentiles in
+    ``foreground_intensity_properties_per_channel``). ``dataset_name`` is a placeholder and ``image_reader_writer`` is
+    nnU-Net's first reader of the file ending: each site replaces both (:func:`preprocess_with_plans`). The plans also
+    record, under :data:`PLANNED_DATASET_KEY`, the channels, labels and case count they were made for.
+
+    Args:
+        fingerprints: the sites' fingerprint files (checked when read), in the order their cases are pooled.
+        output: where to write the plans (JSON); not written when ``None``.
+        planner: nnU-Net's experiment planner class (``ExperimentPlanner``, ``nnUNetPlannerResEncM``...).
+        plans: the plans identifier (``plans_name``).
+
+    Returns:
+        the plans.
+
+    Example::
+
+        >>> plans = plan_from_fingerprints(["site_a.json", "site_b.json"], "plans.json")
+        >>> plans["configurations"]["3d_fullres"]["patch_size"]
+    """
+    import nnunetv2
+    from batchgenerators.utilities.file_and_folder_operations import join
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    merged = merge_fingerprints([load_fingerprint(f) for f in fingerprints],
+                                [f"fingerprint file {f}" for f in fingerprints])
+    planner_class = recursive_find_python_class(join(nnunetv2.__path__[0], "experiment_planning"), planner,
+                                                "nnunetv2.experiment_planning")
+    if planner_class is None:
+        raise ValueError(f"plan_from_fingerprints: nnU-Net has no experiment planner {planner!r}.")
+    dataset = {**merged["dataset"], "numTraining": len(merged["spacings"]), "dataset": {}}  # no cases, no files
+    with tempfile.TemporaryDirectory() as tmp, _nnunet_folders(Path(tmp)) as folders:
+        (folders["raw"] / _FEDERATED_DATASET).mkdir(parents=True)
+        (folders["preprocessed"] / _FEDERATED_DATASET).mkdir(parents=True)
+        (folders["raw"] / _FEDERATED_DATASET / "dataset.json").write_text(json.dumps(dataset))
+        (folders["preprocessed"] / _FEDERATED_DATASET / "dataset_fingerprint.json").write_text(
+            json.dumps(nnunet_fingerprint(merged)))
+        experiment = planner_class(_FEDERATED_DATASET, plans_name=plans)
+        # nnU-Net picks the reader by opening a case's image; there is none here, so the file ending decides
+        reader = determine_reader_writer_from_file_ending(dataset["file_ending"], None, verbose=False)
+        experiment.determine_reader_writer = lambda: reader
+        with _planning_threads():
+            experiment.plan_experiment()
+        result = json.loads((folders["preprocessed"] / _FEDERATED_DATASET / f"{plans}.json").read_text())
+    result[PLANNED_DATASET_KEY] = {**merged["dataset"], "numTraining": len(merged["spacings"])}
+    if output is not None:
+        atomic_write_text(output, json.dumps(result, indent=2))
+    return result
+
+
+def load_plans_file(path: str | os.PathLike, dataset_json: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read an nnU-Net plans file and check it, and that it fits a dataset (its ``dataset.json``) when given.
+
+    Raises:
+        PlansFileError: ``"plans file <path>: <what is wrong>"``: not JSON, not nnU-Net plans, or planned for other
+            channels or labels than the dataset's.
+
+    Example::
+
+        >>> plans = load_plans_file("plans.json", json.loads(Path("dataset.json").read_text()))
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    where = f"plans file {path}"
+    try:
+        plans = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise PlansFileError(f"{where}: cannot be read ({e.strerror or e}).") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PlansFileError(f"{where}: not valid JSON ({e}).") from None
+    try:
+        if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict) or not plans[
+                "configurations"]:
+            raise TypeError("no configurations")
+        if not isinstance(plans["plans_name"], str) or not plans["plans_name"].replace("_", "").isalnum():
+            raise TypeError("plans_name is not an identifier")
+        manager = PlansManager(plans)
+        channel_counts = {len(plans["foreground_intensity_properties_per_channel"])}
+        for name in manager.available_configurations:
+            configuration = manager.get_configuration(name)
+            channel_counts.add(len(configuration.normalization_schemes))
+            _ = (configuration.patch_size, configuration.spacing, configuration.network_arch_init_kwargs,
+                 configuration.data_identifier)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise PlansFileError(f"{where}: not nnU-Net plans ({type(e).__name__}: {e}).") from None
+    if len(channel_counts) != 1:
+        raise PlansFileError(f"{where}: its configurations and intensity properties disagree on the channel count.")
+    if dataset_json is not None:
+        channels = dataset_json.get("channel_names", dataset_json.get("modality", {}))
+        if channel_counts != {len(channels)}:
+            raise PlansFileError(f"{where}: planned for {channel_counts.pop()} input channel(s), but the dataset has "
+                                 f"{len(channels)} ({channels}).")
+        planned = plans.get(PLANNED_DATASET_KEY)
+        if isinstance(planned, Mapping):
+            for key, what in (("channel_names", "channels"), ("labels", "labels"),
+                              ("regions_class_order", "region order")):
+                if planned.get(key) != dataset_json.get(key):
+                    raise PlansFileError(f"{where}: planned for {what} {planned.get(key)}, but the dataset has "
+                                         f"{dataset_json.get(key)}; plan with fingerprints of datasets like this one.")
+    return plans
+
+
+def preprocess_with_plans(
+    dataset: str | int,
+    plans_path: str | os.PathLike,
+    configurations: Sequence[str] = ("3d_fullres",),
+    num_processes: int = 1,
+    verbose: bool = False,
+) -> Path:
+    """Preprocess a site's own dataset with a plans file it was given (from :func:`plan_from_fingerprints`).
+
+    The plans are checked (:func:`load_plans_file`) and written, as ``move_plans_between_datasets`` does, to
+    ``nnUNet_preprocessed/<dataset>/<plans_name>.json`` with the dataset's own name and image reader; then nnU-Net
+    preprocesses the dataset (skipped when it was already preprocessed with the same plans).
+
+    Args:
+        dataset: the site's dataset (name or id) under ``nnUNet_raw``.
+        plans_path: the plans file.
+        configurations: nnU-Net configurations to preprocess; each must be in the plans.
+        num_processes: preprocessing workers.
+        verbose: nnU-Net's own verbose output.
+
+    Returns:
+        the dataset's plans file.
+
+    Example::
+
+        >>> preprocess_with_plans("Dataset501_site_a", "plans.json", ["3d_fullres"])
+    """
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    paths = nnunet_paths(("raw", "preprocessed"))
+    folder = raw_dataset_folder(paths["raw"], dataset)
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans = load_plans_file(plans_path, dataset_json)
+    missing = [c for c in configurations if c not in plans["configurations"]]
+    if missing:
+        raise PlansFileError(f"plans file {plans_path}: has no configuration {missing} (it has "
+                             f"{sorted(plans['configurations'])}).")
+    cases = get_filenames_of_train_images_and_targets(str(folder), dataset_json)
+    if not cases:
+        raise ValueError(f"preprocess_with_plans: dataset {folder.name} has no training cases.")
+    example = next(iter(cases.values()))["images"][0]
+    reader = determine_reader_writer_from_dataset_json(dataset_json, example, allow_nonmatching_filename=True,
+                                                       verbose=False)
+    plans = {**plans, "dataset_name": folder.name, "image_reader_writer": reader.__name__}
+    atomic_write_text(plans_file(folder.name, plans["plans_name"]), json.dumps(plans, indent=2))
+    return _preprocess(folder.name, plans["plans_name"], configurations, num_processes, verbose)
+
+
+@contextlib.contextmanager
+def _nnunet_folders(root: Path) -> Iterator[dict[str, Path]]:
+    """Point nnU-Net's raw and preprocessed folders at ``root/raw`` and ``root/preprocessed`` for the block."""
+    keys = ("raw", "preprocessed")
+    saved = {k: os.environ.get(NNUNET_ENV[k]) for k in keys}
+    folders = {k: root / k for k in keys}
+    os.environ.update({NNUNET_ENV[k]: str(v) for k, v in folders.items()})
+    try:
+        yield folders
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(NNUNET_ENV[key], None)
+            else:
+                os.environ[NNUNET_ENV[key]] = value
