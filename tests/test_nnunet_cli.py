@@ -18,7 +18,8 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("nnunetv2") is None, reason="needs nnU-Net v2")
 
 PROG = "python -m monai_continual.nnunet"
-COMMANDS = ("export-sites", "plan", "train", "predict", "sites", "trainer-path")
+COMMANDS = ("export-sites", "plan", "fingerprint", "plan-from-fingerprints", "preprocess", "train", "predict", "sites",
+            "trainer-path")
 NNUNET_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 
@@ -141,6 +142,12 @@ def test_trainer_and_strategy_names_match_what_the_package_registers(capsys):
         (["predict", "-i", "{tmp}", "-o", "{tmp}/out"], True, ["-m MODEL_FOLDER", "-d DATASET"]),
         (["predict", "-i", "{tmp}/nowhere", "-o", "{tmp}/out", "-m", "{tmp}"], True, ["-i", "no such folder"]),
         (["predict", "-i", "{tmp}", "-o", "{tmp}/out", "-d", "501"], True, ["-d 501", "no trained model", "train 501"]),
+        (["fingerprint", "999", "-o", "{tmp}/fp.json"], True, ["dataset 999", "export-sites"]),
+        (["fingerprint", "501", "-o", "{tmp}/fp.json", "--samples-per-case", "0"], True, ["--samples-per-case"]),
+        (["plan-from-fingerprints", "{tmp}/missing.json", "-o", "{tmp}/plans.json"], True,
+         ["FINGERPRINT", "missing.json", "no such file"]),
+        (["preprocess", "501"], True, ["--plans-file", "required"]),
+        (["preprocess", "999", "--plans-file", "{tmp}/plans.json"], True, ["dataset 999", "export-sites"]),
         (["export-sites", "{tmp}/missing.json"], True, ["DATALIST", "missing.json"]),
         (["export-sites", "{tmp}/missing.json", "--first-id", "1000"], True, ["--first-id", "1 to 999"]),
         (["nonsense"], True, ["COMMAND", "invalid choice", "export-sites"]),

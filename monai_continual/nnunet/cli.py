@@ -3,6 +3,9 @@
 Commands (``python -m monai_continual.nnunet COMMAND --help`` for each one's options):
   export-sites   write a multi-site datalist as one nnU-Net raw dataset per site
   plan           plan once, move the plans to every site's dataset, preprocess each
+  fingerprint    a site's nnU-Net dataset fingerprint, aggregate statistics only (federated planning)
+  plan-from-fingerprints  merge the sites' fingerprints and plan with nnU-Net as if their data were pooled
+  preprocess     preprocess a site's own dataset with a plans file it was given
   train          train any trainer (ours or nnU-Net's), like nnUNetv2_train, where nnU-Net's lookup cannot
   predict        predict a folder of images; Monte Carlo and uncertainty maps for Bayesian trainers
   sites          run a strategy over the sites' datasets and fill the R matrix (resumable)
@@ -14,6 +17,9 @@ A dataset is an id (501) or a name (Dataset501_site_a).
 Example:
   python -m monai_continual.nnunet export-sites sites/datalist.json --first-id 501
   python -m monai_continual.nnunet plan 501 502
+  python -m monai_continual.nnunet fingerprint 501 -o site_a.json    # federated: at each site, then
+  python -m monai_continual.nnunet plan-from-fingerprints site_a.json site_b.json -o plans.json
+  python -m monai_continual.nnunet preprocess --plans-file plans.json 501    # at each site
   python -m monai_continual.nnunet sites cyclic_weight_transfer 501 502 -o runs/cwt --rounds 3
 """
 
@@ -256,6 +262,40 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fingerprint(args: argparse.Namespace) -> int:
+    raw = _require("raw")["raw"]
+    name = _raw_dataset(raw, args.dataset)
+    from monai_continual.nnunet.fingerprints import save_fingerprint, site_fingerprint
+
+    fingerprint = site_fingerprint(name, args.samples_per_case, args.num_processes)
+    save_fingerprint(fingerprint, args.output)
+    print(f"wrote the fingerprint of {name} ({len(fingerprint['spacings'])} cases) to {args.output}")
+    return 0
+
+
+def _plan_from_fingerprints(args: argparse.Namespace) -> int:
+    for path in args.fingerprints:
+        _existing(path, "FINGERPRINT")
+    from monai_continual.nnunet.planning import plan_from_fingerprints
+
+    plans = plan_from_fingerprints(args.fingerprints, args.output, args.planner, args.plans)
+    print(f"wrote plans {plans['plans_name']} ({', '.join(plans['configurations'])}) for "
+          f"{len(args.fingerprints)} sites to {args.output}; at each site run "
+          f"{_command('preprocess', '--plans-file', args.output, 'DATASET')}")
+    return 0
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    raw = _require("raw", "preprocessed")["raw"]
+    name = _raw_dataset(raw, args.dataset)
+    _existing(args.plans_file, "--plans-file")
+    from monai_continual.nnunet.planning import preprocess_with_plans
+
+    target = preprocess_with_plans(name, args.plans_file, args.configurations, args.num_processes)
+    print(f"preprocessed {name} with {args.plans_file}; its plans: {target}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     preprocessed = _require("preprocessed", "results")["preprocessed"]
     _planned_dataset(preprocessed, args.dataset, args.p, [args.dataset, *_plans_option(args.p)])
@@ -443,6 +483,38 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-np", dest="num_processes", type=_positive_int, default=1, metavar="N",
                     help="preprocessing processes per dataset")
     pl.set_defaults(func=_plan)
+
+    fp = command("fingerprint", "a site's nnU-Net dataset fingerprint: aggregate statistics only, to share for "
+                 "federated planning")
+    fp.add_argument("dataset", type=_dataset, help="the site's dataset (id or name) in nnUNet_raw")
+    fp.add_argument("-o", "--output", required=True, metavar="FILE", help="fingerprint file to write (JSON)")
+    fp.add_argument("--samples-per-case", type=_positive_int, default=10000, metavar="N",
+                    help="foreground intensities sampled per case; the same at every site (int(1e8 / total cases) "
+                         "reproduces pooled nnU-Net's intensity statistics exactly)")
+    fp.add_argument("-np", dest="num_processes", type=_positive_int, default=1, metavar="N",
+                    help="processes analyzing cases")
+    fp.set_defaults(func=_fingerprint)
+
+    pf = command("plan-from-fingerprints", "merge the sites' fingerprints and plan with nnU-Net's planner as if the "
+                 "sites' data were pooled")
+    pf.add_argument("fingerprints", nargs="+", metavar="FINGERPRINT",
+                    help="the sites' fingerprint files (from the fingerprint command)")
+    pf.add_argument("-o", "--output", required=True, metavar="FILE", help="plans file to write (JSON)")
+    pf.add_argument("-pl", dest="planner", default="ExperimentPlanner", metavar="PLANNER",
+                    help="nnU-Net experiment planner class (e.g. nnUNetPlannerResEncM)")
+    pf.add_argument("-p", dest="plans", default="nnUNetPlans", metavar="PLANS", help="plans identifier")
+    pf.set_defaults(func=_plan_from_fingerprints)
+
+    pp = command("preprocess", "preprocess a site's own dataset with a plans file it was given")
+    pp.add_argument("dataset", type=_dataset, help="the site's dataset (id or name) in nnUNet_raw")
+    pp.add_argument("--plans-file", required=True, metavar="FILE",
+                    help="the plans (from plan-from-fingerprints); written to nnUNet_preprocessed/<dataset>/ with "
+                         "the dataset's own name")
+    pp.add_argument("-c", dest="configurations", nargs="+", default=["3d_fullres"], metavar="CONFIGURATION",
+                    help="nnU-Net configurations to preprocess (2d, 3d_fullres, 3d_lowres)")
+    pp.add_argument("-np", dest="num_processes", type=_positive_int, default=1, metavar="N",
+                    help="preprocessing processes")
+    pp.set_defaults(func=_preprocess)
 
     tr = command("train", "train a trainer on one dataset, like nnUNetv2_train")
     tr.add_argument("dataset", type=_dataset, help="the dataset (id or name), planned with the `plan` command")
