@@ -40,7 +40,14 @@ _EXPORTS = {
     "train": "launcher",
     "UNCERTAINTY_MAPS": "mc_predictor",
     "MCnnUNetPredictor": "mc_predictor",
+    "FingerprintError": "fingerprints",
+    "site_fingerprint": "fingerprints",
+    "load_fingerprint": "fingerprints",
+    "save_fingerprint": "fingerprints",
+    "merge_fingerprints": "fingerprints",
     "plan_and_preprocess_sites": "planning",
+    "plan_from_fingerprints": "planning",
+    "preprocess_with_plans": "planning",
     "REPLAY_ENV": "replay_trainer",
     "ReplayMixDataset": "replay_trainer",
     "nnUNetTrainerReplay": "replay_trainer",
@@ -57,8 +64,9 @@ __all__ = [
     "TRAINERS", "register_trainers",
     "find_trainer", "ext_trainer_folder", "build_trainer", "train", "predict", "MCnnUNetPredictor",
     "UNCERTAINTY_MAPS", "export_nnunet_datasets", "check_datasets_compatible", "NnUNetDatasetError",
-    "plan_and_preprocess_sites", "nnunet_paths", "set_nnunet_paths", "POSTERIOR_FILE", "PRIOR_ENV", "REPLAY_ENV",
-    "ReplayMixDataset",
+    "plan_and_preprocess_sites", "site_fingerprint", "save_fingerprint", "load_fingerprint", "merge_fingerprints",
+    "FingerprintError", "plan_from_fingerprints", "preprocess_with_plans", "nnunet_paths", "set_nnunet_paths",
+    "POSTERIOR_FILE", "PRIOR_ENV", "REPLAY_ENV", "ReplayMixDataset",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily through __getattr__
@@ -71,9 +79,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily t
     from monai_continual.nnunet.datasets import NnUNetDatasetError, check_datasets_compatible, export_nnunet_datasets
     from monai_continual.nnunet.environment import nnunet_paths, set_nnunet_paths
     from monai_continual.nnunet.ewc_trainer import nnUNetTrainerEWC
+    from monai_continual.nnunet.fingerprints import (
+        FingerprintError,
+        load_fingerprint,
+        merge_fingerprints,
+        save_fingerprint,
+        site_fingerprint,
+    )
     from monai_continual.nnunet.launcher import build_trainer, predict, train
     from monai_continual.nnunet.mc_predictor import UNCERTAINTY_MAPS, MCnnUNetPredictor
-    from monai_continual.nnunet.planning import plan_and_preprocess_sites
+    from monai_continual.nnunet.planning import plan_and_preprocess_sites, plan_from_fingerprints, preprocess_with_plans
     from monai_continual.nnunet.proximal_trainer import nnUNetTrainerFedProx
     from monai_continual.nnunet.replay_trainer import REPLAY_ENV, ReplayMixDataset, nnUNetTrainerReplay
     from monai_continual.nnunet.trainers import TRAINERS, ext_trainer_folder, find_trainer, register_trainers
