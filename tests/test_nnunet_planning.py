@@ -184,24 +184,26 @@ def test_fingerprint_files_are_checked_when_read(federation, tmp_path, capsys):
     assert not (tmp_path / "plans.json").exists()
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda plans: "{not json", "not valid JSON"),
-    (lambda plans: {k: v for k, v in plans.items() if k != "configurations"}, "not nnU-Net plans"),
+@pytest.mark.parametrize("change, expected, options", [
+    (lambda plans: "{not json", "not valid JSON", []),
+    (lambda plans: {k: v for k, v in plans.items() if k != "configurations"}, "not nnU-Net plans", []),
     (lambda plans: {**plans, PLANNED_DATASET_KEY: {**plans[PLANNED_DATASET_KEY],
-                                                   "labels": {"background": 0, "tumour": 1}}}, "planned for labels"),
+                                                   "labels": {"background": 0, "tumour": 1}}},
+     "planned for labels", []),
     (lambda plans: {**plans, "foreground_intensity_properties_per_channel": {
         **plans["foreground_intensity_properties_per_channel"], "1": plans[
-            "foreground_intensity_properties_per_channel"]["0"]}}, "channel count"),
+            "foreground_intensity_properties_per_channel"]["0"]}}, "channel count", []),
+    (lambda plans: plans, "has no configuration ['3d_lowres']", ["-c", "3d_lowres"]),
 ])
 def test_plans_files_that_do_not_fit_are_refused_in_one_line(federation, tmp_path, capsys, monkeypatch, change,
-                                                               expected):
+                                                               expected, options):
     _site_env(monkeypatch, federation, tmp_path / "preprocessed")
     changed = change(federation["plans"])
     path = tmp_path / "plans.json"
     path.write_text(changed if isinstance(changed, str) else json.dumps(changed))
     site = federation["sites"]["alpha"]
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["preprocess", "--plans-file", str(path), site])
+        cli.main(["preprocess", "--plans-file", str(path), site, *options])
     error = capsys.readouterr().err
     assert exit_.value.code == 2 and error.count("\n") == 1, error
     assert error.startswith(f"{PROG} preprocess: error: plans file {path}: ") and expected in error, error
