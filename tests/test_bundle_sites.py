@@ -19,6 +19,7 @@ from monai.fl.utils.constants import ExtraItems, WeightType  # noqa: E402
 from monai.fl.utils.exchange_object import ExchangeObject  # noqa: E402
 from monai.networks.nets import UNet  # noqa: E402
 
+import monai_continual.federated.bundle_client as client_module  # noqa: E402
 from monai_continual.consolidation import DirectoryWeightStore  # noqa: E402
 from monai_continual.engines.bundle_site import BundleSite  # noqa: E402
 from monai_continual.federated import FederatedRun  # noqa: E402
@@ -236,6 +237,12 @@ def test_an_exported_bundle_job_names_no_path_and_passes_no_override(hospitals, 
     assert not [p for p in files if str(root) in p.read_text(errors="replace")]
     clients = [p.read_text() for p in job.glob("app_*/config/config_fed_client.json")]
     assert clients and all("--bundle-root" not in c and "--set" not in c for c in clients)
+    # the site script is named by its copy in the job, not by where this machine keeps the package
+    package = str(Path(client_module.__file__).resolve().parents[2])
+    assert not [c for c in clients if package in c]
+    assert all(json.loads(c)["executors"][0]["executor"]["args"]["task_script_path"] == "bundle_client.py"
+               for c in clients)
+    assert all(list((p / "custom").rglob("bundle_client.py")) for p in job.glob("app_hospital_*"))
     # on one machine each site gets its own bundle root and overrides, never another site's
     local = FederatedRun.bundle(bundle, sites, "cyclic_weight_transfer", tmp_path / "out")
     assert local.site_args["hospital_2"].count("--set") == 2

@@ -225,7 +225,8 @@ class FederatedRun:
         from nvflare.fuel.utils.constants import FrameworkType
         from nvflare.job_config.api import FedJob
         from nvflare.job_config.defs import FilterType
-        from nvflare.job_config.script_runner import ScriptRunner
+
+        from monai_continual.federated.script_runner import JobScriptRunner
 
         job = FedJob(name=f"monai_continual_{self.strategy}", min_clients=self.min_clients)
         job.set_app_packages(["monai_continual"])  # installed at every party: never copied into the job
@@ -262,7 +263,8 @@ class FederatedRun:
                 raise ValueError(f"FederatedRun: site {site!r}: arguments with spaces or braces cannot be passed: "
                                  f"{spaced}.")
             job.to(
-                ScriptRunner(script=str(self.script), script_args=" ".join(site_args), framework=FrameworkType.NUMPY),
+                JobScriptRunner(script=str(self.script), script_args=" ".join(site_args),
+                                framework=FrameworkType.NUMPY),
                 site,
             )
             for task_filter in result_filters(self.result_filters, weight_diff=False):  # on training results only
