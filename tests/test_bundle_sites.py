@@ -20,7 +20,7 @@ from monai.fl.utils.exchange_object import ExchangeObject  # noqa: E402
 from monai.networks.nets import UNet  # noqa: E402
 
 import monai_continual.federated.bundle_client as client_module  # noqa: E402
-from monai_continual.consolidation import DirectoryWeightStore  # noqa: E402
+from monai_continual.consolidation import DirectoryWeightStore, Posterior  # noqa: E402
 from monai_continual.engines.bundle_site import BundleSite  # noqa: E402
 from monai_continual.federated import FederatedRun  # noqa: E402
 from monai_continual.federated.bundle_algo import (  # noqa: E402
@@ -145,8 +145,8 @@ def test_the_client_under_nvflare_own_fedavg_recipe(hospitals, tmp_path):
     for site in training:  # each site trained once per round, from the global model it received
         store = DirectoryWeightStore(tmp_path / "sites" / site / "client_algo" / "store")
         rounds = sorted(e.stage for e in store.entries() if e.site == site)
-        assert rounds == [3, 5], rounds  # round r's received model is stage 2r, its training 2r + 1
-        assert store.entry(4).site == "server"
+        assert rounds == [5, 8], rounds  # round r's received model is stage 3r, its training 3r + 2
+        assert store.entry(6).site == "server"
     log = next((tmp_path / "workspace").rglob("server/**/log.txt")).read_text()
     assert "Round 1 started" in log and "Finished FedAvg" in log
 
@@ -203,10 +203,16 @@ def test_received_models_are_checked_before_anything_is_stored(hospitals, tmp_pa
     next(iter(bad.values())).fill_(float("nan"))
     with pytest.raises(ValueError, match="not finite"):
         algo.train(ExchangeObject(weights=bad))
+    from monai_continual.bayes import bayesianize
+
+    other = Posterior.from_model(bayesianize(UNet(**dict(UNET, channels=[4, 16]))), site="elsewhere")
+    with pytest.raises(ValueError, match="hospital_1.*does not fit this site's bundle network made Bayesian"):
+        algo.train(ExchangeObject(weights=posterior_weights(other)), {StageExtra.NETWORK: "bayes"})
     assert not list(tmp_path.rglob("*.safetensors"))
 
 
 @pytest.mark.parametrize("item", ['dataset_dir="$__import__(\'os\').system(\'id\')"', "network_def=\"@other\"",
+                                  'network_def#_target_="torch.nn.Identity"', 'train#trainer#_mode_="debug"',
                                   "train#trainer#amp={\"_target_\":\"x\"}", "../x=1", "key=not json"])
 def test_site_overrides_are_data_never_expressions(item):
     with pytest.raises(ValueError):
@@ -300,6 +306,9 @@ def test_ewc_and_fedprox_wrap_the_bundle_loss(hospitals, tmp_path):
     ewc = _loopback(hospitals, tmp_path / "ewc", "ewc", {"ewc_lambda": 0.0})
     assert [s["published"] for s in tuned] == [s["published"] for s in ewc]
     assert all("fisher" in s["details"] for s in ewc[1:])
+    penalized = _loopback(hospitals, tmp_path / "ewc_on", "ewc", {"ewc_lambda": 100.0})
+    assert penalized[1]["published"] == ewc[1]["published"]  # the first site has no earlier Fisher
+    assert penalized[2]["published"] != ewc[2]["published"]  # the second trains under the penalty
     distances = {}
     for name, mu in (("fedavg", 0.0), ("fedprox", 10.0)):
         stages = _loopback(hospitals, tmp_path / name, "federated_averaging", {"rounds": 1, "proximal_mu": mu})
@@ -339,3 +348,8 @@ def test_exclude_vars_keeps_variables_at_the_sites_and_difference_filters_are_re
         assert check_result_filters([{"name": name, "args": {}}], weight_diff=True)
     with pytest.raises(ValueError, match="result filter 0"):
         check_result_filters([{"name": "nvflare.app_common.filters.ExcludeVars"}], weight_diff=False)
+    for pattern in ("", "^model", ["model.2.bias"]):  # would exclude nothing of the names as sent
+        with pytest.raises(ValueError, match="non-empty regular expression"):
+            check_result_filters([{"name": "ExcludeVars", "args": {"exclude_vars": pattern}}], weight_diff=False)
+    with pytest.raises(ValueError, match="cannot be used with ewc"):
+        check_result_filters(keep, weight_diff=False, strategy="ewc")

@@ -121,6 +121,19 @@ class BundleStageExecutor(BaseStageExecutor):
             self._shapes = {k: v.to("meta") for k, v in network.state_dict().items()}
         check_same_network(weights, self._shapes, self.site, what)
 
+    def check_posterior(self, posterior: Posterior, what: str) -> None:
+        """Refuse a posterior that does not fit this site's bundle network made Bayesian, before it is stored.
+
+        Raises:
+            NetworkMismatchError: naming the site and what does not fit.
+        """
+        network = _unwrapped(self.bundle.workflow(bayesian=True).parser.get_parsed_content("network"))
+        try:
+            posterior.to_prior(network, init_posterior=True)
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise NetworkMismatchError(f"site {self.site!r}: {what} does not fit this site's bundle network made "
+                                       f"Bayesian (every site of a run must use the same network): {err}") from err
+
     def model(self, number: int) -> nn.Module:
         stage = self.stages.get(number)
         if stage is not None and stage.action == Action.ENSEMBLE:
@@ -154,6 +167,8 @@ class BundleStageExecutor(BaseStageExecutor):
             converted = bayesianize(source, self.bundle.bayes, bound_std=stage.bound_std)
             device = next(network.parameters()).device
             network.load_state_dict({k: v.to(device) for k, v in converted.state_dict().items()})
+            if stage.prior is not None:  # a received prior (e.g. VCL's) instead of the network's own
+                self.artifacts.posterior(stage.prior).to_prior(network)
         else:
             network.load_state_dict(weights)
 
@@ -192,6 +207,8 @@ class BundleStageExecutor(BaseStageExecutor):
         self._record_scores(stage, trainer, parser, network, len(dataset))
         self._trainer = trainer
         try:
+            if self._aborted:
+                raise RuntimeError(f"site {self.site!r}: stage {stage.number} was aborted; nothing was published.")
             trainer.run()
         finally:
             self._trainer = None
@@ -244,6 +261,7 @@ class BundleStageExecutor(BaseStageExecutor):
             raise ValueError(f"site {self.site!r} scores models on its own data only, not on {site!r}'s.")
         bayes = self.artifacts.kind(stage.number) == NetworkKind.BAYES
         parser = self.bundle.workflow(evaluate=True).parser
+        self.seed_evaluation(stage.number, site)  # the bundle's own initialize section has just seeded
         device = parser.get_parsed_content("device") if "device" in parser else torch.device("cpu")
         parser["network"] = network.to(device)
         evaluator = parser.get_parsed_content("validate#evaluator")

@@ -69,6 +69,9 @@ class BundleSite:
 
     def _files(self, names: str | Sequence[str]) -> list[Path]:
         names = [names] if isinstance(names, (str, os.PathLike)) else list(names)
+        outside = [str(n) for n in names if Path(n).is_absolute() or ".." in Path(n).parts]
+        if outside:  # a job names config files; which files they are is the bundle's
+            raise ValueError(f"BundleSite: site {self.site!r}: config files must be inside the bundle, got {outside}.")
         return [Path(self.bundle_root, n) for n in names]
 
     @property
@@ -88,8 +91,8 @@ class BundleSite:
 
         Args:
             epochs: the trainer's ``max_epochs`` (a stage's length); ``None``: the bundle's.
-            evaluate: merge the evaluation config and leave out every checkpoint loader and saver (a model is scored
-                as given, and the hospital's own model files are left as they are).
+            evaluate: merge the evaluation config and leave out every checkpoint saver (the hospital's own model
+                files are left as they are). Checkpoint loaders are always left out: a stage starts from its start.
             bayesian: the bundle's ``network`` becomes :func:`~monai_continual.bayes.bayesianize` of its
                 ``network_def`` with :attr:`bayes` (what the Bayesian overlay does).
             bound_std: posterior stds bounded by the prior's (DWC's site training).
@@ -105,11 +108,13 @@ class BundleSite:
         if missing:
             raise KeyError(f"site {self.site!r}: the bundle config {[str(f) for f in files]} has no {missing}; a site "
                            f"bundle needs {list(BUNDLE_KEYS)} (the model zoo's layout).")
-        if evaluate:
-            for section in ("train#handlers", "validate#handlers"):
-                for handler in parser.get(section, []) if isinstance(parser.get(section), list) else []:
-                    if ConfigComponent.is_instantiable(handler) and any(s in handler["_target_"] for s in _SAVERS):
-                        handler["_disabled_"] = True
+        # a checkpoint loader would replace the stage's start with the hospital's own model file; while a model is
+        # scored, savers would overwrite that file with it
+        off = _SAVERS if evaluate else ("CheckpointLoader",)
+        for section in ("train#handlers", "validate#handlers"):
+            for handler in parser.get(section, []) if isinstance(parser.get(section), list) else []:
+                if ConfigComponent.is_instantiable(handler) and any(s in handler["_target_"] for s in off):
+                    handler["_disabled_"] = True
         if bayesian:
             parser["imports"] = [*parser.get("imports", []), "$from monai_continual.bayes import bayesianize"]
             parser["continual_bayes"] = self.bayes.to_dict() | {

@@ -87,7 +87,8 @@ class ContinualBundleAlgo(ClientAlgo):
     or as differences to the received ones (``send_weight_diff``); a posterior is returned whole, under the keys of
     :func:`posterior_weights`, with ``WeightType.WEIGHTS``. ``evaluate`` scores the received model on the site's
     own validation (or evaluation-config) data with the bundle's key metric. Received and trained models are kept
-    as safetensors in ``workdir/<site>/client_algo`` by stage number, so a received model is checked (names, shapes,
+    as safetensors in ``workdir/<site>/client_algo`` by stage number (round ``r``: the received model ``3r``, a
+    received prior ``3r + 1``, the trained model ``3r + 2``); a received model is checked (names, shapes,
     finiteness) before anything of it is stored or trained.
 
     Under this package's :class:`~monai_continual.federated.StrategyController` the same executor serves the
@@ -178,6 +179,7 @@ class ContinualBundleAlgo(ClientAlgo):
             self.stages[number] = stage
         executor = self._local(evaluation)
         if posterior is not None:
+            executor.check_posterior(posterior, "the received posterior")
             posterior.save(executor.layout.posterior_file(number))
             return kind
         state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
@@ -187,6 +189,7 @@ class ContinualBundleAlgo(ClientAlgo):
         if data.weight_type == WeightType.WEIGHT_DIFF:
             if self.received is None:
                 raise PayloadError(f"site {self.site!r}: weight differences arrived before any full weights.")
+            check_same_network(state, self.received, self.site, "the received weight differences")
             state = {k: self.received[k] + v for k, v in state.items()}
         plain = executor.bundle.workflow().parser.get_parsed_content("network")
         check_same_network(state, getattr(plain, "module", plain), self.site, "the received model")
@@ -204,20 +207,21 @@ class ContinualBundleAlgo(ClientAlgo):
         """One stage from the received model (see :class:`StageExtra` for a Bayesian stage)."""
         extra = dict(extra or {})
         self.round += 1
-        received, trained = 2 * self.round, 2 * self.round + 1
+        received, prior_number, trained = 3 * self.round, 3 * self.round + 1, 3 * self.round + 2
         kind = self._receive(data, received)
         network = NetworkKind(extra.get(StageExtra.NETWORK, NetworkKind.MAP))
         prior = None
         if kind == NetworkKind.BAYES:
             prior = received
         elif StageExtra.PRIOR in extra and network == NetworkKind.BAYES:
-            prior_number = 2 * self.round - 1 if self.round > 1 else 1
             posterior = weights_posterior(dict(extra[StageExtra.PRIOR].weights or {}))
             if posterior is None:
                 raise PayloadError(f"site {self.site!r}: the prior that came with the stage is not a posterior.")
             self.stages[prior_number] = Stage(prior_number, sites=(self.site,), network=NetworkKind.BAYES, start=None,
                                               evaluate=False)
-            posterior.save(self._local().layout.posterior_file(prior_number))
+            executor = self._local()
+            executor.check_posterior(posterior, "the prior that came with the stage")
+            posterior.save(executor.layout.posterior_file(prior_number))
             prior = prior_number
         if kind == NetworkKind.BAYES and network != NetworkKind.BAYES:
             raise ValueError(f"site {self.site!r}: a posterior arrived for a deterministic stage; set "

@@ -73,6 +73,8 @@ def bundle_overrides(items: Iterable[str] = (), file: str | None = None) -> dict
     for key, value in pairs:
         if not _KEY.fullmatch(key):
             raise ValueError(f"bundle override {key!r}: keys are config ids, name(#name)*.")
+        if key.rpartition("#")[2].startswith("_"):  # _target_, _mode_, _requires_, _disabled_ name or run code
+            raise ValueError(f"bundle override {key!r}: special keys of a component are not overrides of a site.")
         _plain(value, repr(key))
         out[key] = value
     return out

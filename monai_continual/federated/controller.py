@@ -65,7 +65,7 @@ class StrategyController(ModelController):
                  boundary: dict | None = None, result_filters: list | None = None) -> None:
         super().__init__()
         refuse_data_transfer(strategy, allow_data_to_leave_sites)
-        check_result_filters(result_filters or [], weight_diff=False)  # full weights and posteriors travel
+        check_result_filters(result_filters or [], weight_diff=False, strategy=strategy)  # full weights travel
         self.result_filters = list(result_filters or [])
         self.boundary = BoundaryPolicy.from_dict(boundary).to_dict()  # refused here, before the job runs
         self.strategy = strategy

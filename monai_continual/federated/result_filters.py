@@ -43,13 +43,16 @@ _ARGS = {
 }
 
 
-def check_result_filters(specs: Sequence[Mapping[str, Any]], weight_diff: bool) -> list[tuple[ResultFilter, dict]]:
+def check_result_filters(specs: Sequence[Mapping[str, Any]], weight_diff: bool,
+                         strategy: str | None = None) -> list[tuple[ResultFilter, dict]]:
     """The filters of ``specs`` (``{"name": ..., "args": {...}}``), checked for the transfer kind.
 
     Args:
         specs: the job's filters, in the order they run.
         weight_diff: the sites send weight differences (NVIDIA FLARE's FedAvg with ``--send-weight-diff``); ``False``
             for full weights and posteriors (this package's controller).
+        strategy: the run's strategy, when this package's controller runs it (``ewc`` sends a Fisher whose entries
+            an ``ExcludeVars`` would drop too: refused).
 
     Raises:
         ValueError: an unknown filter or argument, an argument that is not plain JSON, an ``exclude_vars`` that is
@@ -74,9 +77,15 @@ def check_result_filters(specs: Sequence[Mapping[str, Any]], weight_diff: bool) 
                 isinstance(value, list) and all(isinstance(v, str) for v in value))
             if not plain:
                 raise ValueError(f"result filter {name}: {key}={value!r} is not a plain JSON value.")
-        if name == ResultFilter.EXCLUDE_VARS and isinstance(args.get("exclude_vars"), str):
+        if name == ResultFilter.EXCLUDE_VARS:
+            # NVIDIA FLARE matches the names as sent (``published|weights/<parameter>``): an exact name or an
+            # anchored pattern of the bare parameter name would silently exclude nothing
+            pattern = args.get("exclude_vars")
+            if not isinstance(pattern, str) or not pattern or pattern.startswith("^"):
+                raise ValueError(f"result filter ExcludeVars: exclude_vars must be a non-empty regular expression "
+                                 f"searched in the parameter names, not anchored with '^'; got {pattern!r}.")
             try:
-                re.compile(args["exclude_vars"])
+                re.compile(pattern)
             except re.error as err:
                 raise ValueError(f"result filter ExcludeVars: exclude_vars is not a regular expression: {err}") from err
         if name in DIFFERENCE_ONLY and not weight_diff:
@@ -86,6 +95,9 @@ def check_result_filters(specs: Sequence[Mapping[str, Any]], weight_diff: bool) 
                 "destroy the model. Use it with NVIDIA FLARE's FedAvg and sites that send differences "
                 "(bundle_client.py --send-weight-diff), or use ExcludeVars."
             )
+        if name == ResultFilter.EXCLUDE_VARS and strategy is not None and str(strategy) == "ewc":
+            raise ValueError("result filter ExcludeVars cannot be used with ewc: it would also drop the matching "
+                             "entries of the running Fisher that travels with the weights.")
         checked.append((name, args))
     return checked
 

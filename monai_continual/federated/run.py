@@ -202,7 +202,7 @@ class FederatedRun:
                    task_timeout=task_timeout, allow=False, payload_log=payload_log, boundary=boundary,
                    accept_margin=None, task_request_interval=task_request_interval)
         run.overrides = {}  # nothing of the bundle's config is chosen by the job: only the sites' own settings
-        check_result_filters(result_filters, weight_diff=False)
+        check_result_filters(result_filters, weight_diff=False, strategy=strategy)
         run.result_filters = [dict(f) for f in result_filters]
         common = ["--train-config", str(train_config), "--mc-samples", str(int(mc_samples))]
         if evaluate_config:

@@ -213,6 +213,8 @@ class SiteWorker:
                     raise PayloadError(f"{what}: {err}") from err
                 if posterior.sha256() != expected:
                     raise PayloadError(f"{what} does not match the hash the server sent; nothing was stored.")
+                if hasattr(executor, "check_posterior"):  # e.g. a bundle site: its network made Bayesian
+                    executor.check_posterior(posterior, f"the received {role} (stage {number})")
                 path = executor.artifacts.posterior_file(number)
                 if not path.exists() or executor.artifacts.posterior(number).sha256() != expected:
                     posterior.save(path)
