@@ -207,9 +207,8 @@ class BundleStageExecutor(BaseStageExecutor):
         self._record_scores(stage, trainer, parser, network, len(dataset))
         self._trainer = trainer
         try:
-            if self._aborted:
-                raise RuntimeError(f"site {self.site!r}: stage {stage.number} was aborted; nothing was published.")
-            trainer.run()
+            if not self._aborted:  # an abort during the set-up above: nothing trains
+                trainer.run()
         finally:
             self._trainer = None
         if self._aborted:

@@ -16,7 +16,7 @@ from monai.fl.utils.exchange_object import ExchangeObject
 from monai_continual.consolidation.posterior import Posterior
 from monai_continual.engines.bundle_executor import BundleStageExecutor, check_same_network
 from monai_continual.engines.bundle_site import BundleSite
-from monai_continual.federated.payload import PayloadError, params_to_posterior
+from monai_continual.federated.payload import PayloadError, params_to_posterior, posterior_weights
 from monai_continual.strategies.stage import NetworkKind, Stage
 from monai_continual.utils.flags import as_flag
 
@@ -40,19 +40,6 @@ class StageExtra:
     EPOCHS = "continual_epochs"
     BOUND_STD = "continual_bound_std"
     PRIOR = "continual_prior"
-
-
-def posterior_weights(posterior: Posterior) -> dict[str, torch.Tensor]:
-    """A posterior as one flat dict (the key convention of an ``ExchangeObject``'s weights): ``mean/<parameter>``,
-    ``std/<parameter>`` and ``deterministic/<buffer or parameter>``.
-
-    Example::
-
-        >>> sorted(posterior_weights(posterior))[:2]
-        ['deterministic/model.0.bias', 'mean/model.0.conv.weight']
-    """
-    groups = {"mean": posterior.mean, "std": posterior.std, "deterministic": posterior.deterministic}
-    return {f"{g}/{k}": v.detach().cpu() for g, tensors in groups.items() for k, v in tensors.items()}
 
 
 def weights_posterior(weights: Mapping[str, Any], site: str = "server") -> Posterior | None:
@@ -191,8 +178,7 @@ class ContinualBundleAlgo(ClientAlgo):
                 raise PayloadError(f"site {self.site!r}: weight differences arrived before any full weights.")
             check_same_network(state, self.received, self.site, "the received weight differences")
             state = {k: self.received[k] + v for k, v in state.items()}
-        plain = executor.bundle.workflow().parser.get_parsed_content("network")
-        check_same_network(state, getattr(plain, "module", plain), self.site, "the received model")
+        executor.check_weights(state, "the received model")
         if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in state.values()):
             raise PayloadError(f"site {self.site!r}: the received model has values that are not finite.")
         state = {k: v.detach().cpu().clone() for k, v in state.items()}

@@ -20,6 +20,7 @@ __all__ = [
     "stage_to_meta",
     "stage_from_meta",
     "model_to_params",
+    "posterior_weights",
     "params_to_weights",
     "params_to_posterior",
     "fisher_to_params",
@@ -64,15 +65,23 @@ def stage_from_meta(meta: Mapping[str, Any]) -> tuple[Stage, dict[int, NetworkKi
     return stage, {int(k): NetworkKind(v) for k, v in dict(meta.get("kinds", {})).items()}
 
 
+def posterior_weights(posterior: Posterior) -> dict[str, torch.Tensor]:
+    """A posterior as one flat dict: ``mean/<parameter>``, ``std/<parameter>`` and ``deterministic/<name>`` (what
+    :func:`params_to_posterior` reads back; the key convention of an ``ExchangeObject``'s weights too).
+
+    Example::
+
+        >>> sorted(posterior_weights(posterior))[:2]
+        ['deterministic/model.0.bias', 'mean/model.0.conv.weight']
+    """
+    groups = {"mean": posterior.mean, "std": posterior.std, "deterministic": posterior.deterministic}
+    return {f"{g}/{k}": v.detach().cpu() for g, tensors in groups.items() for k, v in tensors.items()}
+
+
 def model_to_params(role: str, model: Mapping[str, torch.Tensor] | Posterior) -> dict[str, np.ndarray]:
     """Weights (a state dict) or a posterior as flat numpy parameters under ``role``."""
     if isinstance(model, Posterior):
-        groups = {"mean": model.mean, "std": model.std, "deterministic": model.deterministic}
-        return {
-            f"{role}{_SEP}{g}/{k}": v.detach().cpu().numpy()
-            for g, tensors in groups.items()
-            for k, v in tensors.items()
-        }
+        return {f"{role}{_SEP}{k}": v.numpy() for k, v in posterior_weights(model).items()}
     return {f"{role}{_SEP}weights/{k}": v.detach().cpu().numpy() for k, v in model.items()}
 
 

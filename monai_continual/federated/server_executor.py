@@ -37,6 +37,7 @@ from monai_continual.federated.payload import (
     params_to_fisher,
     params_to_posterior,
     params_to_weights,
+    posterior_weights,
     split_params,
     stage_to_meta,
 )
@@ -261,9 +262,7 @@ class FederatedStageExecutor(BaseStageExecutor):
         number, reference = self._reference(stage)
         kept: list[str] = []
         if isinstance(reference, Posterior):
-            groups = {"mean": reference.mean, "std": reference.std, "deterministic": reference.deterministic}
-            tensors, kept = self._completed(stage, tensors, {f"{g}/{k}": v for g, d in groups.items() for k, v in
-                                                             d.items()})
+            tensors, kept = self._completed(stage, tensors, posterior_weights(reference))
         else:
             tensors, kept = self._completed(stage, tensors, None)
         try:
