@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from monai.losses import DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 
@@ -30,7 +29,7 @@ from monai_continual.engines.epoch_sampler import EpochSampler
 from monai_continual.engines.monai_executor import MonaiStageExecutor
 from monai_continual.losses import ELBOLoss
 from monai_continual.strategies import NonFiniteTrainingError
-from monai_continual.utils.distributed import get_rank, get_world_size, init_distributed
+from monai_continual.utils.distributed import finalize_distributed, get_rank, get_world_size, init_distributed
 from monai_continual.utils.hashing import tensors_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -144,7 +143,7 @@ def main(argv: list[str]) -> None:
     RECORD["resumed"] = tiny_runner(sites, output, epochs=2).run("fine_tuning", directory="resumed").transfers
     records.mkdir(parents=True, exist_ok=True)
     (records / f"rank{get_rank()}.json").write_text(json.dumps(RECORD))
-    dist.destroy_process_group()
+    finalize_distributed()
 
 
 if __name__ == "__main__":

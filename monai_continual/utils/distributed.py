@@ -24,6 +24,7 @@ from torch import nn
 __all__ = [
     "barrier",
     "check_process_group",
+    "finalize_distributed",
     "broadcast_module",
     "get_rank",
     "get_world_size",
@@ -110,6 +111,24 @@ def init_distributed(timeout_minutes: float = 120) -> bool:
         torch.cuda.set_device(local_rank())
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
     return True
+
+
+def finalize_distributed() -> None:
+    """Leave the process group once every process has finished: a barrier, then ``destroy_process_group``. A no-op
+    without a process group.
+
+    Without the barrier a process that finished first tears down its side while another still completes the last
+    collective's background work, and gloo can then abort that process at exit (SIGABRT, "terminate called without an
+    active exception").
+
+    Example::
+
+        >>> finalize_distributed()  # the main job's ``finalize``
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    barrier()
+    dist.destroy_process_group()
 
 
 def check_process_group(who: str) -> None:
