@@ -61,8 +61,9 @@ def main(pairs: int = 3) -> None:
         evaluation = []
 
         def ours(index: int) -> float:
-            runner = ContinualRunner(
-                data, Path(tmp) / f"run{index}", network, transform, transform, 4, epochs=EPOCHS, progress=False
+            runner = ContinualRunner(  # the plain trainer's batch size and optimizer, so that only the stage differs
+                data, Path(tmp) / f"run{index}", network, transform, transform, 4, epochs=EPOCHS, progress=False,
+                batch_size=2, optimizer=lambda params: torch.optim.Adam(params, 1e-3), optimizer_state="fresh",
             )
             original = runner._evaluate
 

@@ -30,8 +30,14 @@ def tiny_sites(directory: Path) -> Path:
     return make_sites(directory, sites=TINY_SITES, seed=1, shape=(16, 20, 16), figure=False, progress=False)
 
 
+def _adam(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
 def tiny_runner(datalist: Path, output: Path, network: torch.nn.Module | None = None, **kwargs) -> ContinualRunner:
-    options = {"epochs": 1, "batch_size": 2, "mc_samples": 2, "progress": False, "seed": 0}
+    # short runs: one epoch, a fresh Adam at lr 1e-3 per visit (the recommended settings are for the whole budget)
+    options = {"epochs": 1, "batch_size": 2, "mc_samples": 2, "progress": False, "seed": 0, "optimizer_state": "fresh",
+               "optimizer": _adam}
     options.update(kwargs)
     torch.manual_seed(0)  # the same initial network in every process
     network = network if network is not None else MeshNet(3, 1, 4, channels=4, dilations=(1, 2, 1))

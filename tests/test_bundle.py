@@ -107,7 +107,7 @@ def test_evaluate_and_inference_configs(experiment, tmp_path):
         root,
         "--input_images",
         json.dumps([str(p) for p in images]),
-        "--num_samples",
+        "--mc_samples",
         "2",
         "--roi_size",
         "[16,16,16]",
@@ -129,7 +129,7 @@ def test_evaluate_and_inference_configs(experiment, tmp_path):
         root,
         "--input_images",
         json.dumps([str(two_channel)]),
-        "--num_samples",
+        "--mc_samples",
         "1",
         check=False,
     )

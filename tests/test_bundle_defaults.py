@@ -1,5 +1,7 @@
-"""One set of defaults: every setting that several bundle configs declare has the same default in each, and every
-config that generates the embedded sites generates the same ones (so they never overwrite each other's data)."""
+"""One set of defaults: the package's recommended settings (``monai_continual.recommended.RECOMMENDED``) are
+the defaults of every bundle entry point, of their strategy options, of the bundle README's table and of the Python
+API; every config that generates the embedded sites generates the same ones (so they never overwrite each other's
+data)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,10 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
+
+from monai.bundle import ConfigParser
+
+from monai_continual.recommended import PAPER, RECOMMENDED
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "multisite_segmentation" / "configs"
 ENTRY_POINTS = ("experiment.json", "federated.json", "federated_bundle.json", "train_site.json", "train.json",
@@ -31,12 +37,12 @@ def test_a_setting_declared_by_several_configs_has_one_default():
     assert not disagree, f"settings with different defaults by config: {disagree}"
 
 
-def test_the_shared_settings_are_the_recommended_ones():
+def test_every_entry_point_declares_the_recommended_settings():
     defaults = _defaults()
-    for key, value in {"dataset_shape": [16, 20, 16], "channels": 12, "epochs": 30, "batch_size": 1,
-                       "learning_rate": 0.003, "mc_samples": 3, "num_classes": 4, "sw_batch_size": 4}.items():
-        assert set(map(json.dumps, defaults[key].values())) == {json.dumps(value)}, key
-    assert len(defaults["dataset_shape"]) >= 4 and len(defaults["channels"]) >= 4
+    for key, value in RECOMMENDED.settings().items():
+        found = {name: v for name, v in defaults[key].items() if v != value}
+        assert not found, f"{key}: {found} instead of RECOMMENDED.{key} = {value!r} (monai_continual/recommended.py)"
+    assert len(defaults["dataset_shape"]) >= 4 and len(defaults["channels"]) >= 5 and len(defaults["mc_samples"]) >= 5
     dirs = {json.loads((CONFIGS / n).read_text()).get("dataset_dir") for n in ENTRY_POINTS}
     assert dirs - {None} == {"$@bundle_root + '/data/sites'"}
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
@@ -60,3 +66,59 @@ def test_the_bundle_readme_has_the_model_zoo_sections_and_the_main_jobs_table():
     top = (CONFIGS.parents[2] / "README.md").read_text()
     table = re.search(r"\| strategy \| site_a \|.*?\n(?:\|.*\n)+", top).group(0)
     assert table in readme  # the same results in both READMEs
+
+
+def test_the_strategy_options_of_every_entry_point_are_the_recommended_ones():
+    for name, key in (("experiment.json", "strategy_options"), ("federated.json", "strategy_defaults"),
+                      ("federated_bundle.json", "strategy_defaults")):
+        for epochs in (30, 7):  # cycles and rounds follow the budget
+            parser = ConfigParser(json.loads((CONFIGS / name).read_text()))
+            parser["epochs"] = epochs
+            expected = {k: v for k, v in RECOMMENDED.strategy_options(epochs).items() if name == "experiment.json"
+                        or k != "replay"}  # replay moves data between sites: the federated configs leave it out
+            assert parser.get_parsed_content(key) == expected, (name, epochs)
+    assert RECOMMENDED.strategy_options(7)["cyclic_weight_transfer"] == {"epochs_per_visit": 3, "cycles": 2}
+    assert RECOMMENDED.strategy_options(2)["federated_averaging"] == {"rounds": 1, "local_epochs": 3}
+
+
+def test_the_python_api_defaults_to_the_recommended_settings(tmp_path):
+    import inspect
+
+    import torch
+
+    from monai_continual.engines import MonaiSettings
+    from monai_continual.experiment import MultiSiteExperiment
+    from monai_continual.strategies.names import Strategy
+
+    settings = MonaiSettings(torch.nn.Conv3d(1, 4, 1), lambda x: x, lambda x: x, 4)
+    for key in ("epochs", "batch_size", "mc_samples", "optimizer_state", "seed"):
+        assert getattr(settings, key) == RECOMMENDED.settings()[key], key
+    for optimizer in (settings.optimizer, settings.bayes_optimizer):
+        assert optimizer(settings.network.parameters()).defaults["lr"] == RECOMMENDED.learning_rate
+    signature = inspect.signature(MultiSiteExperiment).parameters
+    assert list(signature["dataset_shape"].default) == RECOMMENDED.settings()["dataset_shape"]
+    experiment = MultiSiteExperiment(tmp_path, torch.nn.Conv3d(1, 4, 1), None, None, 4, runner_options={"epochs": 9})
+    options = experiment.plan_settings.strategy_options
+    assert options[Strategy.CYCLIC_WEIGHT_TRANSFER] == {"epochs_per_visit": 3, "cycles": 3}
+    assert options == {Strategy(k): v for k, v in RECOMMENDED.strategy_options(9).items()}
+    from monai_continual.nnunet.cli import build_parser
+    from monai_continual.nnunet.settings import NnUNetSiteSettings
+
+    command = build_parser().parse_args(["sites", "replay", "501", "502", "-o", str(tmp_path)])
+    assert NnUNetSiteSettings().replay_capacity == command.replay_capacity == RECOMMENDED.capacity_per_site
+
+
+def _table_defaults(readme: str) -> dict[str, str]:
+    return dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", readme, flags=re.M))
+
+
+def test_the_bundle_readme_documents_the_recommended_defaults_and_the_papers_as_overrides():
+    readme = (CONFIGS.parent / "docs" / "README.md").read_text()
+    table = _table_defaults(readme)
+    for key, value in RECOMMENDED.settings().items():
+        assert table[key] == (f"`{value}`" if isinstance(value, (str, list)) else str(value)).replace("'", ""), key
+    paper = re.search(r"The papers' values (.*?)\.\n", readme, flags=re.S).group(1).replace("\n", " ")
+    for key, value in PAPER.settings().items():
+        if value != RECOMMENDED.settings()[key]:
+            assert f"--{key} {value}" in paper, key
+    assert f"'epochs_per_visit': {PAPER.epochs_per_visit}" in paper

@@ -1,7 +1,9 @@
 """The package's layers (DESIGN.md, "The shape"): no module imports a higher layer, no import cycle between subpackages.
 
 Every module of ``monai_continual`` is parsed with :mod:`ast` (nothing is imported). A module's layer is its top-level
-subpackage; the top-level modules (``cli.py``, ``__init__.py``, ``__main__.py``) are the top and may import anything.
+subpackage; the top-level modules (``cli.py``, ``__init__.py``, ``__main__.py``) are the top and may import anything,
+except ``recommended.py`` (the recommended settings, plain values), the bottom: every layer may import it, and it
+imports nothing of the package.
 An import is ``import x``, ``from x import y`` (relative ones resolved) or ``importlib.import_module("x")`` with a
 literal name, wherever it is: at module level or inside a function.
 """
@@ -24,6 +26,7 @@ LAYERS = (
     "nnunet", "report", "federated", "experiment",
 )
 TOP = "<top>"  # monai_continual/__init__.py, __main__.py, cli.py: the entry points, above every layer
+BOTTOM = "<bottom>"  # monai_continual/recommended.py: the recommended settings, below every layer
 
 #: Upward imports that stay for now, each with the reason: (importing module, imported module) -> why.
 #: Add one only with a comment saying what redesign would remove it; test_known_exceptions_are_still_needed fails
@@ -52,8 +55,10 @@ def module_name(path: Path, root: Path = PACKAGE_DIR) -> str:
 
 
 def layer_of(module: str) -> str:
-    """The layer of a ``monai_continual`` module: its top-level subpackage, or :data:`TOP`."""
+    """The layer of a ``monai_continual`` module: its top-level subpackage, :data:`BOTTOM` or :data:`TOP`."""
     parts = module.split(".")
+    if module == f"{PACKAGE}.recommended":
+        return BOTTOM
     if len(parts) < 2 or not (PACKAGE_DIR / parts[1]).is_dir():
         return TOP
     return parts[1]
@@ -124,7 +129,7 @@ def all_imports() -> list[Import]:
 
 
 def _rank(layer: str) -> int:
-    return len(LAYERS) if layer == TOP else LAYERS.index(layer)
+    return -1 if layer == BOTTOM else len(LAYERS) if layer == TOP else LAYERS.index(layer)
 
 
 def upward_imports(imports: list[Import]) -> list[Import]:
@@ -242,6 +247,10 @@ def later():
     ]
     assert layer_of(f"{PACKAGE}.cli") == layer_of(PACKAGE) == layer_of(f"{PACKAGE}.__main__") == TOP
     assert layer_of(f"{PACKAGE}.nnunet.ext_trainers.foo") == "nnunet"
+    # the recommended settings are below every layer: importing them is never upward, and they import nothing
+    bottom = [Import(f"{PACKAGE}.utils.x", f"{PACKAGE}.recommended", 1, False, False),
+              Import(f"{PACKAGE}.recommended", f"{PACKAGE}.utils", 1, False, False)]
+    assert upward_imports(bottom) == bottom[1:]
 
 
 @pytest.mark.parametrize("in_function,type_checking,cycle",

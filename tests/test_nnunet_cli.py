@@ -78,7 +78,7 @@ def test_every_option_has_help_and_its_default_is_shown():
                 assert "default" in formatter._get_help_string(action), f"{name}: its default is not shown"
         sub.format_help()  # every help string formats
     text = parsers["sites"].format_help()
-    for shown in ("(default: 2)", "(default: 1)", "(default: fixed)", "(default: 3d_fullres)", "(default: 5)"):
+    for shown in ("(default: 2)", "(default: 1)", "(default: fixed)", "(default: 3d_fullres)", "(default: 20)"):
         assert shown in text
     for strategy in ("single_weight_transfer", "cyclic_weight_transfer", "fine_tuning", "replay", "ewc", "vcl", "dwc",
                      "federated_averaging"):

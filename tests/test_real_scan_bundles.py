@@ -101,7 +101,7 @@ def test_inference_writes_back_on_each_inputs_own_grid(scans, tmp_path):
     weights = tmp_path / "net.safetensors"
     save_weights(weights, net)
     bundle("run", "inference.json", tmp_path, "--input_images", json.dumps([str(image), str(other)]),
-           "--model_file", str(weights), "--num_samples", "2", "--roi_size", PATCH, "--pixdim", "[2.0,2.0,2.0]",
+           "--model_file", str(weights), "--mc_samples", "2", "--roi_size", PATCH, "--pixdim", "[2.0,2.0,2.0]",
            "--axcodes", "RAS", *SMALL_NET)
     for path in (image, other):
         name = path.name.split(".")[0]

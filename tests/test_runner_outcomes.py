@@ -49,6 +49,7 @@ def runner(tmp_path_factory):
     return ContinualRunner(
         datalist, root / "runs", network, transform(), transform(), num_classes=4, epochs=30, batch_size=1,
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-2), mc_samples=2, progress=False, seed=0,
+        optimizer_state="fresh",
     )
 
 

@@ -84,10 +84,10 @@ class ContinualRunner:
     ``SupervisedTrainer`` at one site with this package's handlers.
 
     Weights cross sites only through a shared :class:`DirectoryWeightStore` (``<run>/store``) and posterior files,
-    named by stage number; the optimizer's state stays at the site (``optimizer_state="fresh"``: a new optimizer at
-    every visit, ``"site"``: each site keeps its own across visits, ``"transfer"``: it travels with the weights as a
-    safetensors file, which leaks more than weights). After every evaluated stage the model is scored on every
-    site's test set (held-out sites included), per volume, into the R matrix.
+    named by stage number; the optimizer's state stays at the site (``optimizer_state="site"``, the default: each site
+    keeps its own across visits, ``"fresh"``: a new optimizer at every visit, ``"transfer"``: it travels with the
+    weights as a safetensors file, which leaks more than weights). After every evaluated stage the model is scored on
+    every site's test set (held-out sites included), per volume, into the R matrix.
 
     The whole state of a run lives in ``output_dir/<strategy>`` (``ensemble`` is the last stage of the
     ``single_site`` run). Running the same strategy again continues where it stopped, whatever the point of

@@ -18,6 +18,7 @@ from torch import nn
 from monai_continual.bayes import BayesConfig, MCInferer, StdInit, bayesianize
 from monai_continual.data.scan_transforms import patch_transforms
 from monai_continual.losses import ElboExamples
+from monai_continual.recommended import RECOMMENDED
 from monai_continual.utils.choices import look_up_choice
 from monai_continual.utils.distributed import get_world_size, rank_device
 from monai_continual.utils.flags import as_flag
@@ -69,12 +70,16 @@ def _spatial(name: str, value: Sequence[int] | None) -> tuple[int, ...] | None:
 
 
 def _adam(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=1e-3)
+    return torch.optim.Adam(params, lr=RECOMMENDED.learning_rate)
 
 
 @dataclass(frozen=True)
 class MonaiSettings:
     """How every stage of a MONAI run trains and is evaluated; built once, read by the executor.
+
+    ``epochs``, ``batch_size``, the optimizer's learning rate, ``mc_samples``, ``optimizer_state`` and ``seed`` default
+    to the package's recommended settings (:data:`~monai_continual.recommended.RECOMMENDED`), the same as the
+    bundle's configs.
 
     Args:
         network: the deterministic network every strategy starts from (copied to the CPU; its weights are the run's
@@ -83,7 +88,7 @@ class MonaiSettings:
         eval_transform: MONAI transform of test items (no randomness).
         num_classes: classes, background included.
         loss: data loss; ``DiceCELoss(to_onehot_y=True, softmax=True)`` by default.
-        optimizer: ``params -> Optimizer``; Adam with lr 1e-3 by default (McClure et al.).
+        optimizer: ``params -> Optimizer``; Adam at ``RECOMMENDED.learning_rate`` by default (McClure et al.: 1e-3).
         bayes_optimizer: optimizer of Bayesian stages (default: ``optimizer``).
         epochs: epochs per site stage.
         batch_size: mini-batch size (of each process, under DistributedDataParallel).
@@ -128,15 +133,15 @@ class MonaiSettings:
     loss: Callable | None = None
     optimizer: Callable[[Any], torch.optim.Optimizer] | None = None
     bayes_optimizer: Callable[[Any], torch.optim.Optimizer] | None = None
-    epochs: int = 2
-    batch_size: int = 2
+    epochs: int = RECOMMENDED.epochs
+    batch_size: int = RECOMMENDED.batch_size
     inferer: Inferer | None = None
-    mc_samples: int = 10
+    mc_samples: int = RECOMMENDED.mc_samples
     bayes: BayesConfig = field(default_factory=BayesConfig.calibrated)
     elbo_examples: ElboExamples | str = ElboExamples.VOXELS
-    optimizer_state: OptimizerState | str = OptimizerState.FRESH
+    optimizer_state: OptimizerState | str = RECOMMENDED.optimizer_state
     device: torch.device | str = "cpu"
-    seed: int = 0
+    seed: int = RECOMMENDED.seed
     progress: bool = True
     patch_size: tuple[int, ...] | None = None
     samples_per_volume: int = 1

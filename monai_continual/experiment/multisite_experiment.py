@@ -17,6 +17,7 @@ from monai_continual.engines import ContinualRunner
 from monai_continual.experiment.plan import PlanSettings, plan_runs
 from monai_continual.experiment.run_plan import run_plan
 from monai_continual.experiment.tracking import RunTracker, tracking_of
+from monai_continual.recommended import RECOMMENDED
 from monai_continual.report import (
     FinishedRun,
     RunVariant,
@@ -68,7 +69,8 @@ class MultiSiteExperiment:
         dataset_shape: voxel grid of the embedded sites.
         dataset_seed: seeds the embedded sites and the random site orders.
         strategies: strategy names to run (``dwc`` gives the ``dwc`` and ``dwc_finetuned`` rows).
-        strategy_options: per-strategy options for :meth:`ContinualRunner.run`.
+        strategy_options: per-strategy options for :meth:`ContinualRunner.run` (``None``: the recommended ones,
+            :meth:`~monai_continual.recommended.Recommended.strategy_options` for the run's ``epochs``).
         runner_options: further :class:`ContinualRunner` arguments (epochs, batch_size, optimizer, mc_samples...).
         inferer: prediction inferer (sliding window for large volumes).
         progress: print progress.
@@ -96,7 +98,7 @@ class MultiSiteExperiment:
         num_classes: int,
         datalist: str | os.PathLike | None = None,
         dataset_dir: str | os.PathLike = "data/sites",
-        dataset_shape: Sequence[int] = (32, 40, 32),
+        dataset_shape: Sequence[int] = RECOMMENDED.dataset_shape,
         dataset_seed: int = 0,
         strategies: Sequence[str] = tuple(Strategy),
         strategy_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -113,9 +115,12 @@ class MultiSiteExperiment:
             raise ValueError(f"MultiSiteExperiment: output_dir {str(self.output_dir)!r} exists and is not a directory.")
         if isinstance(orders, bool) or int(orders) < 1:
             raise ValueError(f"MultiSiteExperiment: orders must be an integer >= 1, got {orders!r}.")
+        if strategy_options is None:
+            epochs = int(dict(runner_options or {}).get("epochs", RECOMMENDED.epochs))
+            strategy_options = RECOMMENDED.strategy_options(epochs)
         self.plan_settings = PlanSettings(
             strategies=_strategies(strategies),
-            strategy_options={strategy_of(k): dict(v) for k, v in (strategy_options or {}).items()},
+            strategy_options={strategy_of(k): dict(v) for k, v in strategy_options.items()},
             orders=int(orders),
             size_orders=as_flag(size_orders, "size_orders"),
             seed=int(dataset_seed) + 7,

@@ -44,6 +44,7 @@ from monai_continual.nnunet.names import (
     SITE_STRATEGIES_WITH_ROUNDS,
     SITE_STRATEGY_TRAINERS,
 )
+from monai_continual.recommended import RECOMMENDED
 
 __all__ = ["PROG", "CommandLineError", "build_parser", "main"]
 
@@ -599,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "nnUNetTrainerEWC (default: 1; 0 is fine_tuning)")
     st.add_argument("--ewc-gamma", type=_decay, default=None, metavar="GAMMA",
                     help="ewc: the running Fisher's decay in (0, 1] (default: 1)")
-    st.add_argument("--replay-capacity", type=_positive_int, default=5, metavar="K",
+    st.add_argument("--replay-capacity", type=_positive_int, default=RECOMMENDED.capacity_per_site, metavar="K",
                     help="replay: cases kept of every earlier site")
     st.add_argument("--no-dwc-finetune", dest="dwc_finetune", action="store_false", default=None,
                     help="dwc: leave out the fine-tuning of the consolidated posterior on the first site")

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from monai_continual.recommended import RECOMMENDED
+
 __all__ = ["NnUNetSiteSettings"]
 
 
@@ -19,7 +21,7 @@ class NnUNetSiteSettings:
         configuration, fold, plans: nnU-Net's; ``fold="all"`` trains on every training case of a site.
         trainer: the strategy's trainer, or a subclass of it (``None``: the strategy's own).
         iterations_per_epoch, val_iterations_per_epoch: nnU-Net's iterations (``None``: the trainer's own).
-        replay_capacity: K, replayed cases per earlier site.
+        replay_capacity: K, replayed cases per earlier site (default: ``RECOMMENDED.capacity_per_site``).
         device: ``"cuda"``, ``"cpu"``... (``None``: CUDA when available).
         mirroring: nnU-Net's mirroring at evaluation.
         mc_samples: Monte Carlo passes when evaluating Bayesian stages (1: the posterior mean).
@@ -40,7 +42,7 @@ class NnUNetSiteSettings:
     trainer: str | None = None
     iterations_per_epoch: int | None = None
     val_iterations_per_epoch: int | None = None
-    replay_capacity: int = 5
+    replay_capacity: int = RECOMMENDED.capacity_per_site
     device: str | None = None
     mirroring: bool = True
     mc_samples: int = 1
