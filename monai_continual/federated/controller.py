@@ -103,14 +103,13 @@ class StrategyController(ModelController):
         if not results:
             return None
         reply = results[0]
+        stage = f" of stage {meta['stage'].get('number', 0)}" if "stage" in meta else ""  # planning tasks have none
         refusal = (reply.meta or {}).get("error")
         if isinstance(refusal, str) and not reply.params:  # a site's stated refusal (e.g. another network)
             self._audit("refused", task, site, {}, {}, {"reason": refusal})
-            raise RuntimeError(f"site {site!r} refused the {task} task of stage "
-                               f"{meta.get('stage', {}).get('number', 0)}: {refusal[:2000]}")
+            raise RuntimeError(f"site {site!r} refused the {task} task{stage}: {refusal[:2000]}")
         if not reply.params and not reply.metrics and not any((reply.meta or {}).get(k) for k in _ANSWER_KEYS):
-            raise RuntimeError(f"site {site!r} failed the {task} task of stage "
-                               f"{meta.get('stage', {}).get('number', 0)} (its own log has the error); "
+            raise RuntimeError(f"site {site!r} failed the {task} task{stage} (its own log has the error); "
                                "the run stops here and resumes when resubmitted.")
         reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in REPLY_KEYS}
         reply_params, metrics = dict(reply.params or {}), dict(reply.metrics or {})
@@ -126,7 +125,7 @@ class StrategyController(ModelController):
         settings = self.settings
         try:
             if self.planning == Planning.FINGERPRINTS:
-                plan_over_sites(self._send, self.sites, f"{self.run_dir}", self.settings, log=self.info)
+                plan_over_sites(self._send, self.sites, self.run_dir, self.settings, log=self.info)
                 settings = {**settings, "planning": self.planning.value}  # part of the run's identity
             run_on_server(self.strategy, self.options, self.sites, self.eval_sites, self.run_dir, self._send,
                           settings=settings, epochs=self.epochs, seed=self.seed, min_clients=self.min_clients,
