@@ -311,3 +311,13 @@ def test_planning_over_sites_refuses_what_does_not_fit_on_both_sides(federation,
     _, reply, _ = site.handle(PLANS_TASK, {"task": PLANS_TASK, "plans": plans}, {})
     assert reply == {"plans_sha256": plans_sha256(plans)}
     assert not (folder / "nnUNetPlans_3d_fullres").exists()
+    # a held-out site (test cases only) takes the plans to be scored with, under its own name; nothing to preprocess
+    datalist = make_sites(tmp_path / "omega", sites=[SiteProfile("omega", 2, "t1", held_out=True)], seed=3,
+                          shape=(16, 20, 16), figure=False, progress=False)
+    omega = export_nnunet_datasets(datalist, federation["nnUNet_raw"], first_id=964, sites=["omega"])["omega"]
+    _, reply, _ = PlanningSite(None, omega, NnUNetSiteSettings(), tmp_path / "omega_site").handle(
+        PLANS_TASK, {"task": PLANS_TASK, "plans": plans}, {})
+    assert reply == {"plans_sha256": plans_sha256(plans)}
+    held = json.loads((tmp_path / "preprocessed" / omega / "nnUNetPlans.json").read_text())
+    assert (held["dataset_name"], held["image_reader_writer"]) == (omega, "SimpleITKIO")
+    assert sorted(p.name for p in (tmp_path / "preprocessed" / omega).iterdir()) == ["nnUNetPlans.json"]

@@ -125,7 +125,8 @@ class StrategyController(ModelController):
         settings = self.settings
         try:
             if self.planning == Planning.FINGERPRINTS:
-                plan_over_sites(self._send, self.sites, self.run_dir, self.settings, log=self.info)
+                plan_over_sites(self._send, self.sites, self.run_dir, self.settings, log=self.info,
+                                held_out=[s for s in self.eval_sites if s not in self.sites])
                 settings = {**settings, "planning": self.planning.value}  # part of the run's identity
             run_on_server(self.strategy, self.options, self.sites, self.eval_sites, self.run_dir, self._send,
                           settings=settings, epochs=self.epochs, seed=self.seed, min_clients=self.min_clients,

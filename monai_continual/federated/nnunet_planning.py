@@ -4,11 +4,12 @@ Weights move between nnU-Net sites only when every site builds the same network 
 ``planning="fingerprints"`` the server asks every training site for its dataset fingerprint
 (:func:`~monai_continual.nnunet.fingerprints.site_fingerprint`: aggregate statistics of its own raw cases, no case
 names or paths), checks each on arrival (keys, types, finite numbers, sizes), merges them and runs nnU-Net's planner
-(:func:`~monai_continual.nnunet.planning.plan_from_fingerprints`), then sends the plans (JSON) to every training site,
-which checks them as data (nnU-Net's keys; only nnU-Net's architectures and ``torch.nn`` layers may be named, the
+(:func:`~monai_continual.nnunet.planning.plan_from_fingerprints`), then sends the plans (JSON) to every site, which
+checks them as data (nnU-Net's keys; only nnU-Net's architectures and ``torch.nn`` layers may be named, the
 identifier must be the run's) and preprocesses its own dataset with them
-(:func:`~monai_continual.nnunet.planning.preprocess_with_plans`). Every site answers with the hash of the plans it
-adopted; the run goes on only when each equals the server's. No raw image, case name or path crosses a boundary.
+(:func:`~monai_continual.nnunet.planning.preprocess_with_plans`; a held-out site, with test cases only, keeps them to
+be scored with). Every site answers with the hash of the plans it adopted; the run goes on only when each equals the
+server's. No raw image, case name or path crosses a boundary.
 
 A rerun is idempotent: the fingerprints are deterministic (nnU-Net seeds its intensity samples per case), so the
 server plans the same again and a site already preprocessed with those plans skips the work. A site whose dataset
@@ -63,12 +64,14 @@ Send = Callable[[str, str, dict, dict], "tuple[dict, dict, dict] | None"]
 
 
 def plan_over_sites(send: Send, sites: Sequence[str], run_dir: str | Path, settings: Mapping[str, Any],
-                    samples_per_case: int | None = None, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                    held_out: Sequence[str] = (), samples_per_case: int | None = None,
+                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """The server's planning phase: fingerprints from every site, plans from their merge, every site preprocessed.
 
     Args:
         send: ``send(task, site, params, meta) -> (params, meta, metrics) | None`` (the controller's).
         sites: the training sites (nnU-Net datasets), in the order their cases are pooled.
+        held_out: sites with test cases only: they send no fingerprint and take the plans to be scored with.
         run_dir: the server's run directory.
         settings: the run's nnU-Net settings (``plans``: the identifier the plans are made under).
         samples_per_case: foreground intensities every site samples per case (default: nnU-Net's per-case default).
@@ -97,7 +100,7 @@ def plan_over_sites(send: Send, sites: Sequence[str], run_dir: str | Path, setti
         plans = plan_from_fingerprints(files, folder / "plans.json", plans=NnUNetSiteSettings.from_mapping(
             settings).plans)
         expected = plans_sha256(plans)
-        for site in sites:
+        for site in [*sites, *held_out]:
             reply = _answer(send, PLANS_TASK, site, {"task": PLANS_TASK, "plans": plans})
             if reply.get("plans_sha256") != expected:
                 raise PayloadError(f"site {site!r} reports plans {reply.get('plans_sha256')!r}, not the server's "
@@ -106,7 +109,8 @@ def plan_over_sites(send: Send, sites: Sequence[str], run_dir: str | Path, setti
         atomic_write_text(Path(run_dir) / "error.txt", f"{type(err).__name__}: {err}\n")
         raise
     if log:
-        log(f"planning: {len(sites)} sites preprocessed with plans {expected[:12]} made from their fingerprints")
+        log(f"planning: {len(sites)} sites preprocessed with plans {expected[:12]} made from their fingerprints"
+            + (f", {len(held_out)} held-out sites hold them" if held_out else ""))
     return plans
 
 

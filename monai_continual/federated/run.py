@@ -149,10 +149,11 @@ class FederatedRun:
 
         ``planning="shared"``: every dataset was planned and preprocessed with the same plans beforehand (``plan``);
         ``"fingerprints"``: before the first stage the server plans from the training sites' fingerprints and every
-        site preprocesses its own dataset with the plans (:mod:`~monai_continual.federated.nnunet_planning`; the
-        server needs nnU-Net installed). ``site_folders`` gives a site its own nnU-Net folders on this machine
-        (``{"Dataset501_site_a": {"raw": ..., "preprocessed": ..., "results": ...}}``; simulator and POC mode), passed
-        to that site's process only; otherwise every site reads its environment's.
+        site preprocesses its own dataset with the plans, a held-out one keeps them to be scored with
+        (:mod:`~monai_continual.federated.nnunet_planning`; the server needs nnU-Net installed). ``site_folders``
+        gives a site its own nnU-Net folders on this machine (``{"Dataset501_site_a": {"raw": ..., "preprocessed":
+        ..., "results": ...}}``; simulator and POC mode), passed to that site's process only; otherwise every site
+        reads its environment's.
 
         Example::
 
@@ -175,9 +176,6 @@ class FederatedRun:
                    allow=False, payload_log=payload_log, boundary=boundary, accept_margin=None,
                    task_request_interval=task_request_interval)
         run.planning = look_up_choice(planning, Planning, "FederatedRun.nnunet: planning").value
-        if run.planning == Planning.FINGERPRINTS and held_out:
-            raise ValueError("FederatedRun.nnunet: held-out datasets have no training cases to fingerprint and get no "
-                             f"plans with planning='fingerprints'; plan them with shared plans instead ({held_out}).")
         for site, folders in dict(site_folders or {}).items():
             if site not in run.eval_sites or not isinstance(folders, Mapping) or not set(folders) <= set(_FOLDERS):
                 raise ValueError(f"FederatedRun.nnunet: site_folders[{site!r}] must be a dataset of the run mapped to "

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_continual.nnunet.datasets import check_datasets_compatible, raw_dataset_folder
+from monai_continual.nnunet.datasets import channel_file, check_datasets_compatible, raw_dataset_folder
 from monai_continual.nnunet.environment import NNUNET_ENV, dataset_id, nnunet_paths
 from monai_continual.nnunet.fingerprints import (
     load_fingerprint,
@@ -314,7 +314,8 @@ def preprocess_with_plans(
 
     The plans are checked (:func:`load_plans_file`) and written, as ``move_plans_between_datasets`` does, to
     ``nnUNet_preprocessed/<dataset>/<plans_name>.json`` with the dataset's own name and image reader; then nnU-Net
-    preprocesses the dataset (skipped when it was already preprocessed with the same plans). The dataset's own
+    preprocesses the dataset (skipped when it was already preprocessed with the same plans); a held-out dataset (test
+    cases only) takes the plans without preprocessing, to be scored with them. The dataset's own
     fingerprint (:func:`~monai_continual.nnunet.fingerprints.site_fingerprint`, as nnU-Net's
     ``dataset_fingerprint.json``) is written next to the plans when missing: nnU-Net's trainer copies it to its output.
 
@@ -349,10 +350,12 @@ def preprocess_with_plans(
     if missing:
         raise PlansFileError(f"plans file {plans_path}: has no configuration {missing} (it has "
                              f"{sorted(plans['configurations'])}).")
-    cases = get_filenames_of_train_images_and_targets(str(folder), dataset_json)
-    if not cases:
-        raise ValueError(f"preprocess_with_plans: dataset {folder.name} has no training cases.")
-    example = next(iter(cases.values()))["images"][0]
+    cases = (get_filenames_of_train_images_and_targets(str(folder), dataset_json)
+             if (folder / "imagesTr").is_dir() else {})
+    tests = sorted((folder / "imagesTs").glob(channel_file("*", 0, dataset_json["file_ending"])))
+    if not cases and not tests:
+        raise ValueError(f"preprocess_with_plans: dataset {folder.name} has neither training nor test cases.")
+    example = next(iter(cases.values()))["images"][0] if cases else str(tests[0])
     reader = determine_reader_writer_from_dataset_json(dataset_json, example, allow_nonmatching_filename=True,
                                                        verbose=False)
     plans = {**plans, "dataset_name": folder.name, "image_reader_writer": reader.__name__}
@@ -361,6 +364,8 @@ def preprocess_with_plans(
         raise PlansFileError(f"dataset {folder.name} was planned with other plans named {plans['plans_name']!r}; "
                              "plan under another identifier, or remove those plans to replace them.")
     atomic_write_text(target, json.dumps(plans, indent=2))
+    if not cases:  # a held-out dataset: the plans its test cases are predicted with, nothing to preprocess
+        return target
     own = target.parent / "dataset_fingerprint.json"
     if not own.is_file():  # nnU-Net's trainer keeps the dataset's fingerprint with its checkpoints
         atomic_write_text(own, json.dumps(nnunet_fingerprint(site_fingerprint(folder.name)), indent=1))
