@@ -53,7 +53,7 @@ def nnunet(tmp_path_factory):
     held_out = export_nnunet_datasets(datalist, paths["nnUNet_raw"], first_id=904, sites=["omega"])[
         "omega"
     ]  # test cases only
-    yield {"root": root, "names": names, "plans": plans, "held_out": held_out, **paths}
+    yield {"root": root, "names": names, "plans": plans, "held_out": held_out, "datalist": datalist, **paths}
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -596,29 +596,73 @@ def test_two_sites_with_two_channels_and_regions_train_and_score_by_region(nnune
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("nvflare"), reason="needs nvflare")
-def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_path):
-    """One short cyclic weight transfer over two tiny nnU-Net datasets in NVFlare's simulator: each site trains with
-    nnU-Net's own trainer on its own dataset; the stages publish the same models as run_sites in one process."""
+def test_nnunet_sites_as_nvflare_clients_plan_from_fingerprints_and_equal_the_in_process_run(nnunet, tmp_path,
+                                                                                              monkeypatch):
+    """One short cyclic weight transfer over two tiny nnU-Net datasets in NVFlare's simulator, planned from the
+    sites' fingerprints: each hospital's folders are given to its own client only (this process and the server see
+    none), the plans every site preprocessed with are the server's, which are nnU-Net's plans of the fingerprints
+    computed here directly; each site trains with nnU-Net's own trainer on its own dataset, and the stages publish
+    the same models as run_sites in one process over the same preprocessed data."""
     from monai_continual.federated import FederatedRun
+    from monai_continual.federated.nnunet_planning import PLANNING_DIR
+    from monai_continual.nnunet.fingerprints import save_fingerprint, site_fingerprint
+    from monai_continual.nnunet.planning import plan_from_fingerprints, shared_plans
 
-    names = list(nnunet["names"].values())[:2]
+    hospitals = tmp_path / "hospitals"
+    folders = {}
+    for i, site in enumerate(list(nnunet["names"])[:2]):
+        raw = hospitals / site / "raw"
+        name = export_nnunet_datasets(nnunet["datalist"], raw, first_id=911 + i, sites=[site])[site]
+        folders[name] = {k: hospitals / site / k for k in ("raw", "preprocessed", "results")}
+    names = list(folders)
+    for key in ("raw", "preprocessed", "results"):  # no site's folders where this process or the server looks
+        monkeypatch.setenv(f"nnUNet_{key}", str(tmp_path / "elsewhere" / key))
     # CPU results depend on torch's thread count: both sides train with one thread
-    settings = {
-        "iterations_per_epoch": 1,
-        "val_iterations_per_epoch": 1,
-        "device": "cpu",
-        "mirroring": False,
-        "threads": 1,
-    }
+    settings = {"iterations_per_epoch": 1, "val_iterations_per_epoch": 1, "device": "cpu", "mirroring": False,
+                "threads": 1}
     run = FederatedRun.nnunet(names, "cyclic_weight_transfer", tmp_path / "federated", options={"cycles": 1},
                               settings=settings, payload_log=str(tmp_path / "payloads.jsonl"),
-                              task_request_interval=0.2)
+                              task_request_interval=0.2, planning="fingerprints", site_folders=folders)
+    started = time.perf_counter()
     summary = run.run()
+    print(f"federated nnU-Net run, 2 sites planned from fingerprints: {time.perf_counter() - started:.1f} s")
     assert set(summary["strategies"]["cyclic_weight_transfer"]["sites"]) == set(names)
+
+    # the plans each site used are the server's, which are nnU-Net's plans of the sites' fingerprints
+    server_plans = json.loads((run.run_dir / PLANNING_DIR / "plans.json").read_text())
+    fingerprints = []
+    for name, own in folders.items():
+        adopted = json.loads((own["preprocessed"] / name / "nnUNetPlans.json").read_text())
+        assert adopted["dataset_name"] == name and shared_plans(adopted) == shared_plans(server_plans)
+        images = list((own["raw"] / name / "imagesTr").glob("*.nii.gz"))
+        assert len(list((own["preprocessed"] / name / "nnUNetPlans_3d_fullres").glob("*.b2nd"))) == 2 * len(images)
+        monkeypatch.setenv("nnUNet_raw", str(own["raw"]))
+        fingerprints.append(save_fingerprint(site_fingerprint(name), tmp_path / f"{name}.json"))
+        assert json.loads(fingerprints[-1].read_text()) == json.loads(
+            (run.run_dir / PLANNING_DIR / f"{name}.json").read_text())
+    assert plan_from_fingerprints(fingerprints) == server_plans
+
+    # nothing of a hospital's folders reached the server, and each client was told of its own folders only
+    server_side = [run.run_dir, run.output_dir / "simulator" / "server", tmp_path / "payloads.jsonl"]
+    for path in [p for top in server_side for p in ([top] if top.is_file() else top.rglob("*")) if p.is_file()]:
+        assert str(hospitals) not in path.read_text(errors="replace"), path
+    for name, own in folders.items():
+        (config,) = (run.output_dir / "simulator" / name).rglob("config_fed_client.json")
+        text = config.read_text()
+        assert [str(f["raw"]) in text for f in folders.values()] == [f is own for f in folders.values()]
+
+    # the same stages in one process over the sites' preprocessed datasets
+    pooled = tmp_path / "in_process"
+    for key in ("raw", "preprocessed"):
+        (pooled / key).mkdir(parents=True)
+        for name, own in folders.items():
+            (pooled / key / name).symlink_to(own[key] / name)
+        monkeypatch.setenv(f"nnUNet_{key}", str(pooled / key))
+    monkeypatch.setenv("nnUNet_results", str(pooled / "results"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reference = run_sites(names, "cyclic_weight_transfer", tmp_path / "in_process", rounds=1, epochs=1,
+        reference = run_sites(names, "cyclic_weight_transfer", pooled / "run", rounds=1, epochs=1,
                               iterations_per_epoch=1, val_iterations_per_epoch=1, mirroring=False, device="cpu",
                               progress=False)
     finally:
@@ -629,4 +673,5 @@ def test_nnunet_sites_as_nvflare_clients_equal_the_in_process_run(nnunet, tmp_pa
     received = [
         json.loads(line) for line in (tmp_path / "payloads.jsonl").read_text().splitlines() if '"received"' in line
     ]
-    assert received and all("/" not in json.dumps(r["meta"]) for r in received)
+    assert {r["task"] for r in received} == {"fingerprint", "plans", "initialize", "train", "evaluate"}
+    assert all("/" not in json.dumps(r["meta"]) for r in received)

@@ -186,6 +186,14 @@ def test_fingerprint_files_are_checked_when_read(federation, tmp_path, capsys):
     assert not (tmp_path / "plans.json").exists()
 
 
+def _network_argument(plans: dict, key: str, value: str) -> dict:
+    configuration = plans["configurations"]["3d_fullres"]
+    architecture = {**configuration["architecture"],
+                    "arch_kwargs": {**configuration["architecture"]["arch_kwargs"], key: value}}
+    return {**plans, "configurations": {**plans["configurations"],
+                                        "3d_fullres": {**configuration, "architecture": architecture}}}
+
+
 @pytest.mark.parametrize("change, expected, options", [
     (lambda plans: "{not json", "not valid JSON", []),
     (lambda plans: {k: v for k, v in plans.items() if k != "configurations"}, "not nnU-Net plans", []),
@@ -196,6 +204,8 @@ def test_fingerprint_files_are_checked_when_read(federation, tmp_path, capsys):
         **plans["foreground_intensity_properties_per_channel"], "1": plans[
             "foreground_intensity_properties_per_channel"]["0"]}}, "channel count", []),
     (lambda plans: plans, "has no configuration ['3d_lowres']", ["-c", "3d_lowres"]),
+    (lambda plans: _network_argument(plans, "nonlin", "builtins.exec"),
+     "nonlin='builtins.exec' is not a class of torch.nn.*", []),
 ])
 def test_plans_files_that_do_not_fit_are_refused_in_one_line(federation, tmp_path, capsys, monkeypatch, change,
                                                                expected, options):
@@ -239,3 +249,75 @@ def test_plan_commands_are_in_the_help_without_nnunet():
         assert command in text
     args = parser.parse_args(["preprocess", "--plans-file", "plans.json", "501"])
     assert (args.dataset, args.configurations, args.num_processes) == ("501", ["3d_fullres"], 1)
+
+
+def test_planning_over_sites_refuses_what_does_not_fit_on_both_sides(federation, tmp_path, monkeypatch):
+    """The server's planning phase and a site's answers, in one process (the simulator run is in test_nnunet.py):
+    a fingerprint with more than aggregates is refused on arrival; a site refuses plans that name other code, another
+    identifier, or differ from the plans its dataset already holds under that identifier, telling the server why
+    without its paths; a site already preprocessed with the same plans answers their hash without redoing it."""
+    from monai_continual.federated.nnunet_planning import PLANS_TASK, PlanningSite, plan_over_sites
+    from monai_continual.federated.payload import REPLY_KEYS, PayloadError, check_payload
+    from monai_continual.nnunet.fingerprints import nnunet_fingerprint
+    from monai_continual.nnunet.planning import plans_sha256
+    from monai_continual.nnunet.settings import NnUNetSiteSettings
+
+    _site_env(monkeypatch, federation, tmp_path / "preprocessed")
+    name = federation["sites"]["alpha"]
+    site = PlanningSite(None, name, NnUNetSiteSettings(), tmp_path / "site")
+
+    def send(task, to, params, meta):
+        check_payload(meta, params, None)
+        _, reply, _ = site.handle(task, meta, params)
+        check_payload(reply, {}, None)
+        return {}, {k: v for k, v in reply.items() if k in REPLY_KEYS}, {}
+
+    received = []
+
+    def hostile(task, to, params, meta):  # a site that adds its case names to its fingerprint
+        _, reply, _ = send(task, to, params, meta)
+        received.append(reply["fingerprint"])
+        return {}, {**reply, "fingerprint": {**reply["fingerprint"], "case_names": ["alpha_000"]}}, {}
+
+    server = tmp_path / "server"
+    with pytest.raises(PayloadError, match=f"site '{name}': its fingerprint: unexpected keys \\['case_names'\\]"):
+        plan_over_sites(hostile, [name], server, {}, samples_per_case=SAMPLES_PER_CASE, log=None)
+    assert "case_names" in (server / "error.txt").read_text() and not (server / "planning" / "plans.json").exists()
+    assert received == [json.loads(federation["fingerprints"][0].read_text())]  # what the fingerprint command writes
+
+    plans = federation["plans"]
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    other_code = {**plans, "configurations": {**plans["configurations"], "3d_fullres": {
+        **plans["configurations"]["3d_fullres"], "architecture": {**architecture, "network_class_name": "os.system"}}}}
+    folder = tmp_path / "preprocessed" / name
+    for sent, reason in ((other_code, "the network class 'os.system' is not one of dynamic_network_architectures"),
+                         ({**plans, "plans_name": "nnUNetPlansOther"}, "this run's plans are 'nnUNetPlans'")):
+        _, reply, _ = site.handle(PLANS_TASK, {"task": PLANS_TASK, "plans": sent}, {})
+        assert reason in reply["error"] and "/" not in reply["error"] and str(tmp_path) not in reply["error"]
+        assert not (folder / "nnUNetPlans.json").exists()
+    # plans under the same identifier made elsewhere (another run, a local plan) are kept, not replaced
+    folder.mkdir(parents=True)
+    (folder / "nnUNetPlans.json").write_text(json.dumps({**plans, "dataset_name": name, "label_manager": "x"}))
+    kept = (folder / "nnUNetPlans.json").read_text()
+    _, reply, _ = site.handle(PLANS_TASK, {"task": PLANS_TASK, "plans": plans}, {})
+    assert reply["error"] == (f"site '{name}': dataset {name} was planned with other plans named 'nnUNetPlans'; "
+                              "plan under another identifier, or remove those plans to replace them.")
+    assert (folder / "nnUNetPlans.json").read_text() == kept
+    # the same plans, already preprocessed (nnU-Net's output stands in): the site only answers their hash
+    (folder / "nnUNetPlans.json").unlink()
+    (folder / "nnUNetPlans.preprocessed.json").write_text(json.dumps(
+        {"plans": shared_plans(plans), "configurations": ["3d_fullres"]}))
+    (folder / "dataset_fingerprint.json").write_text(json.dumps(nnunet_fingerprint(received[0])))
+    _, reply, _ = site.handle(PLANS_TASK, {"task": PLANS_TASK, "plans": plans}, {})
+    assert reply == {"plans_sha256": plans_sha256(plans)}
+    assert not (folder / "nnUNetPlans_3d_fullres").exists()
+    # a held-out site (test cases only) takes the plans to be scored with, under its own name; nothing to preprocess
+    datalist = make_sites(tmp_path / "omega", sites=[SiteProfile("omega", 2, "t1", held_out=True)], seed=3,
+                          shape=(16, 20, 16), figure=False, progress=False)
+    omega = export_nnunet_datasets(datalist, federation["nnUNet_raw"], first_id=964, sites=["omega"])["omega"]
+    _, reply, _ = PlanningSite(None, omega, NnUNetSiteSettings(), tmp_path / "omega_site").handle(
+        PLANS_TASK, {"task": PLANS_TASK, "plans": plans}, {})
+    assert reply == {"plans_sha256": plans_sha256(plans)}
+    held = json.loads((tmp_path / "preprocessed" / omega / "nnUNetPlans.json").read_text())
+    assert (held["dataset_name"], held["image_reader_writer"]) == (omega, "SimpleITKIO")
+    assert sorted(p.name for p in (tmp_path / "preprocessed" / omega).iterdir()) == ["nnUNetPlans.json"]

@@ -9,12 +9,17 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from monai_continual.federated.boundary import BoundaryPolicy
+from monai_continual.federated.nnunet_planning import Planning, plan_over_sites
 from monai_continual.federated.payload import REPLY_KEYS, PayloadError, check_payload
 from monai_continual.federated.result_filters import check_result_filters
 from monai_continual.federated.server_run import run_on_server
 from monai_continual.strategies import Strategy, strategy_of
+from monai_continual.utils.choices import look_up_choice
 
 __all__ = ["StrategyController", "refuse_data_transfer"]
+
+#: a site's answer carries at least one of these (else the site failed the task)
+_ANSWER_KEYS = ("published", "fingerprint", "plans_sha256")
 
 
 def refuse_data_transfer(strategy: str, allow_data_to_leave_sites: bool) -> None:
@@ -57,13 +62,17 @@ class StrategyController(ModelController):
             fields as JSON (defaults: equal FedAvg weights, updates bounded to 2x the median norm, posteriors screened).
         result_filters: the task-result filters the job applies at the sites, as data
             (:mod:`~monai_continual.federated.result_filters`; full-weight transfer: ``ExcludeVars`` only).
+        planning: nnU-Net sites only: ``"fingerprints"`` plans from the sites' fingerprints before the first stage
+            (:mod:`~monai_continual.federated.nnunet_planning`); ``"shared"``: the sites were planned beforehand.
     """
 
     def __init__(self, strategy: str, options: dict, sites: list, eval_sites: list, run_dir: str, *,
                  settings: dict | None = None, epochs: int = 1, seed: int = 0, min_clients: int = 1,
                  task_timeout: int = 0, payload_log: str = "", allow_data_to_leave_sites: bool = False,
-                 boundary: dict | None = None, result_filters: list | None = None) -> None:
+                 boundary: dict | None = None, result_filters: list | None = None,
+                 planning: str = Planning.SHARED) -> None:
         super().__init__()
+        self.planning = look_up_choice(planning, Planning, "StrategyController: planning")
         refuse_data_transfer(strategy, allow_data_to_leave_sites)
         check_result_filters(result_filters or [], weight_diff=False, strategy=strategy)  # full weights travel
         self.result_filters = list(result_filters or [])
@@ -94,14 +103,13 @@ class StrategyController(ModelController):
         if not results:
             return None
         reply = results[0]
+        stage = f" of stage {meta['stage'].get('number', 0)}" if "stage" in meta else ""  # planning tasks have none
         refusal = (reply.meta or {}).get("error")
         if isinstance(refusal, str) and not reply.params:  # a site's stated refusal (e.g. another network)
             self._audit("refused", task, site, {}, {}, {"reason": refusal})
-            raise RuntimeError(f"site {site!r} refused the {task} task of stage "
-                               f"{meta.get('stage', {}).get('number', 0)}: {refusal[:2000]}")
-        if not reply.params and not reply.metrics and not (reply.meta or {}).get("published"):
-            raise RuntimeError(f"site {site!r} failed the {task} task of stage "
-                               f"{meta.get('stage', {}).get('number', 0)} (its own log has the error); "
+            raise RuntimeError(f"site {site!r} refused the {task} task{stage}: {refusal[:2000]}")
+        if not reply.params and not reply.metrics and not any((reply.meta or {}).get(k) for k in _ANSWER_KEYS):
+            raise RuntimeError(f"site {site!r} failed the {task} task{stage} (its own log has the error); "
                                "the run stops here and resumes when resubmitted.")
         reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in REPLY_KEYS}
         reply_params, metrics = dict(reply.params or {}), dict(reply.metrics or {})
@@ -114,9 +122,14 @@ class StrategyController(ModelController):
         return reply_params, reply_meta, metrics
 
     def run(self) -> None:
+        settings = self.settings
         try:
+            if self.planning == Planning.FINGERPRINTS:
+                plan_over_sites(self._send, self.sites, self.run_dir, self.settings, log=self.info,
+                                held_out=[s for s in self.eval_sites if s not in self.sites])
+                settings = {**settings, "planning": self.planning.value}  # part of the run's identity
             run_on_server(self.strategy, self.options, self.sites, self.eval_sites, self.run_dir, self._send,
-                          settings=self.settings, epochs=self.epochs, seed=self.seed, min_clients=self.min_clients,
+                          settings=settings, epochs=self.epochs, seed=self.seed, min_clients=self.min_clients,
                           boundary=self.boundary, log=self.info, result_filters=self.result_filters)
         except (PayloadError, RuntimeError, ValueError) as err:
             self.error(f"federated {self.strategy} stopped: {err}")

@@ -29,16 +29,19 @@ __all__ = [
     "check_payload",
     "PayloadError",
     "REPLY_KEYS",
+    "DOCUMENT_KEYS",
 ]
 
 _SEP = "|"
 _POSTERIOR_GROUPS = ("mean", "std", "deterministic")
+#: JSON documents with their own schema and checks (an nnU-Net fingerprint up, plans down; federated/nnunet_planning.py)
+DOCUMENT_KEYS = frozenset({"fingerprint", "plans"})
 _ALLOWED_META_KEYS = {"task", "run", "stage", "kinds", "roles", "site", "num_examples", "published", "details",
-                      "metadata", "scores", "error", "fisher"}
+                      "metadata", "scores", "error", "fisher", "samples_per_case", "plans_sha256", *DOCUMENT_KEYS}
 
 
 #: what a site's answer may carry in its meta (the rest, e.g. what NVFlare adds, is dropped on arrival)
-REPLY_KEYS = frozenset({"published", "num_examples", "details", "metadata", "fisher"})
+REPLY_KEYS = frozenset({"published", "num_examples", "details", "metadata", "fisher", "fingerprint", "plans_sha256"})
 _MAX_STAGE = 100_000
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
 
@@ -138,6 +141,9 @@ def params_to_posterior(tensors: Mapping[str, torch.Tensor], metadata: Mapping[s
 def check_payload(meta: Mapping[str, Any], params: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None) -> None:
     """Refuse a payload with other meta keys, non-tensor parameters, or strings that look like file paths.
 
+    The documents under :data:`DOCUMENT_KEYS` (an nnU-Net fingerprint, plans) are JSON objects whose strings are file
+    endings and class names by design: their receiver checks them against their own schema.
+
     Raises:
         PayloadError: naming the key at fault.
     """
@@ -150,7 +156,10 @@ def check_payload(meta: Mapping[str, Any], params: Mapping[str, Any] | None, met
     for key, value in (metrics or {}).items():
         if key != "scores" or not isinstance(value, list) or not all(isinstance(v, float) for v in value):
             raise PayloadError(f"payload metric {key!r} must be the list of per-volume scores.")
-    for text in _strings(meta):
+    for key in DOCUMENT_KEYS & set(meta):
+        if not isinstance(meta[key], Mapping):
+            raise PayloadError(f"payload meta {key!r} must be a JSON object, got a {type(meta[key]).__name__}.")
+    for text in _strings({k: v for k, v in meta.items() if k not in DOCUMENT_KEYS}):
         if "/" in text or "\\" in text or text.endswith((".nii", ".gz", ".json", ".safetensors", ".pt")):
             raise PayloadError(f"payload meta carries {text!r}, which looks like a file path or case name.")
 

@@ -19,6 +19,7 @@ from monai_continual.federated.overrides import MONAI_SITE_KEYS, NNUNET_SITE_KEY
 from monai_continual.federated.result_filters import check_result_filters, result_filters
 from monai_continual.report import summary_table
 from monai_continual.strategies import make_options, strategy_of
+from monai_continual.utils.choices import look_up_choice
 from monai_continual.utils.flags import as_flag
 from monai_continual.utils.names import check_site_name
 
@@ -37,6 +38,8 @@ ENGINES = tuple(e.value for e in Engine)
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
 NNUNET_CLIENT_SCRIPT = Path(__file__).with_name("nnunet_client.py")
 BUNDLE_CLIENT_SCRIPT = Path(__file__).with_name("bundle_client.py")
+#: the nnU-Net folders a site may be given on this machine (``FederatedRun.nnunet(site_folders=...)``)
+_FOLDERS = ("raw", "preprocessed", "results")
 
 
 class FederatedRun:
@@ -109,6 +112,7 @@ class FederatedRun:
         engine = look_up_option(engine, Engine)
         self.strategy = name.value
         self.site_args: dict[str, list[str]] = {}  # a site's own arguments (a bundle site's bundle and data)
+        self.planning = "shared"  # how nnU-Net sites come to share plans (FederatedRun.nnunet)
         self.identity: dict[str, Any] | None = None  # the run's settings when the sites get none of them
         self.result_filters: list[dict[str, Any]] = []
         self.sites, self.eval_sites = list(sites), list(eval_sites)
@@ -133,8 +137,9 @@ class FederatedRun:
                settings: Mapping[str, Any] | None = None, *, engine: str = "simulator", export: str = "",
                epochs: int = 1, seed: int = 0, min_clients: int | None = None, task_timeout: int = 0,
                payload_log: str = "", boundary: Mapping[str, Any] | None = None,
-               task_request_interval: float | None = None) -> FederatedRun:
-        """The nnU-Net backend: one client per nnU-Net dataset (planned with shared plans), named after it.
+               task_request_interval: float | None = None, planning: str = "shared",
+               site_folders: Mapping[str, Mapping[str, str | os.PathLike]] | None = None) -> FederatedRun:
+        """The nnU-Net backend: one client per nnU-Net dataset, named after it.
 
         ``settings`` are :class:`~monai_continual.nnunet.settings.NnUNetSiteSettings`' fields (``configuration``,
         ``plans``, ``fold``, ``iterations_per_epoch``, ``val_iterations_per_epoch``, ``device``, ``mirroring``,
@@ -142,11 +147,21 @@ class FederatedRun:
         ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results``. The nnU-Net executor does not score
         validation cases, so sites do not check received models (``accept_margin``).
 
+        ``planning="shared"``: every dataset was planned and preprocessed with the same plans beforehand (``plan``);
+        ``"fingerprints"``: before the first stage the server plans from the training sites' fingerprints and every
+        site preprocesses its own dataset with the plans, a held-out one keeps them to be scored with
+        (:mod:`~monai_continual.federated.nnunet_planning`; the server needs nnU-Net installed). ``site_folders``
+        gives a site its own nnU-Net folders on this machine (``{"Dataset501_site_a": {"raw": ..., "preprocessed":
+        ..., "results": ...}}``; simulator and POC mode), passed to that site's process only; otherwise every site
+        reads its environment's.
+
         Example::
 
             >>> FederatedRun.nnunet(["Dataset501_site_a", "Dataset502_site_b"], "cyclic_weight_transfer", "out",
-            ...                     options={"cycles": 2}, settings={"iterations_per_epoch": 20}).run()
+            ...                     options={"cycles": 2}, settings={"iterations_per_epoch": 20},
+            ...                     planning="fingerprints").run()
         """
+        from monai_continual.federated.nnunet_planning import Planning
         from monai_continual.nnunet.settings import NnUNetSiteSettings  # the nnU-Net backend only
 
         overrides = check_overrides(dict(settings or {}), NNUNET_SITE_KEYS)
@@ -160,6 +175,14 @@ class FederatedRun:
                    export=export, epochs=epochs, seed=seed, min_clients=min_clients, task_timeout=task_timeout,
                    allow=False, payload_log=payload_log, boundary=boundary, accept_margin=None,
                    task_request_interval=task_request_interval)
+        run.planning = look_up_choice(planning, Planning, "FederatedRun.nnunet: planning").value
+        for site, folders in dict(site_folders or {}).items():
+            if site not in run.eval_sites or not isinstance(folders, Mapping) or not set(folders) <= set(_FOLDERS):
+                raise ValueError(f"FederatedRun.nnunet: site_folders[{site!r}] must be a dataset of the run mapped to "
+                                 f"its folders ({', '.join(_FOLDERS)}), got {folders!r}.")
+            if not export:  # an exported job names no path: each site sets its own
+                run.site_args[site] = [a for key, folder in folders.items()
+                                       for a in (f"--{key}", str(Path(folder).resolve()))]
         return run
 
     @classmethod
@@ -234,7 +257,7 @@ class FederatedRun:
             self.strategy, self.options, self.sites, self.eval_sites, str(self.run_dir), settings=self._site_settings(),
             epochs=self.epochs, seed=self.seed, min_clients=self.min_clients, task_timeout=self.task_timeout,
             payload_log=self.payload_log, allow_data_to_leave_sites=self.allow, boundary=self.boundary,
-            result_filters=self.result_filters,
+            result_filters=self.result_filters, planning=self.planning,
         )
         job.to_server(controller)
         if self.task_request_interval is not None:  # the server app's system setting (config_fed_server.json)

@@ -256,8 +256,11 @@ def _stand_ins(stage: Stage, kinds: Mapping[int, NetworkKind]) -> list[Stage]:
     return sorted([stage, *others], key=lambda s: s.number)
 
 
-def serve(worker: SiteWorker) -> None:
-    """Answer the server's tasks through NVFlare's Client API until the job ends (after ``flare.init()``)."""
+def serve(worker: Any) -> None:
+    """Answer the server's tasks through NVFlare's Client API until the job ends (after ``flare.init()``).
+
+    ``worker``: a :class:`SiteWorker`, or what answers more tasks in front of one (``handle(task, meta, params)``).
+    """
     import nvflare.client as flare
 
     while flare.is_running():

@@ -16,20 +16,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_continual.nnunet.datasets import check_datasets_compatible, raw_dataset_folder
+from monai_continual.nnunet.datasets import channel_file, check_datasets_compatible, raw_dataset_folder
 from monai_continual.nnunet.environment import NNUNET_ENV, dataset_id, nnunet_paths
-from monai_continual.nnunet.fingerprints import load_fingerprint, merge_fingerprints, nnunet_fingerprint
+from monai_continual.nnunet.fingerprints import (
+    load_fingerprint,
+    merge_fingerprints,
+    nnunet_fingerprint,
+    site_fingerprint,
+)
 from monai_continual.utils.atomic import atomic_write_text
+from monai_continual.utils.hashing import config_sha256
 
 __all__ = [
     "PLANNED_DATASET_KEY", "PlansFileError", "plan_and_preprocess_sites", "plans_file", "shared_plans",
     "preprocessed_data_folder", "check_shared_plans", "plan_from_fingerprints", "load_plans_file",
-    "preprocess_with_plans",
+    "preprocess_with_plans", "plans_sha256",
 ]
 
 #: the key of plans made from fingerprints that records the channels, labels and case count they were made for
@@ -37,6 +44,11 @@ PLANNED_DATASET_KEY = "planned_for_dataset"
 
 #: the dataset name plans made from fingerprints carry until a site adopts them
 _FEDERATED_DATASET = "Dataset000_federated"
+
+#: what the classes a plans file names may be: nnU-Net imports them by name (``pydoc.locate``) to build the network
+_NETWORK_PACKAGE = "dynamic_network_architectures.architectures."
+_LAYER_PACKAGE = "torch.nn."
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 class PlansFileError(ValueError):
@@ -57,6 +69,16 @@ def shared_plans(plans: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in plans.items() if k not in ("dataset_name", "image_reader_writer")}))
 
 
+def plans_sha256(plans: Mapping[str, Any]) -> str:
+    """SHA-256 of :func:`shared_plans`: equal for two sites exactly when their plans agree.
+
+    Example::
+
+        >>> plans_sha256(json.loads(plans_file("Dataset501_site_a").read_text()))
+    """
+    return config_sha256(shared_plans(plans))
+
+
 def check_shared_plans(datasets: Sequence[str], plans: str = "nnUNetPlans") -> None:
     """Refuse, naming them, datasets without plans or preprocessed with different plans (weights would not fit).
 
@@ -67,7 +89,7 @@ def check_shared_plans(datasets: Sequence[str], plans: str = "nnUNetPlans") -> N
     missing = [d for d in datasets if not plans_file(d, plans).is_file()]
     if missing:
         raise FileNotFoundError(f"datasets {missing} have no {plans}.json; run plan_and_preprocess_sites first.")
-    shared = {json.dumps(shared_plans(json.loads(plans_file(d, plans).read_text())), sort_keys=True) for d in datasets}
+    shared = {plans_sha256(json.loads(plans_file(d, plans).read_text())) for d in datasets}
     if len(shared) != 1:
         raise ValueError(f"datasets {list(datasets)} were preprocessed with different plans; plan once and move the "
                          "plans (plan_and_preprocess_sites) so that weights fit every site.")
@@ -259,8 +281,8 @@ def load_plans_file(path: str | os.PathLike, dataset_json: Mapping[str, Any] | N
         for name in manager.available_configurations:
             configuration = manager.get_configuration(name)
             channel_counts.add(len(configuration.normalization_schemes))
-            _ = (configuration.patch_size, configuration.spacing, configuration.network_arch_init_kwargs,
-                 configuration.data_identifier)
+            _ = (configuration.patch_size, configuration.spacing, configuration.data_identifier)
+            _check_class_names(configuration)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise PlansFileError(f"{where}: not nnU-Net plans ({type(e).__name__}: {e}).") from None
     if len(channel_counts) != 1:
@@ -286,12 +308,16 @@ def preprocess_with_plans(
     configurations: Sequence[str] = ("3d_fullres",),
     num_processes: int = 1,
     verbose: bool = False,
+    replace: bool = True,
 ) -> Path:
     """Preprocess a site's own dataset with a plans file it was given (from :func:`plan_from_fingerprints`).
 
     The plans are checked (:func:`load_plans_file`) and written, as ``move_plans_between_datasets`` does, to
     ``nnUNet_preprocessed/<dataset>/<plans_name>.json`` with the dataset's own name and image reader; then nnU-Net
-    preprocesses the dataset (skipped when it was already preprocessed with the same plans).
+    preprocesses the dataset (skipped when it was already preprocessed with the same plans); a held-out dataset (test
+    cases only) takes the plans without preprocessing, to be scored with them. The dataset's own
+    fingerprint (:func:`~monai_continual.nnunet.fingerprints.site_fingerprint`, as nnU-Net's
+    ``dataset_fingerprint.json``) is written next to the plans when missing: nnU-Net's trainer copies it to its output.
 
     Args:
         dataset: the site's dataset (name or id) under ``nnUNet_raw``.
@@ -299,9 +325,15 @@ def preprocess_with_plans(
         configurations: nnU-Net configurations to preprocess; each must be in the plans.
         num_processes: preprocessing workers.
         verbose: nnU-Net's own verbose output.
+        replace: whether plans under the same identifier that differ from these are replaced (and the dataset
+            preprocessed again); ``False`` refuses them, leaving the dataset as it is.
 
     Returns:
         the dataset's plans file.
+
+    Raises:
+        PlansFileError: the plans are malformed or do not fit the dataset, or (``replace=False``) the dataset has
+            other plans under their identifier.
 
     Example::
 
@@ -318,15 +350,40 @@ def preprocess_with_plans(
     if missing:
         raise PlansFileError(f"plans file {plans_path}: has no configuration {missing} (it has "
                              f"{sorted(plans['configurations'])}).")
-    cases = get_filenames_of_train_images_and_targets(str(folder), dataset_json)
-    if not cases:
-        raise ValueError(f"preprocess_with_plans: dataset {folder.name} has no training cases.")
-    example = next(iter(cases.values()))["images"][0]
+    cases = (get_filenames_of_train_images_and_targets(str(folder), dataset_json)
+             if (folder / "imagesTr").is_dir() else {})
+    tests = sorted((folder / "imagesTs").glob(channel_file("*", 0, dataset_json["file_ending"])))
+    if not cases and not tests:
+        raise ValueError(f"preprocess_with_plans: dataset {folder.name} has neither training nor test cases.")
+    example = next(iter(cases.values()))["images"][0] if cases else str(tests[0])
     reader = determine_reader_writer_from_dataset_json(dataset_json, example, allow_nonmatching_filename=True,
                                                        verbose=False)
     plans = {**plans, "dataset_name": folder.name, "image_reader_writer": reader.__name__}
-    atomic_write_text(plans_file(folder.name, plans["plans_name"]), json.dumps(plans, indent=2))
+    target = plans_file(folder.name, plans["plans_name"])
+    if not replace and target.is_file() and plans_sha256(json.loads(target.read_text())) != plans_sha256(plans):
+        raise PlansFileError(f"dataset {folder.name} was planned with other plans named {plans['plans_name']!r}; "
+                             "plan under another identifier, or remove those plans to replace them.")
+    atomic_write_text(target, json.dumps(plans, indent=2))
+    if not cases:  # a held-out dataset: the plans its test cases are predicted with, nothing to preprocess
+        return target
+    own = target.parent / "dataset_fingerprint.json"
+    if not own.is_file():  # nnU-Net's trainer keeps the dataset's fingerprint with its checkpoints
+        atomic_write_text(own, json.dumps(nnunet_fingerprint(site_fingerprint(folder.name)), indent=1))
     return _preprocess(folder.name, plans["plans_name"], configurations, num_processes, verbose)
+
+
+def _check_class_names(configuration: Any) -> None:
+    """Refuse a configuration whose network or layers are not classes of nnU-Net's architectures and of
+    ``torch.nn``: nnU-Net imports whatever the plans name, so plans from elsewhere must not name other code."""
+    network = configuration.network_arch_class_name
+    if not (isinstance(network, str) and network.startswith(_NETWORK_PACKAGE) and _DOTTED_NAME.fullmatch(network)):
+        raise ValueError(f"the network class {network!r} is not one of {_NETWORK_PACKAGE}*")
+    arguments = configuration.network_arch_init_kwargs
+    for key in configuration.network_arch_init_kwargs_req_import:
+        value = arguments.get(key)
+        if value is not None and not (isinstance(value, str) and value.startswith(_LAYER_PACKAGE)
+                                      and _DOTTED_NAME.fullmatch(value)):
+            raise ValueError(f"the network argument {key}={value!r} is not a class of {_LAYER_PACKAGE}*")
 
 
 @contextlib.contextmanager
