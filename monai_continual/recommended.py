@@ -32,6 +32,8 @@ class Recommended:
         epochs_per_visit: cyclic weight transfer's epochs per visit (its cycles: ``epochs // epochs_per_visit``).
         capacity_per_site: replay's cases kept per earlier site.
         local_epochs: federated averaging's epochs per round (its rounds: ``epochs // local_epochs``).
+        ewc_lambda: EWC's penalty weight (the option's default; not tuned on the embedded sites).
+        proximal_mu: FedProx's mu in the main job's ``fedprox`` row (within Li et al.'s 0.001 to 1; not tuned).
 
     Example::
 
@@ -54,11 +56,13 @@ class Recommended:
     epochs_per_visit: int = 3
     capacity_per_site: int = 20
     local_epochs: int = 3
+    ewc_lambda: float = 1.0
+    proximal_mu: float = 0.01
 
     def settings(self) -> dict[str, Any]:
         """The settings a bundle config declares under these names (lists where a config has a JSON list)."""
         values = asdict(self)
-        for name in ("patience", "epochs_per_visit", "capacity_per_site", "local_epochs"):
+        for name in ("patience", "epochs_per_visit", "capacity_per_site", "local_epochs", "ewc_lambda", "proximal_mu"):
             values.pop(name)
         values["dataset_shape"] = list(self.dataset_shape)
         return values
@@ -71,6 +75,7 @@ class Recommended:
             "cyclic_weight_transfer": {"epochs_per_visit": self.epochs_per_visit,
                                        "cycles": max(1, epochs // self.epochs_per_visit)},
             "replay": {"capacity_per_site": self.capacity_per_site},
+            "ewc": {"ewc_lambda": self.ewc_lambda},
             "dwc": {"rounds": 1, "finetune": True},
             "federated_averaging": {"rounds": max(1, epochs // self.local_epochs), "local_epochs": self.local_epochs},
         }

@@ -41,7 +41,7 @@ def bundle(command: str, configs, root: Path, *overrides: str, check: bool = Tru
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
-    strategies = "['single_site','ensemble','cyclic_weight_transfer','fine_tuning','dwc']"
+    strategies = "['single_site','ensemble','cyclic_weight_transfer','fine_tuning','dwc','fedprox']"
     result = bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1",
                     "--mc_samples", "2", "--orders", "2")
     return root, result
@@ -53,12 +53,18 @@ def test_experiment_writes_summary_and_figures(experiment):
     out = root / "outputs" / "experiment"
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["strategies"]
-    assert list(rows) == ["single_site", "ensemble", "cyclic_weight_transfer", "fine_tuning", "dwc", "dwc_finetuned"]
+    assert list(rows) == ["single_site", "ensemble", "cyclic_weight_transfer", "fine_tuning", "dwc", "dwc_finetuned",
+                          "fedprox"]
     for name, row in rows.items():
         assert set(row) >= {"sites", "weighted_average", "held_out", "bwt"}
         assert set(row["sites"]) == {"site_a", "site_b", "site_c", "site_d"} and set(row["held_out"]) == {"heldout_e"}
         assert 0 <= row["weighted_average"] <= 1
         assert (row["bwt"] is None) == (name not in ("cyclic_weight_transfer", "fine_tuning"))
+    # the FedProx row: federated averaging with the proximal term, a run of its own
+    fedprox = json.loads((out / "runs" / "fedprox" / "state.json").read_text())
+    trained = [s for s in fedprox["config"]["stages"] if s["action"] == "train"]
+    assert trained and all(s["proximal_mu"] == 0.01 for s in trained)
+    assert summary["budget"]["fedprox"]["epochs_per_site"] > 0
     assert {c["a"] for c in summary["comparisons"]} >= {"dwc_finetuned", "cyclic_weight_transfer"}
     markdown = (out / "summary.md").read_text()
     assert "| strategy |" in markdown and "## Training budget and convergence" in markdown and "## Goals" in markdown
@@ -74,7 +80,11 @@ def test_experiment_writes_summary_and_figures(experiment):
         np.mean([v for s in ("site_a", "site_b", "site_c", "site_d")
                  for v in summary["per_volume_dice"]["dwc_finetuned"][s]]))
     assert "weighted" in result.stdout and "dwc_finetuned" in result.stdout  # the table is printed
-    for png in ["heatmaps/cyclic_weight_transfer.png", "heatmaps/dwc.png", "predictions.png"]:
+    goal = goals["DWC (fine-tuned) beats the ensemble"]
+    assert goal["ci_low"] <= goal["difference"] <= goal["ci_high"]
+    assert goal["difference"] == pytest.approx(goal["mean_a"] - goal["mean_b"])
+    assert "| A - B [95% CI] | d |" in markdown
+    for png in ["heatmaps/cyclic_weight_transfer.png", "heatmaps/dwc.png", "heatmaps/fedprox.png", "predictions.png"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -84,7 +94,7 @@ def test_experiment_resumes_instead_of_starting_over(experiment):
     out = root / "outputs" / "experiment"
     before = json.loads((out / "summary.json").read_text())
     stamp = (out / "runs" / "fine_tuning" / "final_model.safetensors").stat().st_mtime_ns
-    strategies = "['single_site','ensemble','cyclic_weight_transfer','fine_tuning','dwc']"
+    strategies = "['single_site','ensemble','cyclic_weight_transfer','fine_tuning','dwc','fedprox']"
     bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1", "--mc_samples", "2",
            "--orders", "2")
     after = json.loads((out / "summary.json").read_text())

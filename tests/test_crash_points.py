@@ -31,7 +31,8 @@ CASES = {
     "vcl": ({"epochs": 2}, ["mid_training:2", "after_publish:3", "during_evaluation:4"]),
     "dwc": ({"epochs": 2}, ["after_publish:2", "mid_training:3", "mid_consolidation:5", "before_state_save:5",
                             "after_publish:6"]),
-    "federated_averaging": ({"rounds": 2, "local_epochs": 2},
+    # FedProx: federated averaging with the proximal term in every local step
+    "federated_averaging": ({"rounds": 2, "local_epochs": 2, "proximal_mu": 0.1},
                             ["after_publish:2", "mid_consolidation:4", "during_evaluation:4", "mid_training:6"]),
 }
 

@@ -30,6 +30,22 @@ def test_goals_are_one_sided_paired_tests_with_margins():
     x, y = np.concatenate([cwt[s] for s in sites]), np.concatenate([central[s] for s in sites])
     assert row["holds"] and row["mean_a"] == pytest.approx(x.mean()) and row["mean_b"] == pytest.approx(y.mean())
     assert row["p_value"] == pytest.approx(stats.ttest_rel(x + 0.02, y, alternative="greater").pvalue)
+    # the effect: mean(A - B) with the t interval scipy gives for the mean of the differences, and d_z
+    reference = stats.ttest_1samp(x - y, 0.0).confidence_interval(0.95)
+    assert row["n"] == 10 and row["difference"] == pytest.approx((x - y).mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((reference.low, reference.high))
+    assert row["effect_size"] == pytest.approx((x - y).mean() / (x - y).std(ddof=1))
+
+
+def test_mean_interval_by_hand():
+    from monai_continual.metrics.paired_tests import mean_interval
+
+    interval = mean_interval([0.1, 0.3])  # sd / sqrt(2) = 0.1; t_{0.975, 1} = 12.7062
+    assert interval.mean == pytest.approx(0.2) and interval.effect_size == pytest.approx(0.2 / np.sqrt(0.02))
+    assert (interval.low, interval.high) == pytest.approx((0.2 - 1.270620, 0.2 + 1.270620), abs=1e-6)
+    assert mean_interval([1.0, 1.0, 1.0]).effect_size == 0.0 and mean_interval([1.0, 1.0]).low == 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_interval([1.0])
 
 
 def test_bwt_goals_over_orders_and_the_size_order_goal():

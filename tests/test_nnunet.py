@@ -356,7 +356,7 @@ def test_one_schedule_drives_both_backends(nnunet, site_runs, tmp_path):
     options = TINY_SCHEDULE
     runner = tiny_runner(nnunet["root"] / "data" / "datalist.json", tmp_path / "monai")
     cases = (("cyclic_weight_transfer", {"rounds": 2}, {"cycles": 2}),
-             ("federated_averaging", {"rounds": 1}, {"rounds": 1}),
+             ("federated_averaging", {"rounds": 1, "options": {"proximal_mu": 0.1}}, {"rounds": 1, "proximal_mu": 0.1}),
              ("fine_tuning", {}, {}), ("single_weight_transfer", {"options": {"patience": 1}}, {"patience": 1}),
              ("vcl", {}, {}), ("dwc", {"rounds": 1}, {"rounds": 1}), ("ewc", {}, {}))
     for strategy, kwargs, core_options in cases:

@@ -13,6 +13,7 @@ from monai_continual.data import (
     load_multisite_datalist,
     make_sites,
     mni_brain_shape,
+    site_splits,
 )
 
 
@@ -25,7 +26,8 @@ def test_generated_sites_are_valid_nifti_with_declared_labels(small_sites):
     data = load_multisite_datalist(small_sites, check_labels=True)
     assert data.site_names == [s.name for s in DEFAULT_SITES]
     assert data.labels == BRAIN_LABELS and data.held_out_sites() == ["heldout_e"]
-    assert [data.site(s.name).num_cases for s in DEFAULT_SITES] == [s.num_subjects for s in DEFAULT_SITES]
+    assert [data.site(s.name).num_cases for s in DEFAULT_SITES] == [sum(site_splits(s).values()) for s in DEFAULT_SITES]
+    assert sum(len(data.items(s.name, "test")) for s in DEFAULT_SITES if not s.held_out) >= 40
     for name in data.site_names:
         for image, label in _volumes(data, name):
             assert image.shape == label.shape == (24, 28, 24)

@@ -16,6 +16,7 @@ from monai_continual.data.synthetic_sites import (
     make_sites,
     mni_brain_shape,
     plot_sites,
+    site_splits,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "scan_transforms",
     "site_geometry",
     "SiteProfile",
+    "site_splits",
     "load_multisite_datalist",
     "make_sites",
     "mni_brain_shape",

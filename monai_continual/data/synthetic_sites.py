@@ -29,7 +29,7 @@ from monai_continual.utils.hashing import config_sha256
 from monai_continual.utils.names import check_site_name
 
 __all__ = ["Contrast", "SiteProfile", "DEFAULT_SITES", "BRAIN_LABELS", "make_sites", "mni_brain_shape", "plot_sites",
-           "GENERATOR_VERSION"]
+           "site_splits", "GENERATOR_VERSION"]
 
 GENERATOR_VERSION = 1
 BRAIN_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
@@ -50,7 +50,8 @@ class SiteProfile:
 
     Args:
         name: site name (used in paths and the datalist).
-        num_subjects: subjects at the site.
+        num_subjects: subjects at the site, split into training (60%), validation (15%, at least 1) and test (25%, at
+            least 2) subjects.
         contrast: ``"t1"`` (the template's T1 contrast) or ``"t2"`` (inverted: CSF bright, WM dark).
         noise: Rician noise std, relative to the brain's intensity range (0..1).
         bias: strength of the smooth multiplicative bias field (log-amplitude).
@@ -58,6 +59,9 @@ class SiteProfile:
         scale: intensity scale of the scanner's output.
         held_out: test-only site, never trained on.
         modality: free-text modality recorded in the datalist.
+        num_test: test subjects instead of the split's 25%; the training and validation subjects stay the same
+            (test subjects are generated after them), so a site can be scored on more volumes without changing
+            what is trained on.
     """
 
     name: str
@@ -69,6 +73,7 @@ class SiteProfile:
     scale: float = 1.0
     held_out: bool = False
     modality: str = "T1w"
+    num_test: int | None = None
 
     def __post_init__(self) -> None:
         look_up_choice(self.contrast, Contrast, f"site {self.name!r}: contrast")
@@ -76,17 +81,22 @@ class SiteProfile:
             raise ValueError(
                 f"site {self.name!r}: needs at least {2 if self.held_out else 4} subjects, got {self.num_subjects}."
             )
+        if self.num_test is not None and self.num_test < 2:
+            raise ValueError(f"site {self.name!r}: num_test must be at least 2, got {self.num_test}.")
         if self.noise < 0 or self.bias < 0 or self.resolution < 1 or self.scale <= 0:
             raise ValueError(f"site {self.name!r}: noise and bias must be >= 0, resolution >= 1 and scale > 0.")
 
 
-#: Four training sites of unequal size and acquisition, and one held-out site.
+#: Four training sites of unequal size and acquisition, and one held-out site; 10 test subjects each, so that paired
+#: comparisons over the training sites' test volumes run over 40 of them.
 DEFAULT_SITES: tuple[SiteProfile, ...] = (
-    SiteProfile("site_a", 14, "t1", noise=0.02, bias=0.05, scale=1.0, modality="T1w, 3T"),
-    SiteProfile("site_b", 10, "t1", noise=0.06, bias=0.30, scale=100.0, modality="T1w, 1.5T, strong bias field"),
-    SiteProfile("site_c", 8, "t2", noise=0.03, bias=0.10, scale=500.0, modality="T2w"),
-    SiteProfile("site_d", 6, "t1", noise=0.03, bias=0.10, resolution=2.0, scale=1.0, modality="T1w, half resolution"),
-    SiteProfile("heldout_e", 6, "t1", noise=0.04, bias=0.20, scale=50.0, held_out=True, modality="T1w, other scanner"),
+    SiteProfile("site_a", 14, "t1", noise=0.02, bias=0.05, scale=1.0, modality="T1w, 3T", num_test=10),
+    SiteProfile("site_b", 10, "t1", noise=0.06, bias=0.30, scale=100.0, modality="T1w, 1.5T, strong bias field",
+                num_test=10),
+    SiteProfile("site_c", 8, "t2", noise=0.03, bias=0.10, scale=500.0, modality="T2w", num_test=10),
+    SiteProfile("site_d", 6, "t1", noise=0.03, bias=0.10, resolution=2.0, scale=1.0, modality="T1w, half resolution",
+                num_test=10),
+    SiteProfile("heldout_e", 10, "t1", noise=0.04, bias=0.20, scale=50.0, held_out=True, modality="T1w, other scanner"),
 )
 
 
@@ -183,12 +193,20 @@ def _subject(
     return (image * profile.scale).numpy().astype(np.float32), label.numpy()
 
 
-def _splits(profile: SiteProfile) -> dict[str, int]:
+def site_splits(profile: SiteProfile) -> dict[str, int]:
+    """Subjects per split of a site: ``{"training": n, "validation": n, "test": n}`` (a held-out site: test only).
+
+    Example::
+
+        >>> site_splits(SiteProfile("a", 14, num_test=10))
+        {'training': 8, 'validation': 2, 'test': 10}
+    """
     if profile.held_out:
-        return {"training": 0, "validation": 0, "test": profile.num_subjects}
+        return {"training": 0, "validation": 0, "test": profile.num_test or profile.num_subjects}
     test = max(2, round(0.25 * profile.num_subjects))
     validation = max(1, round(0.15 * profile.num_subjects))
-    return {"training": profile.num_subjects - test - validation, "validation": validation, "test": test}
+    return {"training": profile.num_subjects - test - validation, "validation": validation,
+            "test": test if profile.num_test is None else profile.num_test}
 
 
 def _config(
@@ -261,10 +279,10 @@ def make_sites(
         "generator": dict(config, sha256=config_hash),
         "sites": {},
     }
-    total = sum(p.num_subjects for p in profiles)
+    total = sum(sum(site_splits(p).values()) for p in profiles)
     bar = tqdm(total=total, desc="generating sites", disable=not progress)
     for site_index, profile in enumerate(profiles):
-        counts = _splits(profile)
+        counts = site_splits(profile)
         entry: dict[str, Any] = {
             "modality": profile.modality,
             "held_out": profile.held_out,

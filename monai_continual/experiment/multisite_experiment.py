@@ -30,7 +30,7 @@ from monai_continual.report import (
 )
 from monai_continual.strategies import strategy_of
 from monai_continual.strategies.layout import RunLayout
-from monai_continual.strategies.names import DWC_FINETUNED, Strategy
+from monai_continual.strategies.names import DWC_FINETUNED, FEDPROX, Strategy
 from monai_continual.utils.distributed import check_process_group, is_main_rank, on_main_rank
 from monai_continual.utils.flags import as_flag
 
@@ -38,11 +38,13 @@ __all__ = ["MultiSiteExperiment"]
 
 
 def _strategies(names: Sequence[str]) -> tuple[Strategy, ...]:
-    """The strategies to run (``dwc_finetuned``: a row of the ``dwc`` run); unknown names are listed in the error."""
+    """The strategies to run (``dwc_finetuned``: a row of the ``dwc`` run; ``fedprox``, a run of its own, is not
+    among them); unknown names are listed in the error."""
+    names = [n for n in names if n != FEDPROX]
     found = [Strategy.DWC if n == DWC_FINETUNED else look_up_option(n, Strategy, default=None) for n in names]
     unknown = [n for n, s in zip(names, found) if s is None]
     if unknown:
-        valid = [str(s) for s in Strategy] + [DWC_FINETUNED]
+        valid = [str(s) for s in Strategy] + [DWC_FINETUNED, FEDPROX]
         raise ValueError(f"MultiSiteExperiment: unknown strategies {unknown}; choose from {valid}.")
     return tuple(found)
 
@@ -68,7 +70,9 @@ class MultiSiteExperiment:
         dataset_dir: where the embedded sites are generated on first use.
         dataset_shape: voxel grid of the embedded sites.
         dataset_seed: seeds the embedded sites and the random site orders.
-        strategies: strategy names to run (``dwc`` gives the ``dwc`` and ``dwc_finetuned`` rows).
+        strategies: strategy names to run (``dwc`` gives the ``dwc`` and ``dwc_finetuned`` rows); ``fedprox`` adds a
+            run of federated averaging with FedProx's proximal term, its options ``strategy_options["fedprox"]``
+            (``proximal_mu`` > 0) over ``federated_averaging``'s.
         strategy_options: per-strategy options for :meth:`ContinualRunner.run` (``None``: the recommended ones,
             :meth:`~monai_continual.recommended.Recommended.strategy_options` for the run's ``epochs``).
         runner_options: further :class:`ContinualRunner` arguments (epochs, batch_size, optimizer, mc_samples...).
@@ -118,12 +122,15 @@ class MultiSiteExperiment:
         if strategy_options is None:
             epochs = int(dict(runner_options or {}).get("epochs", RECOMMENDED.epochs))
             strategy_options = RECOMMENDED.strategy_options(epochs)
+        strategy_options = dict(strategy_options)
+        fedprox = dict(strategy_options.pop(FEDPROX, None) or {"proximal_mu": RECOMMENDED.proximal_mu})
         self.plan_settings = PlanSettings(
             strategies=_strategies(strategies),
             strategy_options={strategy_of(k): dict(v) for k, v in strategy_options.items()},
             orders=int(orders),
             size_orders=as_flag(size_orders, "size_orders"),
             seed=int(dataset_seed) + 7,
+            fedprox=fedprox if FEDPROX in strategies else None,
         )
         self.network = network
         self.train_transform = train_transform
@@ -185,11 +192,13 @@ class MultiSiteExperiment:
     def _figures(self, runs: Sequence[FinishedRun], runner: ContinualRunner, data: Any) -> None:
         """Every strategy's R matrix under ``heatmaps/``, and the Bayesian model's predictions (DWC's, else VCL's)."""
         main = {run.strategy: run.result for run in runs if run.variant == RunVariant.MAIN}
-        for strategy, result in main.items():
+        rows = {**{str(s): r for s, r in main.items()},
+                **{run.key: run.result for run in runs if run.variant == RunVariant.FEDPROX}}
+        for name, result in rows.items():
             png = RunLayout(result.directory).matrix_file(".png")
             if not png.exists():
-                result.matrix.plot(png, title=f"{strategy}: R matrix (mean Dice)")
-            copy_heatmap(png, self.output_dir, str(strategy))
+                result.matrix.plot(png, title=f"{name}: R matrix (mean Dice)")
+            copy_heatmap(png, self.output_dir, name)
         model = main.get(Strategy.DWC) or main.get(Strategy.VCL)
         if model is not None:
             plot_predictions(runner, data, model, self.output_dir / "predictions.png")

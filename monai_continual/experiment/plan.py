@@ -13,7 +13,7 @@ import numpy as np
 
 from monai_continual.report import RunVariant
 from monai_continual.strategies import make_options, round_orders
-from monai_continual.strategies.names import Strategy
+from monai_continual.strategies.names import FEDPROX, Strategy
 
 __all__ = ["PlanSettings", "PlannedRun", "plan_runs", "site_orders"]
 
@@ -29,10 +29,13 @@ class PlanSettings:
             a strategy whose options fix an ``order`` runs once.
         size_orders: also run VCL with the sites in increasing and in decreasing training-set size.
         seed: seeds the permutations.
+        fedprox: the options of a ``fedprox`` row, federated averaging with FedProx's proximal term: merged over
+            ``federated_averaging``'s options, ``proximal_mu`` > 0 (``None``: no such row).
 
     Example::
 
         >>> PlanSettings((Strategy.FINE_TUNING, Strategy.VCL), orders=3)
+        >>> PlanSettings((Strategy.FEDERATED_AVERAGING,), fedprox={"proximal_mu": 0.01})
     """
 
     strategies: tuple[Strategy, ...]
@@ -40,10 +43,20 @@ class PlanSettings:
     orders: int = 3
     size_orders: bool = True
     seed: int = 0
+    fedprox: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.orders, bool) or not isinstance(self.orders, int) or self.orders < 1:
             raise ValueError(f"orders must be an integer >= 1, got {self.orders!r}.")
+        if self.fedprox is not None:
+            mu = make_options(Strategy.FEDERATED_AVERAGING, **self.fedprox_options()).proximal_mu
+            if not mu > 0:
+                raise ValueError(f"the {FEDPROX} row needs proximal_mu > 0 in its options (0 is federated_averaging's "
+                                 f"row), got {mu!r}.")
+
+    def fedprox_options(self) -> dict[str, Any]:
+        """The ``fedprox`` row's options: ``federated_averaging``'s, then the row's own."""
+        return dict(self.options(Strategy.FEDERATED_AVERAGING), **(self.fedprox or {}))
 
     def options(self, strategy: Strategy) -> Mapping[str, Any]:
         return self.strategy_options.get(strategy, {})
@@ -144,4 +157,7 @@ def plan_runs(settings: PlanSettings, sites: Sequence[str], training_sizes: Mapp
             key = f"{strategy}@{suffix}"
             new = (key, MappingProxyType(dict(options, order=list(order))))
             add(key, strategy, variant, *runs.setdefault(tuple(order), new))
+    if settings.fedprox is not None:
+        add(FEDPROX, Strategy.FEDERATED_AVERAGING, RunVariant.FEDPROX, FEDPROX,
+            MappingProxyType(settings.fedprox_options()))
     return tuple(plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from monai.utils import StrEnum
@@ -11,7 +12,7 @@ from scipy import stats
 
 from monai_continual.utils.choices import look_up_choice
 
-__all__ = ["Alternative", "PairedTestResult", "paired_tests"]
+__all__ = ["Alternative", "MeanInterval", "PairedTestResult", "mean_interval", "paired_tests"]
 
 
 class Alternative(StrEnum):
@@ -23,8 +24,45 @@ class Alternative(StrEnum):
 
 
 @dataclass(frozen=True)
+class MeanInterval:
+    """A mean with its two-sided Student-t confidence interval and its standardized effect size.
+
+    Attributes:
+        mean: the sample mean.
+        low, high: the interval ``mean -+ t_{(1+c)/2, n-1} * sd / sqrt(n)``.
+        effect_size: ``mean / sd`` (Cohen's d_z for paired differences; 0 when every value is the same).
+        confidence: the interval's level ``c``.
+    """
+
+    mean: float
+    low: float
+    high: float
+    effect_size: float
+    confidence: float = 0.95
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInterval:
+    """The mean of ``values`` with its Student-t confidence interval and ``mean / sd``.
+
+    Example::
+
+        >>> mean_interval([0.1, 0.3])  # mean 0.2, sd / sqrt(n) = 0.1, t_{0.975, 1} = 12.706: 0.2 -+ 1.271
+        MeanInterval(mean=0.2, low=-1.0706..., high=1.4706..., effect_size=1.414..., confidence=0.95)
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size < 2:
+        raise ValueError(f"mean_interval: need at least 2 values in a 1-D sequence, got shape {x.shape}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"mean_interval: confidence must lie in (0, 1), got {confidence}.")
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    half = float(stats.t.ppf((1 + confidence) / 2, x.size - 1)) * sd / np.sqrt(x.size)
+    return MeanInterval(mean, mean - half, mean + half, mean / sd if sd > 0 else 0.0, confidence)
+
+
+@dataclass(frozen=True)
 class PairedTestResult:
-    """Outcome of :func:`paired_tests`; ``mean_difference`` is mean(a - b)."""
+    """Outcome of :func:`paired_tests`; ``mean_difference`` is mean(a - b), ``interval`` its 95% confidence
+    interval and d_z effect size (:func:`mean_interval`)."""
 
     n: int
     mean_difference: float
@@ -32,8 +70,9 @@ class PairedTestResult:
     t_pvalue: float
     wilcoxon_statistic: float
     wilcoxon_pvalue: float
+    interval: MeanInterval | None = None
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -64,10 +103,12 @@ def paired_tests(
         raise ValueError("paired_tests: scores contain NaN or Inf.")
     alternative = look_up_choice(alternative, Alternative, "paired_tests: alternative").value
     diff = x - y
+    interval = mean_interval(diff)
     if np.all(diff == 0):
-        return PairedTestResult(int(x.size), 0.0, 0.0, 1.0, 0.0, 1.0)
+        return PairedTestResult(int(x.size), 0.0, 0.0, 1.0, 0.0, 1.0, interval)
     t = stats.ttest_rel(x, y, alternative=alternative)
     w = stats.wilcoxon(x, y, alternative=alternative)
     return PairedTestResult(
-        int(x.size), float(diff.mean()), float(t.statistic), float(t.pvalue), float(w.statistic), float(w.pvalue)
+        int(x.size), float(diff.mean()), float(t.statistic), float(t.pvalue), float(w.statistic), float(w.pvalue),
+        interval,
     )

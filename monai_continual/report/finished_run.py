@@ -18,12 +18,14 @@ __all__ = ["FinishedRun", "RunVariant"]
 
 class RunVariant(StrEnum):
     """Why a run was made: ``main`` (the strategy's row of the table, in the datalist's order), ``order`` (another
-    site order of an order-dependent strategy), ``increasing`` / ``decreasing`` (VCL in site-size order)."""
+    site order of an order-dependent strategy), ``increasing`` / ``decreasing`` (VCL in site-size order),
+    ``fedprox`` (federated averaging with FedProx's proximal term, a row of its own)."""
 
     MAIN = "main"
     ORDER = "order"
     INCREASING = "increasing"
     DECREASING = "decreasing"
+    FEDPROX = "fedprox"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from monai_continual.metrics import paired_tests
+from monai_continual.metrics.paired_tests import MeanInterval, mean_interval, paired_tests
 from monai_continual.report.comparisons import site_volumes
 from monai_continual.report.finished_run import RunVariant
 from monai_continual.report.paper_claims import PAPER_CLAIMS, Check, Claim
@@ -16,10 +16,16 @@ from monai_continual.report.paper_claims import PAPER_CLAIMS, Check, Claim
 __all__ = ["check_goals"]
 
 
-def _row(claim: Claim, mean_a: float, mean_b: float, holds: bool, p_value: float, test: str) -> dict[str, Any]:
+def _row(claim: Claim, x: np.ndarray, y: np.ndarray | None, holds: bool, p_value: float,
+         test: str) -> dict[str, Any]:
+    """One goal: A's values ``x`` against B's paired values ``y`` (``None``: against zero); ``difference`` is
+    mean(A - B), the margin not added, with its 95% confidence interval and effect size d_z = mean / sd."""
     a, b = claim.labels
-    return {"goal": claim.text, "paper": claim.paper, "a": a, "b": b, "mean_a": mean_a, "mean_b": mean_b,
-            "margin": claim.margin, "holds": bool(holds), "p_value": float(p_value), "test": test}
+    interval: MeanInterval = mean_interval(x - y if y is not None else x)
+    return {"goal": claim.text, "paper": claim.paper, "a": a, "b": b, "mean_a": float(x.mean()),
+            "mean_b": float(y.mean()) if y is not None else 0.0, "margin": claim.margin, "holds": bool(holds),
+            "p_value": float(p_value), "test": test, "n": int(x.size), "difference": interval.mean,
+            "ci_low": interval.low, "ci_high": interval.high, "effect_size": interval.effect_size}
 
 
 def _volumes_goal(claim: Claim, scores: Mapping[str, Mapping[str, Sequence[float]]],
@@ -30,7 +36,7 @@ def _volumes_goal(claim: Claim, scores: Mapping[str, Mapping[str, Sequence[float
     if x.size != y.size or x.size < 2:
         return None
     test = paired_tests(x + claim.margin, y, alternative="greater")
-    return _row(claim, float(x.mean()), float(y.mean()), x.mean() + claim.margin > y.mean(), test.t_pvalue,
+    return _row(claim, x, y, x.mean() + claim.margin > y.mean(), test.t_pvalue,
                 "paired t-test over test volumes, one-sided")
 
 
@@ -41,8 +47,7 @@ def _size_orders_goal(claim: Claim, size_orders: Mapping[str, Mapping[str, Any]]
     x = np.asarray(site_volumes(size_orders[RunVariant.INCREASING]["scores"], sites))
     y = np.asarray(site_volumes(size_orders[RunVariant.DECREASING]["scores"], sites))
     test = paired_tests(x, y)
-    return _row(claim, float(x.mean()), float(y.mean()), test.t_pvalue < 0.05, test.t_pvalue,
-                "paired t-test over test volumes, two-sided")
+    return _row(claim, x, y, test.t_pvalue < 0.05, test.t_pvalue, "paired t-test over test volumes, two-sided")
 
 
 def _orders_bwt_goal(claim: Claim, orders: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -52,8 +57,7 @@ def _orders_bwt_goal(claim: Claim, orders: Mapping[str, Mapping[str, Any]]) -> d
     if not x.size == y.size >= 2:
         return None
     p = paired_tests(x, y, alternative="greater").t_pvalue
-    return _row(claim, float(x.mean()), float(y.mean()), x.mean() > y.mean(), p,
-                f"paired t-test over {x.size} site orders, one-sided")
+    return _row(claim, x, y, x.mean() > y.mean(), p, f"paired t-test over {x.size} site orders, one-sided")
 
 
 def _bwt_below_zero_goal(claim: Claim, orders: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -62,7 +66,7 @@ def _bwt_below_zero_goal(claim: Claim, orders: Mapping[str, Mapping[str, Any]]) 
     x = np.asarray(orders[claim.a]["bwt"])
     # a constant BWT has no spread for the t-test: it is below zero or it is not
     p = float(stats.ttest_1samp(x, 0.0, alternative="less").pvalue) if np.ptp(x) > 0 else (0.0 if x[0] < 0 else 1.0)
-    return _row(claim, float(x.mean()), 0.0, x.mean() < 0, p, f"one-sample t-test over {x.size} site orders, one-sided")
+    return _row(claim, x, None, x.mean() < 0, p, f"one-sample t-test over {x.size} site orders, one-sided")
 
 
 def check_goals(

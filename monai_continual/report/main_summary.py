@@ -18,7 +18,7 @@ from monai_continual.report.paper_claims import SINGLE_SITE_MEAN
 from monai_continual.report.summary_row import summary_row, weighted_dice
 from monai_continual.report.training_budget import training_budget
 from monai_continual.strategies import Action
-from monai_continual.strategies.names import ORDER_DEPENDENT, SUMMARY_ROWS, Strategy
+from monai_continual.strategies.names import FEDPROX, ORDER_DEPENDENT, SUMMARY_ROWS, Strategy
 
 __all__ = ["main_summary", "single_site_models"]
 
@@ -83,6 +83,7 @@ def main_summary(
     single = main.get(Strategy.SINGLE_SITE)
     members = single_site_models(single) if single is not None else {}
     found = {name: (scores, run) for run in main.values() for name, scores in _row_scores(run).items()}
+    found.update({FEDPROX: (run.result.scores, run) for run in runs if run.variant == RunVariant.FEDPROX})
     strategies: dict[str, Any] = {}
     all_scores: dict[str, dict[str, list[float]]] = {}
     for name in (n for n in SUMMARY_ROWS if n in found):
@@ -121,6 +122,6 @@ def main_summary(
     summary["goals"] = check_goals(goal_scores, training, spreads, sized)
     summary["budget"] = {
         run.key: training_budget([asdict(r) for r in run.state.stage_records()], len(training))
-        for run in runs if run.variant == RunVariant.MAIN
+        for run in runs if run.variant in (RunVariant.MAIN, RunVariant.FEDPROX)
     }
     return summary

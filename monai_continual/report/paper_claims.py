@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from monai.utils import StrEnum
 
-from monai_continual.strategies.names import DWC_FINETUNED, Strategy
+from monai_continual.strategies.names import DWC_FINETUNED, FEDPROX, Strategy
 
 __all__ = ["Check", "Claim", "PAPER_CLAIMS", "SINGLE_SITE_MEAN", "Volumes"]
 
@@ -80,6 +80,7 @@ class Claim:
 
 
 _MCCLURE = "McClure et al. (Table 2)"
+_EWC = "Kirkpatrick et al. 2017; González et al. 2023 (Lifelong nnU-Net)"
 
 #: every claim, comparisons first, then the goals in the order the summary lists them
 PAPER_CLAIMS: tuple[Claim, ...] = (
@@ -94,6 +95,9 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
           Strategy.CYCLIC_WEIGHT_TRANSFER, Strategy.CENTRALLY_HOSTED, Check.COMPARISON),
     Claim("replay beats sequential fine-tuning", "Karthik et al.", Strategy.REPLAY, Strategy.FINE_TUNING,
           Check.COMPARISON),
+    Claim("EWC beats sequential fine-tuning", _EWC, Strategy.EWC, Strategy.FINE_TUNING, Check.COMPARISON),
+    Claim("FedProx beats FedAvg across heterogeneous sites", "Li et al. 2020 (FedProx)", FEDPROX,
+          Strategy.FEDERATED_AVERAGING, Check.COMPARISON),
     Claim("DWC (fine-tuned) beats the ensemble", _MCCLURE, DWC_FINETUNED, Strategy.ENSEMBLE, Check.VOLUMES),
     Claim("DWC (fine-tuned) beats the mean single-site model", _MCCLURE, DWC_FINETUNED, SINGLE_SITE_MEAN,
           Check.VOLUMES),
@@ -109,4 +113,5 @@ PAPER_CLAIMS: tuple[Claim, ...] = (
           Check.ORDERS_BWT),
     Claim("fine-tuning forgets (BWT < 0)", "Karthik et al.", Strategy.FINE_TUNING, Strategy.FINE_TUNING,
           Check.BWT_BELOW_ZERO),
+    Claim("EWC's BWT above fine-tuning's", _EWC, Strategy.EWC, Strategy.FINE_TUNING, Check.ORDERS_BWT),
 )

@@ -9,6 +9,24 @@ from typing import Any
 __all__ = ["summary_markdown"]
 
 
+def _goal_lines(goals: list[dict]) -> list[str]:
+    """The goals table: with the difference A - B, its 95% interval, d_z and n when every goal has them (summaries
+    written before the intervals have not)."""
+    full = all("difference" in g for g in goals)
+    lines = (["| goal | paper | A | B | mean A | mean B | A - B [95% CI] | d | holds? | p | n | test |",
+              "|---" * 12 + "|"] if full else
+             ["| goal | paper | A | B | mean A | mean B | holds? | p | test |", "|---" * 9 + "|"])
+    for g in goals:
+        margin = f" (+{g['margin']:.2f})" if g["margin"] else ""
+        interval = (f" {g['difference']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['effect_size']:.2f} |"
+                    if full else "")
+        count = f" {g['n']} |" if full else ""
+        lines.append(f"| {g['goal']} | {g['paper']} | {g['a']}{margin} | {g['b']} | {g['mean_a']:.3f} | "
+                     f"{g['mean_b']:.3f} |{interval} {'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} |"
+                     f"{count} {g['test']} |")
+    return lines
+
+
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     """The text of ``summary.md``, written by the main job and by every federated run.
 
@@ -102,10 +120,5 @@ def _extras(summary: Mapping[str, Any]) -> list[str]:
         lines += ["", "## Goals", "",
                   "The papers' directions on this benchmark; p: the stated test. A direction that does not hold "
                   "is reported as such.", "",
-                  "| goal | paper | A | B | mean A | mean B | holds? | p | test |", "|---" * 9 + "|"]
-        for g in summary["goals"]:
-            margin = f" (+{g['margin']:.2f})" if g["margin"] else ""
-            lines.append(f"| {g['goal']} | {g['paper']} | {g['a']}{margin} | {g['b']} | {g['mean_a']:.3f} | "
-                         f"{g['mean_b']:.3f} | {'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} | "
-                         f"{g['test']} |")
+                  *_goal_lines(summary["goals"])]
     return lines

@@ -11,6 +11,7 @@ __all__ = [
     "BAYESIAN",
     "ORDER_DEPENDENT",
     "DWC_FINETUNED",
+    "FEDPROX",
     "SUMMARY_ROWS",
 ]
 
@@ -84,8 +85,10 @@ ORDER_DEPENDENT = (
 )
 #: the named result of DWC's consolidated model fine-tuned on the first site (``dwc``: before fine-tuning)
 DWC_FINETUNED = "dwc_finetuned"
-#: every summary row in display order (:attr:`Strategy.summary_rows` of each strategy)
-SUMMARY_ROWS = tuple(row for strategy in Strategy for row in strategy.summary_rows)
+#: the summary row of ``federated_averaging`` with FedProx's proximal term (Li et al. 2020), a run of its own
+FEDPROX = "fedprox"
+#: every summary row in display order (:attr:`Strategy.summary_rows` of each strategy, ``fedprox`` after FedAvg's)
+SUMMARY_ROWS = tuple(row for strategy in Strategy for row in strategy.summary_rows) + (FEDPROX,)
 
 
 def strategy_of(name: str | Strategy) -> Strategy:
