@@ -13,7 +13,7 @@ from monai_continual.report.comparisons import site_volumes
 from monai_continual.report.finished_run import RunVariant
 from monai_continual.report.paper_claims import PAPER_CLAIMS, Check, Claim
 
-__all__ = ["check_goals"]
+__all__ = ["check_goals", "uncertainty_goals"]
 
 
 def _row(claim: Claim, mean_a: float, mean_b: float, holds: bool, p_value: float, test: str) -> dict[str, Any]:
@@ -99,4 +99,56 @@ def check_goals(
             continue
         if row is not None:
             rows.append(row)
+    return rows
+
+
+#: where the uncertainty goals come from: the mutual information of Monte Carlo samples as epistemic uncertainty
+_UNCERTAINTY_SOURCE = "MC uncertainty (Gal & Ghahramani)"
+
+
+def _record_values(records: Mapping[str, Sequence[Mapping[str, Any]]], sites: Sequence[str], key: str) -> np.ndarray:
+    """One value per volume of ``sites`` where ``key`` is defined (an AUROC is not, on a volume without errors)."""
+    values = [r.get(key) for s in sites for r in records.get(s, [])]
+    return np.asarray([v for v in values if v is not None and v == v], dtype=float)
+
+
+def uncertainty_goals(
+    calibration: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+    training_sites: Sequence[str],
+    held_out_sites: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Two goals per Bayesian summary row (one whose records have the mutual information), rows shaped like
+    :func:`check_goals`'s:
+
+    - its uncertainty is higher at the held-out sites: mean MI per held-out volume against mean MI per training
+      volume, Welch's t-test, one-sided (different volumes: nothing to pair);
+    - its MI detects the held-out sites' errors better than chance: the per-volume AUROC against 0.5, one-sided,
+      with :func:`~monai_continual.metrics.paired_tests` against the constant 0.5 (a one-sample t-test).
+
+    Args:
+        calibration: summary row -> site -> per-volume calibration records
+            (:func:`~monai_continual.metrics.volume_calibration`).
+        training_sites: the sites whose volumes are "training".
+        held_out_sites: the sites whose volumes are "held out".
+
+    Example::
+
+        >>> rows = uncertainty_goals({"vcl": records}, ["site_a", "site_b"], ["heldout_e"])
+    """
+    rows = []
+    for name, records in calibration.items():
+        held, train = (_record_values(records, sites, "mean_mi") for sites in (held_out_sites, training_sites))
+        if held.size >= 2 and train.size >= 2:
+            p = float(stats.ttest_ind(held, train, equal_var=False, alternative="greater").pvalue)
+            rows.append({"goal": "uncertainty (mean MI) higher at the held-out sites", "paper": _UNCERTAINTY_SOURCE,
+                         "a": f"{name} (held out)", "b": f"{name} (training)", "mean_a": float(held.mean()),
+                         "mean_b": float(train.mean()), "margin": 0.0, "holds": bool(held.mean() > train.mean()),
+                         "p_value": p if p == p else 1.0, "test": "Welch's t-test over volumes, one-sided"})
+        auroc = _record_values(records, held_out_sites, "auroc_mi")
+        if auroc.size >= 2:
+            test = paired_tests(auroc, np.full_like(auroc, 0.5), alternative="greater")
+            rows.append({"goal": "MI detects the held-out sites' errors better than chance (AUROC)",
+                         "paper": _UNCERTAINTY_SOURCE, "a": name, "b": "chance", "mean_a": float(auroc.mean()),
+                         "mean_b": 0.5, "margin": 0.0, "holds": bool(auroc.mean() > 0.5), "p_value": test.t_pvalue,
+                         "test": "one-sample t-test over held-out volumes, one-sided"})
     return rows

@@ -14,12 +14,12 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 
     The strategies table (mean Dice per site, test-size-weighted average, held-out sites, BWT), then each section
     whose entry the summary has: the papers' comparisons, the training budget, the site orders, VCL in site-size
-    order, the goals; then the wall time.
+    order, the goals, calibration and uncertainty; then the wall time.
 
     Args:
         summary: the summary of a run (the content of ``summary.json``): ``training_sites``, ``held_out_sites``,
             ``test_sizes``, ``strategies``, ``comparisons`` and ``seconds``; optional ``budget``, ``orders``,
-            ``vcl_size_orders`` and ``goals`` (the main job's).
+            ``vcl_size_orders``, ``goals`` and ``calibration`` (the main job's).
 
     Returns:
         The Markdown text, ending with a newline.
@@ -58,7 +58,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"{c['mean_b']:.3f} | {'yes' if c['direction_holds'] else 'no'} | {c['t_pvalue']:.3g} | "
             f"{c['wilcoxon_pvalue']:.3g} |"
         )
-    lines += _extras(summary)
+    lines += _extras(summary) + _calibration(summary)
     lines += ["", f"Wall time: {summary['seconds'] / 60:.1f} min.", "",
               "Heatmaps of every R matrix are in `heatmaps/`; `predictions.png` shows one subject per site with the "
               "Bayesian model's prediction and uncertainty.", ""]
@@ -108,4 +108,40 @@ def _extras(summary: Mapping[str, Any]) -> list[str]:
             lines.append(f"| {g['goal']} | {g['paper']} | {g['a']}{margin} | {g['b']} | {g['mean_a']:.3f} | "
                          f"{g['mean_b']:.3f} | {'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} | "
                          f"{g['test']} |")
+    return lines
+
+
+def _cell(value: float | None, spec: str = ".3f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _calibration(summary: Mapping[str, Any]) -> list[str]:
+    """The calibration and uncertainty section (only if the summary has ``calibration``)."""
+    rows = summary.get("calibration") or {}
+    if not rows:
+        return []
+    training, held = summary["training_sites"], summary["held_out_sites"]
+    groups = ("training", "held_out")
+    cols = training + ["training"] + [f"{s} (held out)" for s in held] + ["held out"]
+    lines = ["", "## Calibration and uncertainty", "",
+             "Expected calibration error (ECE) of the voxel probabilities: each class but the background one-vs-rest "
+             "in 20 equal-width bins, averaged over the classes (MONAI's `CalibrationErrorMetric`), mean over test "
+             "volumes; deterministic rows: the softmax, Bayesian rows: the mean of the Monte Carlo samples. "
+             "`reliability.png` is the reliability diagram of the training and of the held-out sites' volumes.", "",
+             "| ECE | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in rows.items():
+        pooled = {g: row[g] or {} for g in groups}
+        cells = [_cell(row["sites"].get(s, {}).get("ece")) for s in training] + [_cell(pooled["training"].get("ece"))]
+        cells += [_cell(row["sites"].get(s, {}).get("ece")) for s in held] + [_cell(pooled["held_out"].get("ece"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Uncertainty as a detector of segmentation errors (voxels where the argmax differs from the label): "
+              "AUROC of the predictive entropy (H, every row) and of the mutual information of the Monte Carlo samples "
+              "(MI, Bayesian rows) over each volume's voxels, 0.5 being chance; means (nats) and AUROCs averaged over "
+              "the training sites' and the held-out sites' volumes.", "",
+              "| strategy | mean H training | mean H held out | H AUROC training | H AUROC held out | mean MI training "
+              "| mean MI held out | MI AUROC training | MI AUROC held out |", "|---" * 9 + "|"]
+    for name, row in rows.items():
+        cells = [_cell((row[g] or {}).get(key), ".3g" if key.startswith("mean") else ".3f")
+                 for key in ("mean_entropy", "auroc_entropy", "mean_mi", "auroc_mi") for g in groups]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
