@@ -93,6 +93,18 @@ def test_evaluate_sites_records_calibration_from_the_scored_probabilities():
     assert not mc.return_uncertainty and records["a"][0]["mean_mi"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_monte_carlo_probabilities_are_the_same_with_uncertainty():
+    samples = [torch.softmax(torch.randn(1, 3, 5, 5, 5, generator=torch.Generator().manual_seed(i)), 1)
+               for i in range(5)]
+
+    def draws():
+        it = iter(samples)
+        return lambda x: torch.log(next(it))
+
+    plain = MCInferer(5)(torch.zeros(1), draws())
+    assert torch.equal(MCInferer(5, return_uncertainty=True)(torch.zeros(1), draws())["probs"], plain)
+
+
 def _record(ece: float, mi: float, auroc: float) -> dict:
     return {"ece": ece, "mean_entropy": 2 * mi, "auroc_entropy": auroc, "mean_mi": mi, "auroc_mi": auroc,
             "bins": {"count": [1, 3], "confidence": [0.2, 2.4], "accuracy": [0.0, 3.0]}}
