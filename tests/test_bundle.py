@@ -84,7 +84,23 @@ def test_experiment_writes_summary_and_figures(experiment):
     assert goal["ci_low"] <= goal["difference"] <= goal["ci_high"]
     assert goal["difference"] == pytest.approx(goal["mean_a"] - goal["mean_b"])
     assert "| A - B [95% CI] | d |" in markdown
-    for png in ["heatmaps/cyclic_weight_transfer.png", "heatmaps/dwc.png", "heatmaps/fedprox.png", "predictions.png"]:
+    # calibration of every row's final model on every site it was scored on; MI for the Bayesian rows only
+    calibration, training = summary["calibration"], ["site_a", "site_b", "site_c", "site_d"]
+    assert list(calibration) == list(rows)
+    for name, row in calibration.items():
+        sites = training if name == "single_site" else training + ["heldout_e"]
+        assert list(row["sites"]) == sites and row["bayesian"] == (name in ("dwc", "dwc_finetuned"))
+        assert [row["sites"][s]["n"] for s in sites] == [summary["test_sizes"][s] for s in sites]
+        assert 0 <= row["training"]["ece"] <= 1 and sum(row["training"]["bins"]["count"]) > 0
+        assert (row["training"].get("mean_mi") is not None) == row["bayesian"]
+    assert calibration["dwc_finetuned"]["held_out"]["mean_mi"] > 0
+    assert "## Calibration and uncertainty" in markdown and "| mean MI held out |" in markdown
+    uncertainty = {(g["goal"], g["a"]) for g in summary["goals"] if g["paper"].startswith("MC uncertainty")}
+    assert uncertainty == {("uncertainty (mean MI) higher at the held-out sites", f"{n} (held out)")
+                           for n in ("dwc", "dwc_finetuned")} | {
+        ("MI detects the held-out sites' errors better than chance (AUROC)", n) for n in ("dwc", "dwc_finetuned")}
+    for png in ["heatmaps/cyclic_weight_transfer.png", "heatmaps/dwc.png", "heatmaps/fedprox.png", "predictions.png",
+                "reliability.png"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -98,7 +114,7 @@ def test_experiment_resumes_instead_of_starting_over(experiment):
     bundle("run", "experiment.json", root, *TINY, "--strategies", strategies, "--epochs", "1", "--mc_samples", "2",
            "--orders", "2")
     after = json.loads((out / "summary.json").read_text())
-    assert after["strategies"] == before["strategies"]
+    assert after["strategies"] == before["strategies"] and after["calibration"] == before["calibration"]
     assert after["seconds"] < before["seconds"]
     assert (out / "runs" / "fine_tuning" / "final_model.safetensors").stat().st_mtime_ns >= stamp
 

@@ -20,7 +20,7 @@ from monai_continual.bayes.config import BayesConfig, PriorMean, PriorStd, Sampl
 from monai_continual.bayes.convert import LAYER_GROUPS, bayesian_layers, bayesianize, posterior_to_prior
 from monai_continual.bayes.gaussian import gaussian_kl
 from monai_continual.bayes.kl import kl_divergence
-from monai_continual.bayes.mc_inferer import UNCERTAINTY_KEYS, Activation, MCInferer
+from monai_continual.bayes.mc_inferer import UNCERTAINTY_KEYS, Activation, MCInferer, predictive_entropy
 from monai_continual.bayes.sampling import sampling
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "bayesianize",
     "gaussian_kl",
     "kl_divergence",
+    "predictive_entropy",
     "posterior_to_prior",
     "sampling",
 ]

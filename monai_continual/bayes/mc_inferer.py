@@ -12,7 +12,7 @@ from torch import nn
 from monai_continual.bayes.sampling import sampling
 from monai_continual.utils.choices import look_up_choice
 
-__all__ = ["MCInferer", "Activation", "UNCERTAINTY_KEYS"]
+__all__ = ["MCInferer", "Activation", "UNCERTAINTY_KEYS", "predictive_entropy"]
 
 UNCERTAINTY_KEYS = ("probs", "variance", "entropy", "mutual_information")
 _EPS = 1e-12
@@ -26,8 +26,14 @@ class Activation(StrEnum):
     SIGMOID = "sigmoid"
 
 
-def _entropy(p: torch.Tensor, activation: str) -> torch.Tensor:
-    """Entropy (nats) of categorical (softmax) or per-channel Bernoulli (sigmoid) probabilities, one channel."""
+def predictive_entropy(p: torch.Tensor, activation: str = Activation.SOFTMAX) -> torch.Tensor:
+    """Entropy (nats) of categorical (softmax) or per-channel Bernoulli (sigmoid) probabilities, one channel.
+
+    Example::
+
+        >>> predictive_entropy(torch.tensor([[0.5, 0.5]]))  # log 2
+        tensor([[0.6931]])
+    """
     h = -(p * torch.log(p.clamp_min(_EPS)))
     if activation == Activation.SIGMOID:
         q = 1.0 - p
@@ -97,30 +103,33 @@ class MCInferer(Inferer):
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         model = network if isinstance(network, nn.Module) else None
         kind = self.activation if isinstance(self.activation, str) else Activation.SOFTMAX
-        # Welford's running mean and sum of squared deviations: stable in float32, memory flat in num_samples.
-        mean = m2 = sum_h = None
+        # Welford's running mean and sum of squared deviations: stable in float32, memory flat in num_samples. The
+        # probabilities returned are the plain sum / T in both modes, so that asking for uncertainty changes no
+        # prediction.
+        mean = m2 = sum_h = total = None
         with torch.no_grad(), _maybe_sampling(model, self.mode):
             for t in range(1, self.num_samples + 1):
                 p = self._probs(self.inferer(inputs, network, *args, **kwargs))
-                if mean is None:
-                    mean = p.clone()
+                if total is None:
+                    total = p.clone()
                     if self.return_uncertainty:
-                        m2, sum_h = torch.zeros_like(p), _entropy(p, kind)
+                        mean, m2, sum_h = p.clone(), torch.zeros_like(p), predictive_entropy(p, kind)
                     continue
+                total += p  # a plain sum; divided once at the end
                 if not self.return_uncertainty:
-                    mean += p  # a plain sum; divided once at the end
                     continue
                 delta = p - mean
                 mean += delta / t
                 m2.addcmul_(delta, p - mean)
-                sum_h += _entropy(p, kind)
+                sum_h += predictive_entropy(p, kind)
                 del p, delta
+        probs = total / self.num_samples
         if not self.return_uncertainty:
-            return mean / self.num_samples
+            return probs
         variance = (m2 / self.num_samples).clamp_min(0).sum(dim=1, keepdim=True)
-        entropy = _entropy(mean, kind)
+        entropy = predictive_entropy(probs, kind)
         mutual_information = (entropy - sum_h / self.num_samples).clamp_min(0)
-        return {"probs": mean, "variance": variance, "entropy": entropy, "mutual_information": mutual_information}
+        return {"probs": probs, "variance": variance, "entropy": entropy, "mutual_information": mutual_information}
 
 
 class _NullContext:

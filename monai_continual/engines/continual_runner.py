@@ -62,6 +62,10 @@ class StrategyResult:
         extra: further named results (site -> per-volume Dice), e.g. ``"dwc"`` (before fine-tuning) or
             ``"single_site[site_a]"`` (one single-site model on every site).
         transfers: per stage, the SHA-256 of the weights it started from and of those it published.
+        calibration: summary row (the strategy, or a named result of ``extra``) -> site -> per-volume calibration
+            and uncertainty records of that row's model
+            (:func:`~monai_continual.metrics.calibration.volume_calibration`); ``single_site``: each training site
+            scored by its own model.
     """
 
     name: str
@@ -71,6 +75,7 @@ class StrategyResult:
     bayesian: bool = False
     extra: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     transfers: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
 
 
 class ContinualRunner:
@@ -268,20 +273,26 @@ class ContinualRunner:
             ensemble = ContinualMatrix(self.eval_sites)
             row = state.matrix([last], self.eval_sites).as_array()[-1]
             ensemble.add_stage(list(last.sites), dict(zip(self.eval_sites, row)), Strategy.ENSEMBLE.value)
-            return StrategyResult(name.value, ensemble, state.scores(last.number), run_dir, False, {}, transfers)
+            return StrategyResult(name.value, ensemble, state.scores(last.number), run_dir, False, {}, transfers,
+                                  {name.value: executor.calibration(last.number, self.eval_sites)})
         if name == Strategy.SINGLE_SITE:
             site_stages = [s for s in stages if s.action == Action.TRAIN]
             single = executor.save_results(state, site_stages, self.eval_sites,
                                            "single-site models (row: model of that site)")
             scores = {s.sites[0]: state.scores(s.number)[s.sites[0]] for s in site_stages}
             extra = {k: v for k, v in state.results(stages).items() if k.startswith(f"{Strategy.SINGLE_SITE.value}[")}
-            return StrategyResult(name.value, single, scores, run_dir, False, extra, transfers)
+            own = {s.sites[0]: executor.calibration(s.number, s.sites).get(s.sites[0]) for s in site_stages}
+            calibration = {name.value: {site: records for site, records in own.items() if records is not None}}
+            return StrategyResult(name.value, single, scores, run_dir, False, extra, transfers, calibration)
         save_weights(executor.layout.final_model, executor.model(last.number), strategy=name.value, stage=last.number,
                      source_sha256=state.records[last.number].published)
         matrix = executor.save_results(state, stages, self.eval_sites, f"{name.value}: R matrix (mean Dice)")
         bayesian = last.network == NetworkKind.BAYES
+        calibration = {name.value: executor.calibration(last.number, self.eval_sites)}
+        # a named result is that stage's model (``dwc``: before fine-tuning), not the final one
+        calibration.update({s.result: executor.calibration(s.number, self.eval_sites) for s in stages if s.result})
         return StrategyResult(name.value, matrix, state.scores(last.number), run_dir, bayesian,
-                              state.results(stages), transfers)
+                              state.results(stages), transfers, calibration)
 
 
 def _prepare(run_dir: Path) -> None:

@@ -150,14 +150,21 @@ class MonaiStageExecutor(BaseStageExecutor):
 
     # ------------------------------------------------------------------------------------------------ scoring
 
-    def _score(self, network: nn.Module, items: dict[str, list[dict[str, Any]]], bayesian: bool) -> dict:
+    def _score(self, network: nn.Module, items: dict[str, list[dict[str, Any]]], bayesian: bool,
+               calibration: dict[str, list[dict[str, Any]]] | None = None) -> dict:
         s = self.settings
         return evaluate_sites(network, items, s.eval_transform, s.num_classes, s.inferer_for(bayesian), s.device,
-                              amp=s.amp)
+                              amp=s.amp, calibration=calibration)
 
     def score(self, network: nn.Module, stage: Stage, site: str) -> list[float]:
+        """Per-volume Dice on ``site``'s test data; for a model a summary row shows (:meth:`shown`), each volume's
+        calibration and uncertainty, from the same probabilities, is kept beside it (:meth:`save_calibration`)."""
         bayesian = stage.network == NetworkKind.BAYES and stage.action != Action.ENSEMBLE
-        return self._score(network, {site: self.data.items(site, "test")}, bayesian)[site]
+        calibration: dict[str, list[dict[str, Any]]] | None = {} if self.shown(stage) else None
+        scores = self._score(network, {site: self.data.items(site, "test")}, bayesian, calibration)[site]
+        if calibration is not None:
+            self.save_calibration(stage.number, site, calibration[site])
+        return scores
 
     def validation_score(self, number: int, site: str) -> float:
         """Mean Dice of stage ``number``'s published model on ``site``'s validation cases (NaN when its weights are

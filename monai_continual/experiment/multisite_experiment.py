@@ -19,11 +19,13 @@ from monai_continual.experiment.run_plan import run_plan
 from monai_continual.experiment.tracking import RunTracker, tracking_of
 from monai_continual.recommended import RECOMMENDED
 from monai_continual.report import (
+    RELIABILITY_FIGURE,
     FinishedRun,
     RunVariant,
     copy_heatmap,
     main_summary,
     plot_predictions,
+    plot_reliability,
     summary_markdown,
     summary_table,
     write_summary,
@@ -50,7 +52,8 @@ def _strategies(names: Sequence[str]) -> tuple[Strategy, ...]:
 
 
 class MultiSiteExperiment:
-    """Run the strategies, then write ``summary.md``, ``summary.json``, R-matrix heatmaps and a prediction figure.
+    """Run the strategies, then write ``summary.md``, ``summary.json``, R-matrix heatmaps, a prediction figure and a
+    reliability diagram.
 
     Planning is :func:`~monai_continual.experiment.plan.plan_runs`, running
     :func:`~monai_continual.experiment.run_plan.run_plan`, and the summary and its files are
@@ -183,14 +186,16 @@ class MultiSiteExperiment:
             summary = main_summary(runs, training_sites=training, held_out_sites=data.held_out_sites(),
                                    test_sizes={s: len(data.site(s).test) for s in data.site_names},
                                    seconds=time.time() - start)
-            write_summary(self.output_dir, summary, lambda: self._figures(runs, runner, data))
+            write_summary(self.output_dir, summary, lambda: self._figures(runs, runner, data, summary))
             print(summary_table(summary))
             return summary
 
         return on_main_rank(report)
 
-    def _figures(self, runs: Sequence[FinishedRun], runner: ContinualRunner, data: Any) -> None:
-        """Every strategy's R matrix under ``heatmaps/``, and the Bayesian model's predictions (DWC's, else VCL's)."""
+    def _figures(self, runs: Sequence[FinishedRun], runner: ContinualRunner, data: Any,
+                 summary: Mapping[str, Any]) -> None:
+        """Every strategy's R matrix under ``heatmaps/``, the Bayesian model's predictions (DWC's, else VCL's) and
+        the reliability diagram of every strategy."""
         main = {run.strategy: run.result for run in runs if run.variant == RunVariant.MAIN}
         rows = {**{str(s): r for s, r in main.items()},
                 **{run.key: run.result for run in runs if run.variant == RunVariant.FEDPROX}}
@@ -202,6 +207,7 @@ class MultiSiteExperiment:
         model = main.get(Strategy.DWC) or main.get(Strategy.VCL)
         if model is not None:
             plot_predictions(runner, data, model, self.output_dir / "predictions.png")
+        plot_reliability(summary, self.output_dir / RELIABILITY_FIGURE)
 
     @staticmethod
     def table(summary: Mapping[str, Any]) -> str:

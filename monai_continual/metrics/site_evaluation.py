@@ -1,7 +1,9 @@
-"""Scoring a network on every site's test set: per-volume Dice, the raw material of R matrices and paired tests."""
+"""Scoring a network on every site's test set: per-volume Dice, the raw material of R matrices and paired tests, and
+optionally each volume's calibration and uncertainty record from the same probabilities."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,6 +13,8 @@ from monai.transforms import apply_transform
 from torch import nn
 from tqdm.auto import tqdm
 
+from monai_continual.bayes import MCInferer
+from monai_continual.metrics.calibration import volume_calibration
 from monai_continual.metrics.segmentation import mean_dice
 
 __all__ = ["evaluate_sites"]
@@ -26,6 +30,7 @@ def evaluate_sites(
     include_background: bool = False,
     progress: bool = False,
     amp: bool = False,
+    calibration: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, list[float]]:
     """Per-volume class-averaged Dice of ``network`` on each site's items.
 
@@ -40,6 +45,10 @@ def evaluate_sites(
         include_background: count the background class in the Dice average.
         progress: show a progress bar over volumes.
         amp: predict under ``torch.autocast`` (mixed precision) when ``device`` is a CUDA device; ignored elsewhere.
+        calibration: when given, filled with site -> one :func:`~monai_continual.metrics.calibration.volume_calibration`
+            record per volume, from the probabilities the Dice was scored from: the softmax of a plain network's
+            output, or an ``MCInferer``'s mean probabilities with the entropy and mutual information of its samples
+            (no further forward pass).
 
     Returns:
         site -> list of per-volume Dice, in item order.
@@ -49,6 +58,9 @@ def evaluate_sites(
         >>> scores = evaluate_sites(net, {s: data.items(s, "test") for s in data.site_names}, eval_transform, 4)
     """
     inferer = inferer or SimpleInferer()
+    if calibration is not None and isinstance(inferer, MCInferer) and not inferer.return_uncertainty:
+        inferer = copy.copy(inferer)
+        inferer.return_uncertainty = True
     autocast = bool(amp) and torch.device(device).type == "cuda"
     was_training = network.training
     network.eval()
@@ -59,13 +71,23 @@ def evaluate_sites(
         with torch.no_grad(), torch.autocast("cuda", enabled=autocast):
             for site, items in site_items.items():
                 scores[site] = []
+                if calibration is not None:
+                    calibration[site] = []
                 for item in items:
                     data = apply_transform(transform, dict(item))
                     image = torch.as_tensor(data["image"])[None].to(device)
                     label = torch.as_tensor(data["label"])[None].to(device)
                     output = inferer(image, network)
+                    uncertainty = output if isinstance(output, Mapping) else {}
+                    if uncertainty:
+                        output = uncertainty["probs"]
                     pred = output.argmax(dim=1, keepdim=True)
                     scores[site].append(float(mean_dice(pred, label.long(), num_classes, include_background)[0]))
+                    if calibration is not None:
+                        probs = output if uncertainty else torch.softmax(output.float(), dim=1)
+                        calibration[site].append(volume_calibration(
+                            probs, label.long(), pred, uncertainty.get("entropy"),
+                            uncertainty.get("mutual_information"), include_background))
                     bar.update(1)
     finally:
         bar.close()

@@ -13,7 +13,7 @@ from monai_continual.report.comparisons import site_volumes
 from monai_continual.report.finished_run import RunVariant
 from monai_continual.report.paper_claims import PAPER_CLAIMS, Check, Claim
 
-__all__ = ["check_goals"]
+__all__ = ["check_goals", "uncertainty_goals"]
 
 
 def _row(claim: Claim, x: np.ndarray, y: np.ndarray | None, holds: bool, p_value: float,
@@ -21,11 +21,24 @@ def _row(claim: Claim, x: np.ndarray, y: np.ndarray | None, holds: bool, p_value
     """One goal: A's values ``x`` against B's paired values ``y`` (``None``: against zero); ``difference`` is
     mean(A - B), the margin not added, with its 95% confidence interval and effect size d_z = mean / sd."""
     a, b = claim.labels
-    interval: MeanInterval = mean_interval(x - y if y is not None else x)
     return {"goal": claim.text, "paper": claim.paper, "a": a, "b": b, "mean_a": float(x.mean()),
             "mean_b": float(y.mean()) if y is not None else 0.0, "margin": claim.margin, "holds": bool(holds),
-            "p_value": float(p_value), "test": test, "n": int(x.size), "difference": interval.mean,
-            "ci_low": interval.low, "ci_high": interval.high, "effect_size": interval.effect_size}
+            "p_value": float(p_value), "test": test,
+            **_effect(mean_interval(x - y if y is not None else x), x.size)}
+
+
+def _effect(interval: MeanInterval, n: int) -> dict[str, Any]:
+    """A goal's ``n``, ``difference`` (mean A - B), its 95% interval ``ci_low``/``ci_high`` and ``effect_size``."""
+    return {"n": int(n), "difference": interval.mean, "ci_low": interval.low, "ci_high": interval.high,
+            "effect_size": interval.effect_size}
+
+
+def _welch_interval(a: np.ndarray, b: np.ndarray) -> MeanInterval:
+    """mean(a) - mean(b) with Welch's 95% interval, and Cohen's d over the two groups' mean variance."""
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    spread = float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
+    difference = float(a.mean() - b.mean())
+    return MeanInterval(difference, float(ci.low), float(ci.high), difference / spread if spread > 0 else 0.0)
 
 
 def _volumes_goal(claim: Claim, scores: Mapping[str, Mapping[str, Sequence[float]]],
@@ -103,4 +116,58 @@ def check_goals(
             continue
         if row is not None:
             rows.append(row)
+    return rows
+
+
+#: where the uncertainty goals come from: the mutual information of Monte Carlo samples as epistemic uncertainty
+_UNCERTAINTY_SOURCE = "MC uncertainty (Gal & Ghahramani)"
+
+
+def _record_values(records: Mapping[str, Sequence[Mapping[str, Any]]], sites: Sequence[str], key: str) -> np.ndarray:
+    """One value per volume of ``sites`` where ``key`` is defined (an AUROC is not, on a volume without errors)."""
+    values = [r.get(key) for s in sites for r in records.get(s, [])]
+    return np.asarray([v for v in values if v is not None and v == v], dtype=float)
+
+
+def uncertainty_goals(
+    calibration: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+    training_sites: Sequence[str],
+    held_out_sites: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Two goals per Bayesian summary row (one whose records have the mutual information), rows shaped like
+    :func:`check_goals`'s:
+
+    - its uncertainty is higher at the held-out sites: mean MI per held-out volume against mean MI per training
+      volume, Welch's t-test, one-sided (different volumes: nothing to pair);
+    - its MI detects the held-out sites' errors better than chance: the per-volume AUROC against 0.5, one-sided,
+      with :func:`~monai_continual.metrics.paired_tests` against the constant 0.5 (a one-sample t-test).
+
+    Args:
+        calibration: summary row -> site -> per-volume calibration records
+            (:func:`~monai_continual.metrics.volume_calibration`).
+        training_sites: the sites whose volumes are "training".
+        held_out_sites: the sites whose volumes are "held out".
+
+    Example::
+
+        >>> rows = uncertainty_goals({"vcl": records}, ["site_a", "site_b"], ["heldout_e"])
+    """
+    rows = []
+    for name, records in calibration.items():
+        held, train = (_record_values(records, sites, "mean_mi") for sites in (held_out_sites, training_sites))
+        if held.size >= 2 and train.size >= 2:
+            p = float(stats.ttest_ind(held, train, equal_var=False, alternative="greater").pvalue)
+            rows.append({"goal": "uncertainty (mean MI) higher at the held-out sites", "paper": _UNCERTAINTY_SOURCE,
+                         "a": f"{name} (held out)", "b": f"{name} (training)", "mean_a": float(held.mean()),
+                         "mean_b": float(train.mean()), "margin": 0.0, "holds": bool(held.mean() > train.mean()),
+                         "p_value": p if p == p else 1.0, "test": "Welch's t-test over volumes, one-sided",
+                         **_effect(_welch_interval(held, train), held.size + train.size)})
+        auroc = _record_values(records, held_out_sites, "auroc_mi")
+        if auroc.size >= 2:
+            test = paired_tests(auroc, np.full_like(auroc, 0.5), alternative="greater")
+            rows.append({"goal": "MI detects the held-out sites' errors better than chance (AUROC)",
+                         "paper": _UNCERTAINTY_SOURCE, "a": name, "b": "chance", "mean_a": float(auroc.mean()),
+                         "mean_b": 0.5, "margin": 0.0, "holds": bool(auroc.mean() > 0.5), "p_value": test.t_pvalue,
+                         "test": "one-sample t-test over held-out volumes, one-sided",
+                         **_effect(mean_interval(auroc - 0.5), auroc.size)})
     return rows

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from monai_continual.metrics import backward_transfer
+from monai_continual.report.calibration_summary import calibration_summary
 from monai_continual.report.comparisons import run_comparisons
 from monai_continual.report.finished_run import FinishedRun, RunVariant
-from monai_continual.report.goals import check_goals
+from monai_continual.report.goals import check_goals, uncertainty_goals
 from monai_continual.report.order_spread import order_spread
 from monai_continual.report.paper_claims import SINGLE_SITE_MEAN
 from monai_continual.report.summary_row import summary_row, weighted_dice
@@ -45,6 +46,12 @@ def _row_scores(run: FinishedRun) -> dict[str, dict[str, list[float]]]:
     return {name: run.result.extra[name] for name in names if name in run.result.extra}
 
 
+def _row_calibration(run: FinishedRun) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Summary row -> site -> per-volume calibration records, for the rows of :func:`_row_scores` that have them."""
+    return {name: run.result.calibration[name] for name in run.strategy.summary_rows
+            if run.result.calibration.get(name)}
+
+
 def _describe(run: FinishedRun, test_sizes: Mapping[str, int]) -> dict[str, Any]:
     return {"order": list(run.order), "weighted": weighted_dice(run.result.scores, test_sizes),
             "bwt": float(backward_transfer(run.result.matrix)), "scores": run.result.scores}
@@ -70,7 +77,8 @@ def main_summary(
     Returns:
         ``training_sites``, ``held_out_sites``, ``test_sizes``, ``strategies`` (one row per summary row, see
         :func:`summary_row`), ``comparisons``, ``per_volume_dice``, ``seconds``, ``orders``, ``vcl_size_orders``,
-        ``goals`` and ``budget``.
+        ``goals``, ``budget`` and ``calibration`` (:func:`~monai_continual.report.calibration_summary`; the
+        uncertainty goals of :func:`~monai_continual.report.goals.uncertainty_goals` follow the papers' goals).
 
     Example::
 
@@ -119,9 +127,16 @@ def main_summary(
         goal_scores[SINGLE_SITE_MEAN] = {
             s: list(np.mean([m[s] for m in members.values()], axis=0)) for s in training
         }
-    summary["goals"] = check_goals(goal_scores, training, spreads, sized)
+    records = {name: r for run in main.values() for name, r in _row_calibration(run).items() if name in strategies}
+    records.update({FEDPROX: cal for run in runs if run.variant == RunVariant.FEDPROX
+                    if (cal := run.result.calibration.get(str(run.strategy)))})
+    bayesian = {name: row["bayesian"] for name, row in strategies.items()}
+    summary["goals"] = check_goals(goal_scores, training, spreads, sized) + uncertainty_goals(
+        {name: records[name] for name in strategies if name in records and bayesian[name]}, training, held_out)
     summary["budget"] = {
         run.key: training_budget([asdict(r) for r in run.state.stage_records()], len(training))
         for run in runs if run.variant in (RunVariant.MAIN, RunVariant.FEDPROX)
     }
+    summary["calibration"] = calibration_summary({name: records[name] for name in strategies if name in records},
+                                                 training, held_out, bayesian)
     return summary

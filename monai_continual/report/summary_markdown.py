@@ -9,6 +9,15 @@ from typing import Any
 __all__ = ["summary_markdown"]
 
 
+def _number(value: float) -> str:
+    """Three decimals, or three significant digits for a value below 0.01 (mutual information)."""
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:+.3g}"
+
+
 def _goal_lines(goals: list[dict]) -> list[str]:
     """The goals table: with the difference A - B, its 95% interval, d_z and n when every goal has them (summaries
     written before the intervals have not)."""
@@ -18,12 +27,13 @@ def _goal_lines(goals: list[dict]) -> list[str]:
              ["| goal | paper | A | B | mean A | mean B | holds? | p | test |", "|---" * 9 + "|"])
     for g in goals:
         margin = f" (+{g['margin']:.2f})" if g["margin"] else ""
-        interval = (f" {g['difference']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['effect_size']:.2f} |"
-                    if full else "")
+        interval = (f" {_signed(g['difference'])} [{_signed(g['ci_low'])}, {_signed(g['ci_high'])}] | "
+                    f"{g['effect_size']:.2f} |" if full else "")
         count = f" {g['n']} |" if full else ""
-        lines.append(f"| {g['goal']} | {g['paper']} | {g['a']}{margin} | {g['b']} | {g['mean_a']:.3f} | "
-                     f"{g['mean_b']:.3f} |{interval} {'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} |"
-                     f"{count} {g['test']} |")
+        means = (f"{_number(g['mean_a'])} | {_number(g['mean_b'])}" if full else
+                 f"{g['mean_a']:.3f} | {g['mean_b']:.3f}")
+        lines.append(f"| {g['goal']} | {g['paper']} | {g['a']}{margin} | {g['b']} | {means} |{interval} "
+                     f"{'yes' if g['holds'] else '**no**'} | {g['p_value']:.3g} |{count} {g['test']} |")
     return lines
 
 
@@ -32,12 +42,12 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 
     The strategies table (mean Dice per site, test-size-weighted average, held-out sites, BWT), then each section
     whose entry the summary has: the papers' comparisons, the training budget, the site orders, VCL in site-size
-    order, the goals; then the wall time.
+    order, the goals, calibration and uncertainty; then the wall time.
 
     Args:
         summary: the summary of a run (the content of ``summary.json``): ``training_sites``, ``held_out_sites``,
             ``test_sizes``, ``strategies``, ``comparisons`` and ``seconds``; optional ``budget``, ``orders``,
-            ``vcl_size_orders`` and ``goals`` (the main job's).
+            ``vcl_size_orders``, ``goals`` and ``calibration`` (the main job's).
 
     Returns:
         The Markdown text, ending with a newline.
@@ -76,7 +86,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"{c['mean_b']:.3f} | {'yes' if c['direction_holds'] else 'no'} | {c['t_pvalue']:.3g} | "
             f"{c['wilcoxon_pvalue']:.3g} |"
         )
-    lines += _extras(summary)
+    lines += _extras(summary) + _calibration(summary)
     lines += ["", f"Wall time: {summary['seconds'] / 60:.1f} min.", "",
               "Heatmaps of every R matrix are in `heatmaps/`; `predictions.png` shows one subject per site with the "
               "Bayesian model's prediction and uncertainty.", ""]
@@ -121,4 +131,40 @@ def _extras(summary: Mapping[str, Any]) -> list[str]:
                   "The papers' directions on this benchmark; p: the stated test. A direction that does not hold "
                   "is reported as such.", "",
                   *_goal_lines(summary["goals"])]
+    return lines
+
+
+def _cell(value: float | None, spec: str = ".3f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _calibration(summary: Mapping[str, Any]) -> list[str]:
+    """The calibration and uncertainty section (only if the summary has ``calibration``)."""
+    rows = summary.get("calibration") or {}
+    if not rows:
+        return []
+    training, held = summary["training_sites"], summary["held_out_sites"]
+    groups = ("training", "held_out")
+    cols = training + ["training"] + [f"{s} (held out)" for s in held] + ["held out"]
+    lines = ["", "## Calibration and uncertainty", "",
+             "Expected calibration error (ECE) of the voxel probabilities: each class but the background one-vs-rest "
+             "in 20 equal-width bins, averaged over the classes (MONAI's `CalibrationErrorMetric`), mean over test "
+             "volumes; deterministic rows: the softmax, Bayesian rows: the mean of the Monte Carlo samples. "
+             "`reliability.png` is the reliability diagram of the training and of the held-out sites' volumes.", "",
+             "| ECE | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in rows.items():
+        pooled = {g: row[g] or {} for g in groups}
+        cells = [_cell(row["sites"].get(s, {}).get("ece")) for s in training] + [_cell(pooled["training"].get("ece"))]
+        cells += [_cell(row["sites"].get(s, {}).get("ece")) for s in held] + [_cell(pooled["held_out"].get("ece"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Uncertainty as a detector of segmentation errors (voxels where the argmax differs from the label): "
+              "AUROC of the predictive entropy (H, every row) and of the mutual information of the Monte Carlo samples "
+              "(MI, Bayesian rows) over each volume's voxels, 0.5 being chance; means (nats) and AUROCs averaged over "
+              "the training sites' and the held-out sites' volumes.", "",
+              "| strategy | mean H training | mean H held out | H AUROC training | H AUROC held out | mean MI training "
+              "| mean MI held out | MI AUROC training | MI AUROC held out |", "|---" * 9 + "|"]
+    for name, row in rows.items():
+        cells = [_cell((row[g] or {}).get(key), ".3g" if key.startswith("mean") else ".3f")
+                 for key in ("mean_entropy", "auroc_entropy", "mean_mi", "auroc_mi") for g in groups]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines

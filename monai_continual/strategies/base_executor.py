@@ -3,6 +3,7 @@ evaluation, and the run's result files. A backend adds how a stage trains and ho
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from monai_continual.strategies.executor import StageOutput, evaluation_seed
 from monai_continual.strategies.faults import crash_point
 from monai_continual.strategies.run_state import RunState
 from monai_continual.strategies.stage import Action, NetworkKind, Stage
+from monai_continual.utils.atomic import atomic_write_text
 from monai_continual.utils.seeding import seed_everything
 
 __all__ = ["BaseStageExecutor"]
@@ -164,6 +166,22 @@ class BaseStageExecutor:
         network = self.cached_model(stage.number)
         self.seed_evaluation(stage.number, site)
         return self.score(network, stage, site)
+
+    def shown(self, stage: Stage) -> bool:
+        """Whether a summary row shows ``stage``'s model: a named result, or the schedule's last evaluated stage
+        (whose evaluation, and no other, records calibration)."""
+        last = max((s.number for s in self.stages.values() if s.evaluate), default=None)
+        return bool(stage.result) or stage.number == last
+
+    def save_calibration(self, number: int, site: str, records: Sequence[Mapping[str, Any]]) -> None:
+        """Keep stage ``number``'s per-volume calibration records on ``site`` (beside its scores in the state)."""
+        atomic_write_text(self.layout.calibration_file(number, site), json.dumps(list(records)) + "\n")
+
+    def calibration(self, number: int, sites: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Stage ``number``'s per-volume calibration records of the ``sites`` that have them (none: a backend that
+        does not record calibration, or a run scored before it did)."""
+        files = {site: self.layout.calibration_file(number, site) for site in sites}
+        return {site: json.loads(path.read_text(encoding="utf-8")) for site, path in files.items() if path.is_file()}
 
     def save_results(self, state: RunState, stages: Sequence[Stage], sites: Sequence[str],
                      title: str) -> ContinualMatrix:

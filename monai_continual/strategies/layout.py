@@ -16,6 +16,7 @@
     <run>/sites/<site>/scores/stage####_<site>.json   a bundle site's own record of a model's validation score
     <run>/stages/stage####_<dataset>/               nnU-Net's results folder of a stage
     <run>/predictions/stage####/<site>/             a stage's predictions of a site's test images
+    <run>/calibration/stage####_<site>.json         a stage's per-volume calibration and uncertainty on a site
     <run>/cache/                                    the training datasets' disk cache (MONAI run, cache="disk")
     <run>/R.json, R.csv, R.png                      the R matrix
     <run>/final_model.safetensors                   the strategy's final model
@@ -104,6 +105,10 @@ class RunLayout:
 
     def predictions_dir(self, number: int) -> Path:
         return self.root / "predictions" / stage_name(number)
+
+    def calibration_file(self, number: int, site: str) -> Path:
+        """Stage ``number``'s per-volume calibration and uncertainty records on ``site``'s test data."""
+        return self.root / "calibration" / stage_file_name(number, ".json", site=site)
 
     def matrix_file(self, suffix: str) -> Path:
         """``R.json``, ``R.csv`` or ``R.png`` (by suffix)."""
