@@ -83,7 +83,7 @@ def test_experiment_writes_summary_and_figures(experiment):
     goal = goals["DWC (fine-tuned) beats the ensemble"]
     assert goal["ci_low"] <= goal["difference"] <= goal["ci_high"]
     assert goal["difference"] == pytest.approx(goal["mean_a"] - goal["mean_b"])
-    assert "| A - B [95% CI] | d |" in markdown
+    assert "| A - B (no margin) [95% CI] | d |" in markdown
     # calibration of every row's final model on every site it was scored on; MI for the Bayesian rows only
     calibration, training = summary["calibration"], ["site_a", "site_b", "site_c", "site_d"]
     assert list(calibration) == list(rows)

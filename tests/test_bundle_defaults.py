@@ -125,3 +125,12 @@ def test_the_bundle_readme_documents_the_recommended_defaults_and_the_papers_as_
         if value != RECOMMENDED.settings()[key]:
             assert f"--{key} {value}" in paper, key
     assert f"'epochs_per_visit': {PAPER.epochs_per_visit}" in paper
+
+
+def test_inference_takes_mc_samples_or_monai_s_num_samples():
+    parser = ConfigParser(json.loads((CONFIGS / "inference.json").read_text()))
+    assert "@num_samples" in parser["run"][0] and "@mc_samples" not in parser["run"][0]
+    parser["mc_samples"] = 5
+    assert parser.get_parsed_content("num_samples") == 5  # follows the shared setting
+    parser["num_samples"] = 10  # an override of MCInferer's own name is used, not ignored
+    assert parser.get_parsed_content("num_samples") == 10

@@ -30,6 +30,10 @@ def test_the_main_job_runs_with_amp_on_a_gpu(tmp_path):
     for row in summary["strategies"].values():
         assert 0 <= row["weighted_average"] <= 1
     assert (out / "summary.md").is_file() and (out / "predictions.png").is_file()
+    # calibration and uncertainty from the GPU's probabilities: ECE for both rows, MI for the Bayesian ones
+    calibration = summary["calibration"]
+    assert all(0 <= row["training"]["ece"] <= 1 for row in calibration.values())
+    assert calibration["dwc_finetuned"]["held_out"]["mean_mi"] > 0 and (out / "reliability.png").is_file()
 
 
 def test_a_bayesian_network_under_autocast_gives_finite_outputs_and_gradients():

@@ -43,7 +43,9 @@ def test_mean_interval_by_hand():
     interval = mean_interval([0.1, 0.3])  # sd / sqrt(2) = 0.1; t_{0.975, 1} = 12.7062
     assert interval.mean == pytest.approx(0.2) and interval.effect_size == pytest.approx(0.2 / np.sqrt(0.02))
     assert (interval.low, interval.high) == pytest.approx((0.2 - 1.270620, 0.2 + 1.270620), abs=1e-6)
-    assert mean_interval([1.0, 1.0, 1.0]).effect_size == 0.0 and mean_interval([1.0, 1.0]).low == 1.0
+    assert mean_interval([1.0, 1.0, 1.0]).effect_size is None and mean_interval([1.0, 1.0]).low == 1.0
+    assert mean_interval(np.array([0.7, 0.8, 0.9]) - np.array([0.6, 0.7, 0.8])).effect_size is None  # rounding only
+    assert mean_interval([-0.05] * 3).effect_size is None and mean_interval([0.0, 0.0]).mean == 0.0
     with pytest.raises(ValueError, match="at least 2"):
         mean_interval([1.0])
 

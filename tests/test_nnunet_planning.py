@@ -5,6 +5,7 @@ fingerprint and plans files that travel between sites."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -194,6 +195,23 @@ def _network_argument(plans: dict, key: str, value: str) -> dict:
                                         "3d_fullres": {**configuration, "architecture": architecture}}}
 
 
+def test_without_the_checks_plans_could_run_code_and_write_anywhere():
+    """What the refused plans below would do: nnU-Net resolves layer names with ``pydoc.locate``, which reaches
+    ``os.system`` through a ``torch.nn`` prefix, and joins ``data_identifier`` to its folder, where an absolute or
+    ``..`` path leaves it (nnU-Net removes that folder before preprocessing into it)."""
+    import pydoc
+
+    assert pydoc.locate("torch.nn.modules.module.torch.os.system") is os.system
+    assert os.path.join("/data/preprocessed", "Dataset501_a", "/srv/hospital") == "/srv/hospital"
+
+
+def _configuration(plans: dict, architecture: dict | None = None, **changes) -> dict:
+    configuration = plans["configurations"]["3d_fullres"]
+    changed = {**configuration, **changes,
+               "architecture": {**configuration["architecture"], **(architecture or {})}}
+    return {**plans, "configurations": {**plans["configurations"], "3d_fullres": changed}}
+
+
 @pytest.mark.parametrize("change, expected, options", [
     (lambda plans: "{not json", "not valid JSON", []),
     (lambda plans: {k: v for k, v in plans.items() if k != "configurations"}, "not nnU-Net plans", []),
@@ -206,6 +224,20 @@ def _network_argument(plans: dict, key: str, value: str) -> dict:
     (lambda plans: plans, "has no configuration ['3d_lowres']", ["-c", "3d_lowres"]),
     (lambda plans: _network_argument(plans, "nonlin", "builtins.exec"),
      "nonlin='builtins.exec' is not a class of torch.nn.*", []),
+    # a prefix is not enough: nnU-Net's lookup walks attributes through imported modules to os.system
+    (lambda plans: _network_argument(plans, "nonlin", "torch.nn.modules.module.torch.os.system"),
+     "nonlin='torch.nn.modules.module.torch.os.system' is not a class of torch.nn.* (it names <built-in function "
+     "system>)", []),
+    (lambda plans: _configuration(plans, architecture={"network_class_name": "dynamic_network_architectures."
+                                                       "architectures.unet.torch.os.system"}),
+     "the network class='dynamic_network_architectures.architectures.unet.torch.os.system' is not a class", []),
+    (lambda plans: _network_argument(plans, "nonlin_kwargs", {"command": "id"}),
+     "the network argument nonlin_kwargs.command must hold numbers", []),
+    (lambda plans: _configuration(plans, data_identifier="../../elsewhere"),
+     "data_identifier '../../elsewhere' is not a folder name", []),
+    (lambda plans: _configuration(plans, resampling_fn_data="os.system"),
+     "'os.system' is not the plain name of one of nnU-Net's", []),
+    (lambda plans: _configuration(plans, batch_size=10 ** 9), "whole numbers in 1..4096", []),
 ])
 def test_plans_files_that_do_not_fit_are_refused_in_one_line(federation, tmp_path, capsys, monkeypatch, change,
                                                                expected, options):
@@ -290,7 +322,7 @@ def test_planning_over_sites_refuses_what_does_not_fit_on_both_sides(federation,
     other_code = {**plans, "configurations": {**plans["configurations"], "3d_fullres": {
         **plans["configurations"]["3d_fullres"], "architecture": {**architecture, "network_class_name": "os.system"}}}}
     folder = tmp_path / "preprocessed" / name
-    for sent, reason in ((other_code, "the network class 'os.system' is not one of dynamic_network_architectures"),
+    for sent, reason in ((other_code, "the network class='os.system' is not a class of dynamic_network_architectures"),
                          ({**plans, "plans_name": "nnUNetPlansOther"}, "this run's plans are 'nnUNetPlans'")):
         _, reply, _ = site.handle(PLANS_TASK, {"task": PLANS_TASK, "plans": sent}, {})
         assert reason in reply["error"] and "/" not in reply["error"] and str(tmp_path) not in reply["error"]

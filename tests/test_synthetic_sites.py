@@ -128,3 +128,23 @@ def test_a_voxel_size_gives_that_spacing_on_the_brains_box(tmp_path):
     for bad in (0.1, True, "2"):
         with pytest.raises(ValueError, match="voxel_size"):
             mni_brain_shape(bad)
+
+
+def test_more_test_subjects_leave_the_training_and_validation_subjects_unchanged(tmp_path):
+    def generate(folder, num_test):
+        return load_multisite_datalist(make_sites(tmp_path / folder, sites=[SiteProfile("x", 8, num_test=num_test)],
+                                                  seed=2, shape=(16, 18, 16), figure=False, progress=False))
+
+    few, more = generate("few", None), generate("more", 5)
+    assert site_splits(SiteProfile("x", 8)) == {"training": 5, "validation": 1, "test": 2}
+    assert [len(more.items("x", s)) for s in ("training", "validation", "test")] == [5, 1, 5]
+    for split in ("training", "validation"):
+        for old, new in zip(few.items("x", split), more.items("x", split), strict=True):
+            assert np.array_equal(np.asanyarray(nib.load(old["image"]).dataobj),
+                                  np.asanyarray(nib.load(new["image"]).dataobj))
+    # the first test subjects are the same ones, more follow
+    assert np.array_equal(np.asanyarray(nib.load(few.items("x", "test")[0]["image"]).dataobj),
+                          np.asanyarray(nib.load(more.items("x", "test")[0]["image"]).dataobj))
+    for bad in (1, True, 2.5):
+        with pytest.raises(ValueError, match="num_test must be a whole number, at least 2"):
+            SiteProfile("x", 8, num_test=bad)

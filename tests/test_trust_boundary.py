@@ -533,3 +533,26 @@ def test_a_network_argument_that_fetches_weights_or_files_is_refused():
             check_network_def(definition)
     meshnet = {"_target_": "MeshNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 4, "weight_norm": False}
     assert check_network_def(meshnet)["weight_norm"] is False
+
+
+def test_a_planning_document_answers_only_its_own_task():
+    """A fingerprint or plans hash skips the payload's file-path check (its receiver checks it against its schema), so
+    it is taken only as the answer to its own planning task."""
+    from nvflare.app_common.abstract.fl_model import FLModel
+
+    from monai_continual.federated.controller import StrategyController
+    from monai_continual.federated.payload import PayloadError, check_payload
+
+    smuggled = {"published": "ab" * 32, "fingerprint": {"cases": ["alpha/alpha_000_0000.nii.gz"]}}
+    check_payload(smuggled, {}, {})  # without the task check, a case name rides along with a stage's answer
+    controller = StrategyController.__new__(StrategyController)
+    controller.payload_log, controller.task_timeout = None, 0
+    reply = FLModel(params={}, meta=dict(smuggled))
+    controller.send_model_and_wait = lambda **kwargs: [reply]
+    with pytest.raises(PayloadError, match=r"a reply to the train task may not carry \['fingerprint'\]"):
+        controller._send("train", "site_a", {}, {"task": "train"})
+    reply.meta = {"fingerprint": {"spacings": [[1.0, 1.0, 1.0]]}}
+    assert controller._send("fingerprint", "site_a", {}, {"task": "fingerprint"})[1] == reply.meta
+    reply.meta = {"plans_sha256": "cd" * 32}  # a plans hash does not answer a stage
+    with pytest.raises(RuntimeError, match="site 'site_a' failed the train task"):
+        controller._send("train", "site_a", {}, {"task": "train"})

@@ -81,8 +81,9 @@ class SiteProfile:
             raise ValueError(
                 f"site {self.name!r}: needs at least {2 if self.held_out else 4} subjects, got {self.num_subjects}."
             )
-        if self.num_test is not None and self.num_test < 2:
-            raise ValueError(f"site {self.name!r}: num_test must be at least 2, got {self.num_test}.")
+        if self.num_test is not None and (isinstance(self.num_test, bool) or not isinstance(self.num_test, int)
+                                          or self.num_test < 2):
+            raise ValueError(f"site {self.name!r}: num_test must be a whole number, at least 2, got {self.num_test!r}.")
         if self.noise < 0 or self.bias < 0 or self.resolution < 1 or self.scale <= 0:
             raise ValueError(f"site {self.name!r}: noise and bias must be >= 0, resolution >= 1 and scale > 0.")
 

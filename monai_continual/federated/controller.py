@@ -9,7 +9,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from monai_continual.federated.boundary import BoundaryPolicy
-from monai_continual.federated.nnunet_planning import Planning, plan_over_sites
+from monai_continual.federated.nnunet_planning import FINGERPRINT_TASK, PLANS_TASK, Planning, plan_over_sites
 from monai_continual.federated.payload import REPLY_KEYS, PayloadError, check_payload
 from monai_continual.federated.result_filters import check_result_filters
 from monai_continual.federated.server_run import run_on_server
@@ -18,8 +18,8 @@ from monai_continual.utils.choices import look_up_choice
 
 __all__ = ["StrategyController", "refuse_data_transfer"]
 
-#: a site's answer carries at least one of these (else the site failed the task)
-_ANSWER_KEYS = ("published", "fingerprint", "plans_sha256")
+#: the meta key that answers each planning task; a stage task's answer is ``published`` (or parameters, metrics)
+_PLANNING_ANSWERS = {FINGERPRINT_TASK: "fingerprint", PLANS_TASK: "plans_sha256"}
 
 
 def refuse_data_transfer(strategy: str, allow_data_to_leave_sites: bool) -> None:
@@ -108,12 +108,16 @@ class StrategyController(ModelController):
         if isinstance(refusal, str) and not reply.params:  # a site's stated refusal (e.g. another network)
             self._audit("refused", task, site, {}, {}, {"reason": refusal})
             raise RuntimeError(f"site {site!r} refused the {task} task{stage}: {refusal[:2000]}")
-        if not reply.params and not reply.metrics and not any((reply.meta or {}).get(k) for k in _ANSWER_KEYS):
+        answer = _PLANNING_ANSWERS.get(task, "published")
+        if not reply.params and not reply.metrics and not (reply.meta or {}).get(answer):
             raise RuntimeError(f"site {site!r} failed the {task} task{stage} (its own log has the error); "
                                "the run stops here and resumes when resubmitted.")
         reply_meta = {k: v for k, v in (reply.meta or {}).items() if k in REPLY_KEYS}
         reply_params, metrics = dict(reply.params or {}), dict(reply.metrics or {})
         try:  # checked before anything of it is written, the audit log included
+            misplaced = sorted(k for k in set(_PLANNING_ANSWERS.values()) & set(reply_meta) if k != answer)
+            if misplaced:  # a planning document is checked against its schema only as the answer to its task
+                raise PayloadError(f"a reply to the {task} task may not carry {misplaced}.")
             check_payload(reply_meta, reply_params, metrics)
         except PayloadError as err:
             self._audit("refused", task, site, {}, {}, {"reason": str(err)})

@@ -30,14 +30,15 @@ class MeanInterval:
     Attributes:
         mean: the sample mean.
         low, high: the interval ``mean -+ t_{(1+c)/2, n-1} * sd / sqrt(n)``.
-        effect_size: ``mean / sd`` (Cohen's d_z for paired differences; 0 when every value is the same).
+        effect_size: ``mean / sd`` (Cohen's d_z for paired differences); ``None`` when the values do not vary
+            (beyond rounding), where it is undefined.
         confidence: the interval's level ``c``.
     """
 
     mean: float
     low: float
     high: float
-    effect_size: float
+    effect_size: float | None
     confidence: float = 0.95
 
 
@@ -55,8 +56,9 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInte
     if not 0 < confidence < 1:
         raise ValueError(f"mean_interval: confidence must lie in (0, 1), got {confidence}.")
     mean, sd = float(x.mean()), float(x.std(ddof=1))
-    half = float(stats.t.ppf((1 + confidence) / 2, x.size - 1)) * sd / np.sqrt(x.size)
-    return MeanInterval(mean, mean - half, mean + half, mean / sd if sd > 0 else 0.0, confidence)
+    half = float(stats.t.ppf((1 + confidence) / 2, x.size - 1)) * sd / float(np.sqrt(x.size))
+    varies = sd > 1e-12 * max(1.0, abs(mean))  # differences equal up to rounding have no effect size
+    return MeanInterval(mean, mean - half, mean + half, mean / sd if varies else None, confidence)
 
 
 @dataclass(frozen=True)

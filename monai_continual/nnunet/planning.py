@@ -49,6 +49,11 @@ _FEDERATED_DATASET = "Dataset000_federated"
 _NETWORK_PACKAGE = "dynamic_network_architectures.architectures."
 _LAYER_PACKAGE = "torch.nn."
 _DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
+#: the plans' resampling functions, each looked up by name with ``<key>_kwargs`` as arguments
+_RESAMPLING_KEYS = ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities")
+#: the largest patch side or batch size plans may ask a site for
+_MAX_EXTENT = 4096
 
 
 class PlansFileError(ValueError):
@@ -283,7 +288,7 @@ def load_plans_file(path: str | os.PathLike, dataset_json: Mapping[str, Any] | N
             channel_counts.add(len(configuration.normalization_schemes))
             _ = (configuration.patch_size, configuration.spacing, configuration.data_identifier)
             _check_class_names(configuration)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, RecursionError) as e:
         raise PlansFileError(f"{where}: not nnU-Net plans ({type(e).__name__}: {e}).") from None
     if len(channel_counts) != 1:
         raise PlansFileError(f"{where}: its configurations and intensity properties disagree on the channel count.")
@@ -372,18 +377,63 @@ def preprocess_with_plans(
     return _preprocess(folder.name, plans["plans_name"], configurations, num_processes, verbose)
 
 
+def _located_module_class(name: Any, package: str, what: str) -> None:
+    """Refuse ``name`` unless it names, as nnU-Net resolves it (``pydoc.locate``), an ``nn.Module`` class defined in
+    ``package``: a dotted path can reach any module that another imports (``torch.nn.modules.module.torch.os.system``
+    is ``os.system``), so the prefix alone proves nothing."""
+    import pydoc
+
+    from torch import nn
+
+    if not (isinstance(name, str) and name.startswith(package) and _DOTTED_NAME.fullmatch(name)):
+        raise ValueError(f"{what}={name!r} is not a class of {package}*")
+    found = pydoc.locate(name)
+    if not (isinstance(found, type) and issubclass(found, nn.Module) and found.__module__.startswith(package)):
+        raise ValueError(f"{what}={name!r} is not a class of {package}* (it names {found!r})")
+
+
+def _check_plain_data(value: Any, where: str) -> None:
+    """Refuse anything but numbers, booleans, None, and lists or string-keyed mappings of them: the plans' layer
+    arguments go to constructors as keyword arguments."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain_data(item, where)
+    elif isinstance(value, Mapping) and all(isinstance(k, str) and k.isidentifier() for k in value):
+        for key, item in value.items():
+            _check_plain_data(item, f"{where}.{key}")
+    else:
+        raise ValueError(f"{where} must hold numbers, booleans and lists of them, got {value!r}")
+
+
 def _check_class_names(configuration: Any) -> None:
-    """Refuse a configuration whose network or layers are not classes of nnU-Net's architectures and of
-    ``torch.nn``: nnU-Net imports whatever the plans name, so plans from elsewhere must not name other code."""
-    network = configuration.network_arch_class_name
-    if not (isinstance(network, str) and network.startswith(_NETWORK_PACKAGE) and _DOTTED_NAME.fullmatch(network)):
-        raise ValueError(f"the network class {network!r} is not one of {_NETWORK_PACKAGE}*")
+    """Refuse a configuration that names code other than nnU-Net's architectures and ``torch.nn`` layers, or paths:
+    nnU-Net imports and calls whatever the plans name, with arguments from the plans, and writes preprocessed data
+    under ``data_identifier``, so plans from elsewhere are data only when these are checked."""
+    _located_module_class(configuration.network_arch_class_name, _NETWORK_PACKAGE, "the network class")
     arguments = configuration.network_arch_init_kwargs
-    for key in configuration.network_arch_init_kwargs_req_import:
-        value = arguments.get(key)
-        if value is not None and not (isinstance(value, str) and value.startswith(_LAYER_PACKAGE)
-                                      and _DOTTED_NAME.fullmatch(value)):
-            raise ValueError(f"the network argument {key}={value!r} is not a class of {_LAYER_PACKAGE}*")
+    imported = set(configuration.network_arch_init_kwargs_req_import)
+    for key in imported:
+        if arguments.get(key) is not None:
+            _located_module_class(arguments[key], _LAYER_PACKAGE, f"the network argument {key}")
+    for key, value in arguments.items():
+        if key not in imported:
+            _check_plain_data(value, f"the network argument {key}")
+    if not (isinstance(configuration.data_identifier, str) and _IDENTIFIER.fullmatch(configuration.data_identifier)):
+        raise ValueError(f"data_identifier {configuration.data_identifier!r} is not a folder name of letters, digits "
+                         "and underscores")
+    raw = configuration.configuration
+    names = [raw.get("preprocessor_name"), *raw.get("normalization_schemes", [None]),
+             *(raw.get(k) for k in _RESAMPLING_KEYS)]
+    for name in names:  # looked up by name inside nnU-Net's own packages: plain names only
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ValueError(f"{name!r} is not the plain name of one of nnU-Net's classes or functions")
+    for key in _RESAMPLING_KEYS:
+        _check_plain_data(raw.get(f"{key}_kwargs"), f"{key}_kwargs")
+    sizes = [*raw.get("patch_size", [None]), raw.get("batch_size")]
+    if not all(isinstance(v, int) and 0 < v <= _MAX_EXTENT for v in sizes):
+        raise ValueError(f"patch size and batch size must be whole numbers in 1..{_MAX_EXTENT}, got {sizes}")
 
 
 @contextlib.contextmanager

@@ -38,7 +38,8 @@ def _welch_interval(a: np.ndarray, b: np.ndarray) -> MeanInterval:
     ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     spread = float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
     difference = float(a.mean() - b.mean())
-    return MeanInterval(difference, float(ci.low), float(ci.high), difference / spread if spread > 0 else 0.0)
+    varies = spread > 1e-12 * max(1.0, abs(difference))
+    return MeanInterval(difference, float(ci.low), float(ci.high), difference / spread if varies else None)
 
 
 def _volumes_goal(claim: Claim, scores: Mapping[str, Mapping[str, Sequence[float]]],

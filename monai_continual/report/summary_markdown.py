@@ -22,13 +22,13 @@ def _goal_lines(goals: list[dict]) -> list[str]:
     """The goals table: with the difference A - B, its 95% interval, d_z and n when every goal has them (summaries
     written before the intervals have not)."""
     full = all("difference" in g for g in goals)
-    lines = (["| goal | paper | A | B | mean A | mean B | A - B [95% CI] | d | holds? | p | n | test |",
+    lines = (["| goal | paper | A | B | mean A | mean B | A - B (no margin) [95% CI] | d | holds? | p | n | test |",
               "|---" * 12 + "|"] if full else
              ["| goal | paper | A | B | mean A | mean B | holds? | p | test |", "|---" * 9 + "|"])
     for g in goals:
         margin = f" (+{g['margin']:.2f})" if g["margin"] else ""
         interval = (f" {_signed(g['difference'])} [{_signed(g['ci_low'])}, {_signed(g['ci_high'])}] | "
-                    f"{g['effect_size']:.2f} |" if full else "")
+                    f"{'n/a' if g['effect_size'] is None else format(g['effect_size'], '.2f')} |" if full else "")
         count = f" {g['n']} |" if full else ""
         means = (f"{_number(g['mean_a'])} | {_number(g['mean_b'])}" if full else
                  f"{g['mean_a']:.3f} | {g['mean_b']:.3f}")

@@ -113,13 +113,14 @@ def init_distributed(timeout_minutes: float = 120) -> bool:
     return True
 
 
-def finalize_distributed() -> None:
-    """Leave the process group once every process has finished: a barrier, then ``destroy_process_group``. A no-op
-    without a process group.
+def finalize_distributed(timeout_minutes: float = 10) -> None:
+    """Leave the process group once every process has finished: a barrier bounded by ``timeout_minutes``, then
+    ``destroy_process_group`` (also when the barrier fails). A no-op without a process group.
 
     Without the barrier a process that finished first tears down its side while another still completes the last
     collective's background work, and gloo can then abort that process at exit (SIGABRT, "terminate called without an
-    active exception").
+    active exception"). The bound keeps a process whose peer died from waiting for the group's whole timeout; on gloo
+    the error names the rank that did not arrive.
 
     Example::
 
@@ -127,8 +128,15 @@ def finalize_distributed() -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    barrier()
-    dist.destroy_process_group()
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    try:
+        if dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl":
+                dist.barrier(async_op=True, device_ids=[torch.cuda.current_device()]).wait(timeout=timeout)
+            else:
+                dist.monitored_barrier(timeout=timeout)
+    finally:
+        dist.destroy_process_group()
 
 
 def check_process_group(who: str) -> None:
