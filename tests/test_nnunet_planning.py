@@ -238,6 +238,7 @@ def _configuration(plans: dict, architecture: dict | None = None, **changes) -> 
     (lambda plans: _configuration(plans, resampling_fn_data="os.system"),
      "'os.system' is not the plain name of one of nnU-Net's", []),
     (lambda plans: _configuration(plans, batch_size=10 ** 9), "whole numbers in 1..4096", []),
+    (lambda plans: {**plans, "label_manager": "os.system"}, "label_manager is not the plain name", []),
 ])
 def test_plans_files_that_do_not_fit_are_refused_in_one_line(federation, tmp_path, capsys, monkeypatch, change,
                                                                expected, options):

@@ -281,6 +281,9 @@ def load_plans_file(path: str | os.PathLike, dataset_json: Mapping[str, Any] | N
             raise TypeError("no configurations")
         if not isinstance(plans["plans_name"], str) or not plans["plans_name"].replace("_", "").isalnum():
             raise TypeError("plans_name is not an identifier")
+        if not isinstance(plans.get("label_manager", "LabelManager"), str) or not plans.get(
+                "label_manager", "LabelManager").isidentifier():  # looked up by name in nnU-Net's label handling
+            raise TypeError("label_manager is not the plain name of one of nnU-Net's classes")
         manager = PlansManager(plans)
         channel_counts = {len(plans["foreground_intensity_properties_per_channel"])}
         for name in manager.available_configurations:
