@@ -76,8 +76,9 @@ class MultiSiteExperiment:
         strategies: strategy names to run (``dwc`` gives the ``dwc`` and ``dwc_finetuned`` rows); ``fedprox`` adds a
             run of federated averaging with FedProx's proximal term, its options ``strategy_options["fedprox"]``
             (``proximal_mu`` > 0) over ``federated_averaging``'s.
-        strategy_options: per-strategy options for :meth:`ContinualRunner.run` (``None``: the recommended ones,
-            :meth:`~monai_continual.recommended.Recommended.strategy_options` for the run's ``epochs``).
+        strategy_options: per-strategy options for :meth:`ContinualRunner.run`; a strategy left out takes the
+            recommended ones (:meth:`~monai_continual.recommended.Recommended.strategy_options` for the run's
+            ``epochs``), a strategy named takes exactly the options given.
         runner_options: further :class:`ContinualRunner` arguments (epochs, batch_size, optimizer, mc_samples...).
         inferer: prediction inferer (sliding window for large volumes).
         progress: print progress.
@@ -122,10 +123,9 @@ class MultiSiteExperiment:
             raise ValueError(f"MultiSiteExperiment: output_dir {str(self.output_dir)!r} exists and is not a directory.")
         if isinstance(orders, bool) or int(orders) < 1:
             raise ValueError(f"MultiSiteExperiment: orders must be an integer >= 1, got {orders!r}.")
-        if strategy_options is None:
-            epochs = int(dict(runner_options or {}).get("epochs", RECOMMENDED.epochs))
-            strategy_options = RECOMMENDED.strategy_options(epochs)
-        strategy_options = dict(strategy_options)
+        epochs = int(dict(runner_options or {}).get("epochs", RECOMMENDED.epochs))
+        # per strategy: options given for one strategy must not send the others to their classes' bare defaults
+        strategy_options = {**RECOMMENDED.strategy_options(epochs), **dict(strategy_options or {})}
         fedprox = dict(strategy_options.pop(FEDPROX, None) or {"proximal_mu": RECOMMENDED.proximal_mu})
         self.plan_settings = PlanSettings(
             strategies=_strategies(strategies),
