@@ -12,7 +12,7 @@ from scipy import stats
 
 from monai_continual.utils.choices import look_up_choice
 
-__all__ = ["Alternative", "MeanInterval", "PairedTestResult", "mean_interval", "paired_tests"]
+__all__ = ["Alternative", "MeanInterval", "PairedTestResult", "effect_size", "mean_interval", "paired_tests"]
 
 
 class Alternative(StrEnum):
@@ -42,6 +42,17 @@ class MeanInterval:
     confidence: float = 0.95
 
 
+def effect_size(mean: float, spread: float) -> float | None:
+    """``mean / spread``, or ``None`` where the values do not vary beyond rounding (the ratio is undefined).
+
+    Example::
+
+        >>> effect_size(0.2, 0.1), effect_size(0.05, 0.0)
+        (2.0, None)
+    """
+    return mean / spread if spread > 1e-12 * max(1.0, abs(mean)) else None
+
+
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInterval:
     """The mean of ``values`` with its Student-t confidence interval and ``mean / sd``.
 
@@ -57,8 +68,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInte
         raise ValueError(f"mean_interval: confidence must lie in (0, 1), got {confidence}.")
     mean, sd = float(x.mean()), float(x.std(ddof=1))
     half = float(stats.t.ppf((1 + confidence) / 2, x.size - 1)) * sd / float(np.sqrt(x.size))
-    varies = sd > 1e-12 * max(1.0, abs(mean))  # differences equal up to rounding have no effect size
-    return MeanInterval(mean, mean - half, mean + half, mean / sd if varies else None, confidence)
+    return MeanInterval(mean, mean - half, mean + half, effect_size(mean, sd), confidence)
 
 
 @dataclass(frozen=True)

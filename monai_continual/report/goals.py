@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from monai_continual.metrics.paired_tests import MeanInterval, mean_interval, paired_tests
+from monai_continual.metrics.paired_tests import MeanInterval, effect_size, mean_interval, paired_tests
 from monai_continual.report.comparisons import site_volumes
 from monai_continual.report.finished_run import RunVariant
 from monai_continual.report.paper_claims import PAPER_CLAIMS, Check, Claim
@@ -38,8 +38,7 @@ def _welch_interval(a: np.ndarray, b: np.ndarray) -> MeanInterval:
     ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     spread = float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
     difference = float(a.mean() - b.mean())
-    varies = spread > 1e-12 * max(1.0, abs(difference))
-    return MeanInterval(difference, float(ci.low), float(ci.high), difference / spread if varies else None)
+    return MeanInterval(difference, float(ci.low), float(ci.high), effect_size(difference, spread))
 
 
 def _volumes_goal(claim: Claim, scores: Mapping[str, Mapping[str, Sequence[float]]],
@@ -170,5 +169,5 @@ def uncertainty_goals(
                          "paper": _UNCERTAINTY_SOURCE, "a": name, "b": "chance", "mean_a": float(auroc.mean()),
                          "mean_b": 0.5, "margin": 0.0, "holds": bool(auroc.mean() > 0.5), "p_value": test.t_pvalue,
                          "test": "one-sample t-test over held-out volumes, one-sided",
-                         **_effect(mean_interval(auroc - 0.5), auroc.size)})
+                         **_effect(test.interval, auroc.size)})
     return rows
