@@ -9,13 +9,10 @@ from typing import Any
 __all__ = ["summary_markdown"]
 
 
-def _number(value: float) -> str:
-    """Three decimals, or three significant digits for a value below 0.01 (mutual information)."""
-    return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
-
-
-def _signed(value: float) -> str:
-    return f"{value:+.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:+.3g}"
+def _number(value: float, sign: str = "") -> str:
+    """Three decimals, or three significant digits for a value below 0.01 (mutual information); ``sign="+"`` signs
+    it."""
+    return f"{value:{sign}.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:{sign}.3g}"
 
 
 def _goal_lines(goals: list[dict]) -> list[str]:
@@ -27,7 +24,7 @@ def _goal_lines(goals: list[dict]) -> list[str]:
              ["| goal | paper | A | B | mean A | mean B | holds? | p | test |", "|---" * 9 + "|"])
     for g in goals:
         margin = f" (+{g['margin']:.2f})" if g["margin"] else ""
-        interval = (f" {_signed(g['difference'])} [{_signed(g['ci_low'])}, {_signed(g['ci_high'])}] | "
+        interval = (f" {_number(g['difference'], '+')} [{_number(g['ci_low'], '+')}, {_number(g['ci_high'], '+')}] | "
                     f"{'n/a' if g['effect_size'] is None else format(g['effect_size'], '.2f')} |" if full else "")
         count = f" {g['n']} |" if full else ""
         means = (f"{_number(g['mean_a'])} | {_number(g['mean_b'])}" if full else
