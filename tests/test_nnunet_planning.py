@@ -328,6 +328,7 @@ def test_planning_over_sites_refuses_what_does_not_fit_on_both_sides(federation,
         _, reply, _ = site.handle(PLANS_TASK, {"task": PLANS_TASK, "plans": sent}, {})
         assert reason in reply["error"] and "/" not in reply["error"] and str(tmp_path) not in reply["error"]
         assert not (folder / "nnUNetPlans.json").exists()
+        assert not list((tmp_path / "site").rglob("received_plans.json"))  # refused in memory: nothing stored
     # plans under the same identifier made elsewhere (another run, a local plan) are kept, not replaced
     folder.mkdir(parents=True)
     (folder / "nnUNetPlans.json").write_text(json.dumps({**plans, "dataset_name": name, "label_manager": "x"}))
@@ -344,6 +345,7 @@ def test_planning_over_sites_refuses_what_does_not_fit_on_both_sides(federation,
     _, reply, _ = site.handle(PLANS_TASK, {"task": PLANS_TASK, "plans": plans}, {})
     assert reply == {"plans_sha256": plans_sha256(plans)}
     assert not (folder / "nnUNetPlans_3d_fullres").exists()
+    assert list((tmp_path / "site").rglob("received_plans.json"))  # plans that pass the checks are kept
     # a held-out site (test cases only) takes the plans to be scored with, under its own name; nothing to preprocess
     datalist = make_sites(tmp_path / "omega", sites=[SiteProfile("omega", 2, "t1", held_out=True)], seed=3,
                           shape=(16, 20, 16), figure=False, progress=False)

@@ -188,7 +188,7 @@ class PlanningSite:
 
     def adopt(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         """Check the received plans as data, preprocess this site's dataset with them; their hash."""
-        from monai_continual.nnunet.planning import PlansFileError, plans_sha256, preprocess_with_plans
+        from monai_continual.nnunet.planning import PlansFileError, check_plans, plans_sha256, preprocess_with_plans
 
         plans = meta.get("plans")
         if not isinstance(plans, Mapping):
@@ -196,6 +196,7 @@ class PlanningSite:
         if plans.get("plans_name") != self.settings.plans:
             raise PlansFileError(f"the plans are named {plans.get('plans_name')!r}, but this run's plans are "
                                  f"{self.settings.plans!r}.")
+        check_plans(plans, where="the received plans")  # in memory, before anything of them is stored
         received = self.workdir / PLANNING_DIR / "received_plans.json"  # the name is this site's, not the server's
         received.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(received, json.dumps(plans, indent=1))

@@ -35,7 +35,7 @@ from monai_continual.utils.hashing import config_sha256
 
 __all__ = [
     "PLANNED_DATASET_KEY", "PlansFileError", "plan_and_preprocess_sites", "plans_file", "shared_plans",
-    "preprocessed_data_folder", "check_shared_plans", "plan_from_fingerprints", "load_plans_file",
+    "preprocessed_data_folder", "check_shared_plans", "plan_from_fingerprints", "load_plans_file", "check_plans",
     "preprocess_with_plans", "plans_sha256",
 ]
 
@@ -266,8 +266,6 @@ def load_plans_file(path: str | os.PathLike, dataset_json: Mapping[str, Any] | N
 
         >>> plans = load_plans_file("plans.json", json.loads(Path("dataset.json").read_text()))
     """
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     where = f"plans file {path}"
     try:
         plans = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -275,6 +273,23 @@ def load_plans_file(path: str | os.PathLike, dataset_json: Mapping[str, Any] | N
         raise PlansFileError(f"{where}: cannot be read ({e.strerror or e}).") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PlansFileError(f"{where}: not valid JSON ({e}).") from None
+    return check_plans(plans, dataset_json, where)
+
+
+def check_plans(plans: Any, dataset_json: Mapping[str, Any] | None = None,
+                where: str = "the plans") -> dict[str, Any]:
+    """Check nnU-Net plans in memory (what :func:`load_plans_file` checks after reading), and that they fit a
+    dataset when its ``dataset.json`` is given: plans received from another party are checked before they are stored.
+
+    Raises:
+        PlansFileError: ``"<where>: <what is wrong>"``.
+
+    Example::
+
+        >>> check_plans(received, where="the received plans")
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
     try:
         if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict) or not plans[
                 "configurations"]:
