@@ -30,6 +30,8 @@ class Recommended:
         seed: the seed of everything.
         patience: single weight transfer's plateau patience, in epochs.
         epochs_per_visit: cyclic weight transfer's epochs per visit (its cycles: ``epochs // epochs_per_visit``).
+        cycle_evaluation: which of cyclic weight transfer's visits are scored (``CycleEvaluation``): the last cycle's,
+            which give the final model and BWT at a ``cycles``-th of the scoring of every visit.
         capacity_per_site: replay's cases kept per earlier site.
         local_epochs: federated averaging's epochs per round (its rounds: ``epochs // local_epochs``).
         ewc_lambda: EWC's penalty weight (the option's default; not tuned on the embedded sites).
@@ -40,7 +42,7 @@ class Recommended:
         >>> RECOMMENDED.epochs, PAPER.learning_rate
         (30, 0.001)
         >>> RECOMMENDED.strategy_options()["cyclic_weight_transfer"]
-        {'epochs_per_visit': 3, 'cycles': 10}
+        {'epochs_per_visit': 3, 'cycles': 10, 'evaluate': 'last_cycle'}
     """
 
     dataset_shape: tuple[int, ...] = (16, 20, 16)
@@ -54,6 +56,7 @@ class Recommended:
     seed: int = 0
     patience: int = 5
     epochs_per_visit: int = 3
+    cycle_evaluation: str = "last_cycle"
     capacity_per_site: int = 20
     local_epochs: int = 3
     ewc_lambda: float = 1.0
@@ -62,7 +65,8 @@ class Recommended:
     def settings(self) -> dict[str, Any]:
         """The settings a bundle config declares under these names (lists where a config has a JSON list)."""
         values = asdict(self)
-        for name in ("patience", "epochs_per_visit", "capacity_per_site", "local_epochs", "ewc_lambda", "proximal_mu"):
+        for name in ("patience", "epochs_per_visit", "cycle_evaluation", "capacity_per_site", "local_epochs",
+                     "ewc_lambda", "proximal_mu"):
             values.pop(name)
         values["dataset_shape"] = list(self.dataset_shape)
         return values
@@ -73,7 +77,8 @@ class Recommended:
         return {
             "single_weight_transfer": {"patience": self.patience},
             "cyclic_weight_transfer": {"epochs_per_visit": self.epochs_per_visit,
-                                       "cycles": max(1, epochs // self.epochs_per_visit)},
+                                       "cycles": max(1, epochs // self.epochs_per_visit),
+                                       "evaluate": self.cycle_evaluation},
             "replay": {"capacity_per_site": self.capacity_per_site},
             "ewc": {"ewc_lambda": self.ewc_lambda},
             "dwc": {"rounds": 1, "finetune": True},

@@ -79,7 +79,8 @@ def test_the_strategy_options_of_every_entry_point_are_the_recommended_ones():
             if name == "experiment.json":  # the main job's FedProx row
                 expected["fedprox"] = {"proximal_mu": RECOMMENDED.proximal_mu}
             assert parser.get_parsed_content(key) == expected, (name, epochs)
-    assert RECOMMENDED.strategy_options(7)["cyclic_weight_transfer"] == {"epochs_per_visit": 3, "cycles": 2}
+    assert RECOMMENDED.strategy_options(7)["cyclic_weight_transfer"] == {"epochs_per_visit": 3, "cycles": 2,
+                                                                    "evaluate": "last_cycle"}
     assert RECOMMENDED.strategy_options(2)["federated_averaging"] == {"rounds": 1, "local_epochs": 3}
 
 
@@ -101,7 +102,7 @@ def test_the_python_api_defaults_to_the_recommended_settings(tmp_path):
     assert list(signature["dataset_shape"].default) == RECOMMENDED.settings()["dataset_shape"]
     experiment = MultiSiteExperiment(tmp_path, torch.nn.Conv3d(1, 4, 1), None, None, 4, runner_options={"epochs": 9})
     options = experiment.plan_settings.strategy_options
-    assert options[Strategy.CYCLIC_WEIGHT_TRANSFER] == {"epochs_per_visit": 3, "cycles": 3}
+    assert options[Strategy.CYCLIC_WEIGHT_TRANSFER] == {"epochs_per_visit": 3, "cycles": 3, "evaluate": "last_cycle"}
     assert options == {Strategy(k): v for k, v in RECOMMENDED.strategy_options(9).items()}
     assert experiment.plan_settings.fedprox is None  # not among the strategies asked for
     from monai_continual.nnunet.cli import build_parser

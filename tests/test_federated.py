@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("nvflare")
 
 from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc  # noqa: E402
-from monai_continual.data import SiteProfile, make_sites  # noqa: E402
+from monai_continual.data import SiteProfile, load_multisite_datalist, make_sites  # noqa: E402
 from monai_continual.federated import FederatedRun  # noqa: E402
 from monai_continual.federated.config import parse_config  # noqa: E402
 
@@ -114,7 +114,6 @@ def test_federated_runs_equal_the_in_process_runs(datalist, tmp_path, strategy, 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,options,rows", [
     ("single_weight_transfer", {"patience": 1, "epochs": 2}, 2),
-    ("federated_averaging", {"rounds": 2}, 2),
     ("vcl", {}, 3),  # the MAP network of the first site, then one posterior per site
 ])
 def test_strategies_fill_r_matrices_in_the_simulator(datalist, tmp_path, strategy, options, rows):
@@ -125,16 +124,6 @@ def test_strategies_fill_r_matrices_in_the_simulator(datalist, tmp_path, strateg
         set(s["scores"]) == {"alpha", "beta", "omega"} and all(0 <= v <= 1 for v in s["scores"].values())
         for s in matrix["stages"]
     )
-    if strategy == "federated_averaging":  # the server's average is the size-weighted mean of what the sites sent
-        from monai_continual.data import load_multisite_datalist
-
-        data = load_multisite_datalist(datalist)
-        n_a, n_b = (len(data.site(s).training) for s in ("alpha", "beta"))
-        store = DirectoryWeightStore(run.run_dir / "store")
-        a, b, avg = (store.load(store.entry(n)) for n in (1, 2, 3))
-        for key, value in avg.items():
-            expected = (n_a * a[key].double() + n_b * b[key].double()) / (n_a + n_b)
-            torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
     _check_payloads(tmp_path / "payloads.jsonl")
 
 
@@ -230,6 +219,15 @@ def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
     else:
         averages = [r for r in state if r["action"] == "average"]
         assert len(averages) == 2 and any(len(r["details"]["inputs_used"]) == 1 for r in averages)
+        # round 1, before the kill: the server's average is the size-weighted mean of what both sites sent
+        assert averages[0]["number"] == 3 and averages[0]["details"]["inputs_used"] == [1, 2]
+        data = load_multisite_datalist(datalist)
+        n_a, n_b = (len(data.site(s).training) for s in ("alpha", "beta"))
+        store = DirectoryWeightStore(run.run_dir / "store")
+        a, b, avg = (store.load(store.entry(n)) for n in (1, 2, 3))
+        for key, value in avg.items():
+            expected = (n_a * a[key].double() + n_b * b[key].double()) / (n_a + n_b)
+            torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow

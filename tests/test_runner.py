@@ -11,6 +11,7 @@ import torch
 from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc
 from monai_continual.data import DatalistError, load_multisite_datalist
 from monai_continual.engines import STRATEGIES
+from monai_continual.metrics import backward_transfer
 from monai_continual.utils.tensor_files import TensorFileError
 from runner_utils import tiny_runner, tiny_sites
 
@@ -58,6 +59,21 @@ def test_cyclic_transfer_schedule_skip_and_order(sites, tmp_path):
         "cyclic_weight_transfer", cycles=2, iterations_per_visit=1
     )
     assert len(by_iterations.transfers) == 6
+
+
+def test_cyclic_transfer_scoring_the_last_cycle_only_trains_the_same_models_and_gives_the_same_bwt(sites, tmp_path):
+    every = tiny_runner(sites, tmp_path / "every").run("cyclic_weight_transfer", cycles=3, epochs_per_visit=1)
+    last = tiny_runner(sites, tmp_path / "last").run("cyclic_weight_transfer", cycles=3, epochs_per_visit=1,
+                                                     evaluate="last_cycle")
+    # scoring is not part of training: every visit publishes the same model
+    assert [t["published"] for t in last.transfers] == [t["published"] for t in every.transfers]
+    assert every.matrix.num_stages == 9 and last.matrix.num_stages == 3
+    assert last.matrix.labels == every.matrix.labels[-3:]
+    assert last.matrix.as_array().tolist() == every.matrix.as_array()[-3:].tolist()
+    assert last.scores == every.scores
+    assert backward_transfer(last.matrix) == backward_transfer(every.matrix)
+    with pytest.raises(ValueError, match="every_visit"):
+        tiny_runner(sites, tmp_path / "bad").run("cyclic_weight_transfer", evaluate="first_cycle")
 
 
 def test_replay_stages_see_the_buffer(sites, tmp_path):

@@ -16,7 +16,7 @@ from monai.utils import StrEnum, look_up_option
 
 from monai_continual.metrics import backward_transfer, forward_transfer
 from monai_continual.report import FinishedRun, weighted_dice
-from monai_continual.strategies import INITIAL_STAGE, RunState, StageRecord
+from monai_continual.strategies import INITIAL_STAGE, Action, RunState, StageRecord
 from monai_continual.utils.atomic import atomic_write_text
 
 __all__ = ["Tracking", "RunTracker", "tracking_of"]
@@ -130,7 +130,7 @@ class RunTracker:
     def log_finished(self, run: FinishedRun, test_sizes: Mapping[str, int], single: FinishedRun | None = None) -> None:
         """Log what a finished run of the main job adds to its stages (logged live by :meth:`stage_logger`): its R
         matrix, weighted Dice and, for a sequential strategy, BWT and FWT (against ``single``'s site models: b_i is
-        site i's own model).
+        site i's own model; only when every visit was scored).
 
         Args:
             run: the finished run.
@@ -140,7 +140,9 @@ class RunTracker:
         numbers: dict[str, float | None] = {"weighted_dice": weighted_dice(run.result.scores, test_sizes)}
         if run.strategy.sequential:
             numbers["bwt"] = float(backward_transfer(run.result.matrix))
-            if single is not None:
+            # a site's first visit is zero-shot only when every visit before it was scored
+            every_visit = all(r.scores is not None for r in run.state.stage_records() if r.action == Action.TRAIN)
+            if single is not None and every_visit:
                 baseline = {s: float(np.mean(single.result.scores[s])) for s in test_sizes}
                 numbers["fwt"] = float(forward_transfer(run.result.matrix, baseline))
         last = max((r.number for r in run.state.stage_records()), default=INITIAL_STAGE)

@@ -13,6 +13,7 @@ from monai_continual.strategies.names import BAYESIAN, SEQUENTIAL, Strategy, str
 from monai_continual.strategies.options import (
     OPTIONS,
     CentrallyHostedOptions,
+    CycleEvaluation,
     CyclicWeightTransferOptions,
     DWCOptions,
     EWCOptions,
@@ -33,6 +34,7 @@ from monai_continual.strategies.stage import Action, NetworkKind, Stage
 __all__ = [
     "Action",
     "CentrallyHostedOptions",
+    "CycleEvaluation",
     "CyclicWeightTransferOptions",
     "DWCOptions",
     "EWCOptions",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
-from monai.utils import look_up_option
+from monai.utils import StrEnum, look_up_option
 
 from monai_continual.strategies.names import Strategy, strategy_of
 from monai_continual.strategies.order import SiteOrder
@@ -19,6 +19,7 @@ __all__ = [
     "CentrallyHostedOptions",
     "SingleWeightTransferOptions",
     "CyclicWeightTransferOptions",
+    "CycleEvaluation",
     "FineTuningOptions",
     "ReplayOptions",
     "EWCOptions",
@@ -111,6 +112,16 @@ class SingleWeightTransferOptions(_Ordered):
         _at_least("patience", self.patience, 1, optional=True)
 
 
+class CycleEvaluation(StrEnum):
+    """Which visits of cyclic weight transfer score their model on every site's test data: ``every_visit`` (an
+    R-matrix row per visit, the learning curve over cycles) or ``last_cycle`` (the last cycle's visits only: the
+    final model and each site's last visit, all that BWT and the summary use, for a ``cycles``-th of the scoring).
+    Forward transfer needs each site's first visit, so it is only reported with ``every_visit``."""
+
+    EVERY_VISIT = "every_visit"
+    LAST_CYCLE = "last_cycle"
+
+
 @dataclass
 class CyclicWeightTransferOptions(_Ordered):
     """``cyclic_weight_transfer``: every site ``cycles`` times, moving every ``epochs_per_visit`` epochs.
@@ -120,14 +131,21 @@ class CyclicWeightTransferOptions(_Ordered):
             the epochs of a one-visit strategy's stage.
         epochs_per_visit: epochs per visit (Remedios et al.: 1; Chang et al. found 1-4 better than 5-20).
         iterations_per_visit: if set, a visit is this many iterations instead of whole epochs.
+        evaluate: which visits are scored, ``"every_visit"`` or ``"last_cycle"`` (:class:`CycleEvaluation`).
+
+    Example::
+
+        >>> make_options("cyclic_weight_transfer", cycles=10, epochs_per_visit=3, evaluate="last_cycle")
     """
 
     cycles: int | None = None
     epochs_per_visit: int = 1
     iterations_per_visit: int | None = None
+    evaluate: str = CycleEvaluation.EVERY_VISIT.value
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.evaluate = look_up_option(self.evaluate, CycleEvaluation).value
         _at_least("cycles", self.cycles, 1, optional=True)
         _at_least("epochs_per_visit", self.epochs_per_visit, 1)
         _at_least("iterations_per_visit", self.iterations_per_visit, 1, optional=True)

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from monai_continual.strategies.names import Strategy, strategy_of
-from monai_continual.strategies.options import StrategyOptions, make_options
+from monai_continual.strategies.options import CycleEvaluation, StrategyOptions, make_options
 from monai_continual.strategies.order import round_orders
 from monai_continual.strategies.stage import Action, NetworkKind, Stage
 
@@ -130,13 +130,15 @@ def _cyclic(sites, options, epochs, seed) -> list[Stage]:
     cycles = options.cycles or max(1, epochs // options.epochs_per_visit)
     orders = round_orders(sites, options.order, cycles, seed, options.skip)
     visit_epochs = 1 if options.iterations_per_visit else options.epochs_per_visit
+    every_visit = options.evaluate == CycleEvaluation.EVERY_VISIT
     stages, number = [], 0
     for cycle, order in enumerate(orders, 1):
         for site in order:
             number += 1
             stages.append(
                 Stage(number, sites=(site,), epochs=visit_epochs, iterations=options.iterations_per_visit,
-                      start=number - 1, label=f"c{cycle}:{site}", round=cycle)
+                      start=number - 1, label=f"c{cycle}:{site}", round=cycle,
+                      evaluate=every_visit or cycle == len(orders))
             )
     return stages
 
