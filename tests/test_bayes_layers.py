@@ -14,6 +14,7 @@ from monai_continual.bayes import (
     BayesConv2d,
     BayesConv3d,
     BayesConvTranspose3d,
+    BayesianModule,
     BayesLinear,
     kl_divergence,
     posterior_to_prior,
@@ -67,6 +68,31 @@ def test_output_moments_match_closed_form(cls, conv, shape, kwargs, mode):
     assert expected_var.min() > 0
     assert torch.all((emp_mean - expected_mean[0]).abs() <= 5 * torch.sqrt(expected_var[0] / n))
     assert torch.all((emp_var / expected_var[0] - 1).abs() <= 5 * math.sqrt(2 / n))
+
+
+@pytest.mark.parametrize("layer", [
+    BayesConv3d(4, 6, 3, padding=2, dilation=2, groups=2, padding_mode="reflect", dtype=torch.float64),
+    BayesConv3d(4, 6, 3, padding=1, bias=False, dtype=torch.float64),
+    BayesConvTranspose3d(4, 6, 2, stride=2, groups=2, dtype=torch.float64),
+    BayesConv1d(2, 3, 3, padding=1, padding_mode="circular", dtype=torch.float64),
+])
+def test_the_fused_cpu_convolution_equals_the_two_convolutions_and_their_gradients(layer):
+    """On the CPU at batch 1 one grouped convolution of [x, x^2] gives the mean and the variance of local
+    reparameterization: the same values and gradients as the two convolutions it replaces."""
+    if layer.bias_shape:
+        _random_posterior(layer)
+    x = torch.randn((1, layer.in_channels) + (5,) * (layer.weight_mu.dim() - 2), dtype=torch.float64,
+                    requires_grad=True)
+    w_var = (layer.weight_std**2).detach().requires_grad_()
+    b_var = None if layer.bias_shape is None else (layer.bias_std**2).detach().requires_grad_()
+    results = []
+    for method in (type(layer)._mean_and_var, BayesianModule._mean_and_var):
+        mean, var = method(layer, x, layer.weight_mu, w_var, layer.bias_mu, b_var)
+        loss = (mean.sin() * var).sum()  # couples both outputs, so every gradient path is exercised
+        inputs = [x, layer.weight_mu, w_var] + ([layer.bias_mu, b_var] if b_var is not None else [])
+        results.append([mean, var, *torch.autograd.grad(loss, inputs)])
+    for fused, reference in zip(*results):
+        torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-12)
 
 
 def test_local_noise_is_independent_per_element():

@@ -261,6 +261,13 @@ class BayesianModule(nn.Module):
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def _mean_and_var(
+        self, x: torch.Tensor, weight_mean: torch.Tensor, weight_var: torch.Tensor, bias_mean: torch.Tensor | None,
+        bias_var: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pre-activation mean ``op(x, mu) + b_mu`` and variance ``op(x^2, sigma^2) + b_sigma^2``."""
+        return self._op(x, weight_mean, bias_mean), self._op(x * x, weight_var, bias_var)
+
     @property
     def stochastic(self) -> bool:
         """Whether the next forward pass samples (training, or eval inside ``sampling``)."""
@@ -277,15 +284,15 @@ class BayesianModule(nn.Module):
             weight = mean_w + std_w * torch.randn_like(std_w)
             bias = None if self.bias_mu is None else self.bias_mu + self.bias_std * torch.randn_like(self.bias_mu)
             return self._op(x, weight, bias)
-        mean = self._op(x, mean_w, self.bias_mu)
         bias_var = None if self.bias_rho is None else self.bias_std**2
         if torch.is_autocast_enabled(x.device.type):
             # mixed precision (nnU-Net on CUDA): in float16 sigma^2 x^2 and the epsilon flush to zero, where the
             # square root's gradient is infinite; the variance path runs in float32
+            mean = self._op(x, mean_w, self.bias_mu)
             with torch.autocast(x.device.type, enabled=False):
                 var = self._op(x.float() * x.float(), std_w * std_w, bias_var)
                 return torch.addcmul(mean.float(), var.add_(_VAR_EPS).sqrt_(), torch.randn_like(var)).to(mean.dtype)
-        var = self._op(x * x, std_w * std_w, bias_var)
+        mean, var = self._mean_and_var(x, mean_w, std_w * std_w, self.bias_mu, bias_var)
         # in place on the fresh conv output: saves two activation-sized temporaries per call
         return torch.addcmul(mean, var.add_(_VAR_EPS).sqrt_(), torch.randn_like(mean))
 
