@@ -26,6 +26,9 @@ class Recommended:
         batch_size: mini-batch size.
         learning_rate: Adam's, deterministic and Bayesian stages.
         optimizer_state: ``fresh``, ``site`` or ``transfer`` (``OptimizerState``).
+        cache: where the training chain's deterministic part is kept between epochs (``DatasetCache``): ``memory``,
+            each case loaded and normalized once per stage, not once per epoch; ``disk`` or ``none`` for a dataset
+            larger than the memory.
         mc_samples: Monte Carlo passes of Bayesian models at evaluation.
         seed: the seed of everything.
         patience: single weight transfer's plateau patience, in epochs.
@@ -52,6 +55,7 @@ class Recommended:
     batch_size: int = 1
     learning_rate: float = 0.003
     optimizer_state: str = "site"
+    cache: str = "memory"
     mc_samples: int = 3
     seed: int = 0
     patience: int = 5

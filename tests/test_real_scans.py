@@ -40,7 +40,7 @@ def _net(in_channels: int = 1) -> torch.nn.Module:
 def test_defaults_keep_whole_volumes_and_patches_bring_a_window():
     plain = MonaiSettings(_net(), transform(), transform(), 4)
     assert isinstance(plain.inferer, SimpleInferer) and plain.train_chain is plain.train_transform
-    assert plain.patch_transforms == () and plain.cache == DatasetCache.NONE and plain.patch_voxels is None
+    assert plain.patch_transforms == () and plain.cache == DatasetCache.MEMORY and plain.patch_voxels is None
     assert plain.identity()["patch_size"] is None and plain.identity()["sliding_window"] is None
     patches = MonaiSettings(_net(), transform(), transform(), 4, patch_size=[12, 12, 12], samples_per_volume=2,
                             sw_overlap=0.5, cache="memory")
@@ -146,11 +146,14 @@ def test_an_image_label_affine_mismatch_is_refused_naming_the_file(sites, tmp_pa
         check_case(dict(item, label=str(moved)), 4, where="site 'alpha'")
 
 
-def test_memory_and_disk_caches_give_the_same_r_matrix(sites, tmp_path):
-    matrices = {}
+def test_memory_and_disk_caches_give_the_same_models_and_r_matrix(sites, tmp_path):
+    """Replay: its first site trains from the site's own dataset, the later ones from current and replayed items."""
+    matrices, published = {}, {}
     for cache in ("none", "memory", "disk"):
-        result = tiny_runner(sites, tmp_path / cache, patch_size=PATCH, cache=cache).run("fine_tuning")
+        result = tiny_runner(sites, tmp_path / cache, patch_size=PATCH, cache=cache).run("replay", capacity_per_site=2)
         matrices[cache] = json.loads((result.directory / "R.json").read_text())
+        published[cache] = [t["published"] for t in result.transfers]
     assert matrices["memory"] == matrices["none"] and matrices["disk"] == matrices["none"]
-    assert any((tmp_path / "disk" / "fine_tuning" / "cache").iterdir())
-    assert not (tmp_path / "none" / "fine_tuning" / "cache").exists()
+    assert published["memory"] == published["none"] and published["disk"] == published["none"]
+    assert any((tmp_path / "disk" / "replay" / "cache").iterdir())
+    assert not (tmp_path / "none" / "replay" / "cache").exists()

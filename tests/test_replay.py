@@ -94,8 +94,10 @@ def test_replay_dataset_mixes_current_and_buffer_through_monai(small_sites, tmp_
     fraction = ReplayDataset(current, buffer, replay_fraction=0.25, seed=1)
     replayed = [fraction[i]["image"] for i in range(len(current), len(fraction))]
     assert len(replayed) == round(len(current) / 3)
-    cached = ReplayDataset(current, buffer, transform=transform, cache_replay=True)
-    torch.testing.assert_close(cached[len(current)]["image"], ds[len(current)]["image"])
+    cached = ReplayDataset(current, buffer, transform=transform, site="site_b", cache=True)
+    for index in (0, len(current)):  # a current and a replayed item
+        torch.testing.assert_close(cached[index]["image"], ds[index]["image"])
+        assert cached[index]["site"] == ds[index]["site"]
     with pytest.raises(ValueError, match="no training items"):
         ReplayDataset([], buffer, site="site_b")
     with pytest.raises(ValueError, match="replay_fraction"):

@@ -30,8 +30,8 @@ class ReplayDataset(Dataset):
         transform: MONAI transforms applied to every item.
         replay_fraction: ``None`` or a fraction in [0, 1).
         site: the current site's name, for the ``"site"`` tag (``"current"`` when not given).
-        cache_replay: cache the transformed replay items (deterministic transforms only: MONAI's ``CacheDataset``
-            caches up to the first random transform).
+        cache: keep the transformed items, current and replayed, in memory (MONAI's ``CacheDataset``: up to the
+            first random transform; the rest runs on every access).
         seed: seed of the replay draws.
 
     Example::
@@ -47,7 +47,7 @@ class ReplayDataset(Dataset):
         transform: Callable | None = None,
         replay_fraction: float | None = None,
         site: str | None = None,
-        cache_replay: bool = False,
+        cache: bool = False,
         seed: int = 0,
     ) -> None:
         if replay_fraction is not None and not 0.0 <= replay_fraction < 1.0:
@@ -60,9 +60,9 @@ class ReplayDataset(Dataset):
         self.transform = transform
         self.replay_fraction = replay_fraction
         self.seed = int(seed)
-        self._cache = (
-            CacheDataset(self.replay, transform=transform, progress=False) if cache_replay and self.replay else None
-        )
+        cached = cache and transform is not None
+        self._current_cache = CacheDataset(self.current, transform=transform, progress=False) if cached else None
+        self._cache = CacheDataset(self.replay, transform=transform, progress=False) if cached and self.replay else None
         self._num_replay = self._replay_count()
         self.set_epoch(0)
 
@@ -91,6 +91,8 @@ class ReplayDataset(Dataset):
 
     def _transform(self, index: int) -> Any:
         if index < len(self.current):
+            if self._current_cache is not None:
+                return self._current_cache[index]
             item = self.current[index]
             return apply_transform(self.transform, item) if self.transform is not None else dict(item)
         replay_index = self._order[index - len(self.current)]

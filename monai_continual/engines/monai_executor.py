@@ -239,7 +239,8 @@ class MonaiStageExecutor(BaseStageExecutor):
         network = s.new_network(bayesian=bayes, bound_std=stage.bound_std)
         seed_everything(s.seed * 7919 + stage.number)
         if replayed:
-            dataset: Any = ReplayDataset(items, memory, transform=s.train_chain,
+            # kept in memory with cache="memory"; "disk" caches a site's own items only
+            dataset: Any = ReplayDataset(items, memory, transform=s.train_chain, cache=s.cache == DatasetCache.MEMORY,
                                          replay_fraction=self.replay.replay_fraction, seed=s.seed + stage.number)
         else:
             dataset = self._dataset(items)

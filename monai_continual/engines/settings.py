@@ -77,9 +77,9 @@ def _adam(params: Any) -> torch.optim.Optimizer:
 class MonaiSettings:
     """How every stage of a MONAI run trains and is evaluated; built once, read by the executor.
 
-    ``epochs``, ``batch_size``, the optimizer's learning rate, ``mc_samples``, ``optimizer_state`` and ``seed`` default
-    to the package's recommended settings (:data:`~monai_continual.recommended.RECOMMENDED`), the same as the
-    bundle's configs.
+    ``epochs``, ``batch_size``, the optimizer's learning rate, ``mc_samples``, ``optimizer_state``, ``seed`` and
+    ``cache`` default to the package's recommended settings (:data:`~monai_continual.recommended.RECOMMENDED`), the
+    same as the bundle's configs.
 
     Args:
         network: the deterministic network every strategy starts from (copied to the CPU; its weights are the run's
@@ -116,7 +116,8 @@ class MonaiSettings:
         amp: mixed precision on CUDA (``SupervisedTrainer(amp=True)`` and evaluation under ``torch.autocast``); a
             no-op on the CPU.
         num_workers: worker processes of the training ``DataLoader``.
-        cache: :class:`DatasetCache` of the training dataset (does not change results).
+        cache: :class:`DatasetCache` of the training dataset (does not change results); ``memory`` by default,
+            ``disk`` or ``none`` for a dataset larger than the memory.
 
     Example::
 
@@ -150,7 +151,7 @@ class MonaiSettings:
     sw_overlap: float = 0.25
     amp: bool = False
     num_workers: int = 0
-    cache: DatasetCache | str = DatasetCache.NONE
+    cache: DatasetCache | str = RECOMMENDED.cache
     init_state: dict[str, torch.Tensor] = field(init=False, repr=False, compare=False)
     patch_transforms: tuple[Callable, ...] = field(init=False, repr=False, compare=False)
     train_chain: Callable = field(init=False, repr=False, compare=False)

@@ -52,8 +52,10 @@ def plot_reliability(summary: Mapping[str, Any], path: str | os.PathLike) -> Pat
             seen = count > 0
             confidence = np.asarray(pooled["bins"]["confidence"])[seen] / count[seen]
             accuracy = np.asarray(pooled["bins"]["accuracy"])[seen] / count[seen]
-            ax.plot(confidence, accuracy, marker="o", markersize=3, linewidth=1, color=f"C{index % 10}",
-                    label=f"{name} (ECE {pooled['ece']:.3f})")
+            # matplotlib has 10 colours: the rows after them are told apart by line and marker
+            style = ("-", "o") if index < 10 else (":", "s")
+            ax.plot(confidence, accuracy, linestyle=style[0], marker=style[1], markersize=3, linewidth=1,
+                    color=f"C{index % 10}", label=f"{name} (ECE {pooled['ece']:.3f})")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("predicted probability")
