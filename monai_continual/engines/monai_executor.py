@@ -239,7 +239,7 @@ class MonaiStageExecutor(BaseStageExecutor):
         network = s.new_network(bayesian=bayes, bound_std=stage.bound_std)
         seed_everything(s.seed * 7919 + stage.number)
         if replayed:
-            # kept in memory with cache="memory"; "disk" caches a site's own items only
+            # kept in memory with cache="memory"; with "disk" a replay stage transforms its items at every epoch
             dataset: Any = ReplayDataset(items, memory, transform=s.train_chain, cache=s.cache == DatasetCache.MEMORY,
                                          replay_fraction=self.replay.replay_fraction, seed=s.seed + stage.number)
         else:
