@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -70,6 +71,13 @@ def test_output_moments_match_closed_form(cls, conv, shape, kwargs, mode):
     assert torch.all((emp_var / expected_var[0] - 1).abs() <= 5 * math.sqrt(2 / n))
 
 
+def _two_convolutions(layer):
+    """The layer with local reparameterization's two operations (an instance attribute hides the fused method)."""
+    twin = copy.deepcopy(layer)
+    twin._mean_and_var = BayesianModule._mean_and_var.__get__(twin)
+    return twin
+
+
 @pytest.mark.parametrize("layer", [
     BayesConv3d(4, 6, 3, padding=2, dilation=2, groups=2, padding_mode="reflect", dtype=torch.float64),
     BayesConv3d(4, 6, 3, padding=1, bias=False, dtype=torch.float64),
@@ -78,21 +86,29 @@ def test_output_moments_match_closed_form(cls, conv, shape, kwargs, mode):
 ])
 def test_the_fused_cpu_convolution_equals_the_two_convolutions_and_their_gradients(layer):
     """On the CPU at batch 1 one grouped convolution of [x, x^2] gives the mean and the variance of local
-    reparameterization: the same values and gradients as the two convolutions it replaces."""
+    reparameterization: a training forward with the same noise, and every gradient, equal the two convolutions'."""
     if layer.bias_shape:
         _random_posterior(layer)
-    x = torch.randn((1, layer.in_channels) + (5,) * (layer.weight_mu.dim() - 2), dtype=torch.float64,
-                    requires_grad=True)
-    w_var = (layer.weight_std**2).detach().requires_grad_()
-    b_var = None if layer.bias_shape is None else (layer.bias_std**2).detach().requires_grad_()
+    layer.train()
     results = []
-    for method in (type(layer)._mean_and_var, BayesianModule._mean_and_var):
-        mean, var = method(layer, x, layer.weight_mu, w_var, layer.bias_mu, b_var)
-        loss = (mean.sin() * var).sum()  # couples both outputs, so every gradient path is exercised
-        inputs = [x, layer.weight_mu, w_var] + ([layer.bias_mu, b_var] if b_var is not None else [])
-        results.append([mean, var, *torch.autograd.grad(loss, inputs)])
+    for net in (layer, _two_convolutions(layer)):
+        x = torch.randn((1, layer.in_channels) + (5,) * (layer.weight_mu.dim() - 2), dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(3), requires_grad=True)
+        torch.manual_seed(0)  # the same noise
+        y = net(x)
+        (y.sin() * y).sum().backward()
+        results.append([y, x.grad] + [p.grad for p in net.parameters()])
     for fused, reference in zip(*results):
         torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_layers_without_a_fused_path_train_at_batch_one_and_unbatched():
+    torch.manual_seed(0)
+    linear = BayesLinear(6, 4).train()
+    linear(torch.randn(1, 6)).sum().backward()
+    assert linear.weight_rho.grad is not None
+    conv = BayesConv2d(1, 3, 3, padding=1).train()  # an unbatched (C=1, H, W) input: its first size is not a batch
+    assert conv(torch.randn(1, 8, 8)).shape == (3, 8, 8)
 
 
 def test_local_noise_is_independent_per_element():

@@ -191,8 +191,10 @@ def test_poc_server_killed_mid_run_and_the_job_resubmitted_ends_with_the_uninter
                          [("cyclic_weight_transfer", {"cycles": 2}), ("federated_averaging", {"rounds": 2})])
 def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
     """Weight transfer skips the dead site's later visits and records them; FedAvg goes on with min_clients."""
+    # sites weighted by their reported training-set sizes, so that the average can be checked against them
     run = FederatedRun(CONFIG, strategy, datalist, tmp_path, options=options, overrides=OVERRIDES, min_clients=1,
-                       task_timeout=20, task_request_interval=POLL)
+                       task_timeout=20, task_request_interval=POLL, boundary={"weighting": "reported"},
+                       payload_log=str(tmp_path / "payloads.jsonl"))
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(summary=run.run()), daemon=True)
     thread.start()
@@ -225,9 +227,11 @@ def test_a_client_killed_mid_run(datalist, tmp_path, strategy, options):
         n_a, n_b = (len(data.site(s).training) for s in ("alpha", "beta"))
         store = DirectoryWeightStore(run.run_dir / "store")
         a, b, avg = (store.load(store.entry(n)) for n in (1, 2, 3))
+        assert n_a != n_b  # an equal-weight average would fail the check below
         for key, value in avg.items():
             expected = (n_a * a[key].double() + n_b * b[key].double()) / (n_a + n_b)
             torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+    _check_payloads(tmp_path / "payloads.jsonl")
 
 
 @pytest.mark.slow

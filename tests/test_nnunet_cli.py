@@ -212,7 +212,9 @@ def test_sites_passes_rounds_and_epochs_with_their_meaning_for_each_strategy(tmp
     assert cli.main(["sites", "fine_tuning", *base, "--rounds", "5"]) == 0
     assert cli.main(["sites", "federated_averaging", *base, "--proximal-mu", "0.5"]) == 0
     assert cli.main(["sites", "ewc", *base, "--ewc-lambda", "2", "--ewc-gamma", "0.9"]) == 0
-    cyclic, fedavg, fine_tuning, fedprox, ewc = calls
+    assert cli.main(["sites", "cyclic_weight_transfer", *base, "--evaluate", "last_cycle"]) == 0
+    cyclic, fedavg, fine_tuning, fedprox, ewc, last_cycle = calls
+    assert last_cycle["options"] == {"epochs_per_visit": 3, "evaluate": "last_cycle"}
     assert fedprox["options"] == {"local_epochs": 3, "proximal_mu": 0.5}
     assert (ewc["strategy"], ewc["options"]) == ("ewc", {"ewc_lambda": 2.0, "gamma": 0.9})
     assert cyclic["datasets"] == ["901", "Dataset902_b"]

@@ -146,11 +146,14 @@ def test_an_image_label_affine_mismatch_is_refused_naming_the_file(sites, tmp_pa
         check_case(dict(item, label=str(moved)), 4, where="site 'alpha'")
 
 
-def test_memory_and_disk_caches_give_the_same_models_and_r_matrix(sites, tmp_path):
-    """Replay: its first site trains from the site's own dataset, the later ones from current and replayed items."""
+@pytest.mark.parametrize("workers", [0, 1])
+def test_memory_and_disk_caches_give_the_same_models_and_r_matrix(sites, tmp_path, workers):
+    """Replay: its first site trains from the site's own dataset, the later ones from current and replayed items; the
+    random patch crops run in the main process or in a DataLoader worker, which seeds them through the chain."""
     matrices, published = {}, {}
     for cache in ("none", "memory", "disk"):
-        result = tiny_runner(sites, tmp_path / cache, patch_size=PATCH, cache=cache).run("replay", capacity_per_site=2)
+        result = tiny_runner(sites, tmp_path / cache, patch_size=PATCH, cache=cache,
+                             num_workers=workers).run("replay", capacity_per_site=2)
         matrices[cache] = json.loads((result.directory / "R.json").read_text())
         published[cache] = [t["published"] for t in result.transfers]
     assert matrices["memory"] == matrices["none"] and matrices["disk"] == matrices["none"]

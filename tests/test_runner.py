@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc
 from monai_continual.data import DatalistError, load_multisite_datalist
 from monai_continual.engines import STRATEGIES
-from monai_continual.metrics import backward_transfer
+from monai_continual.metrics import ContinualMatrix, backward_transfer, forgetting, forward_transfer
 from monai_continual.utils.tensor_files import TensorFileError
 from runner_utils import tiny_runner, tiny_sites
 
@@ -72,6 +73,12 @@ def test_cyclic_transfer_scoring_the_last_cycle_only_trains_the_same_models_and_
     assert last.matrix.as_array().tolist() == every.matrix.as_array()[-3:].tolist()
     assert last.scores == every.scores
     assert backward_transfer(last.matrix) == backward_transfer(every.matrix)
+    # forward transfer and forgetting need the first visits: undefined without them, also after a JSON round trip
+    assert every.matrix.complete and not last.matrix.complete
+    saved = ContinualMatrix.load_json(last.directory / "R.json")
+    baseline = {s: 0.5 for s in TRAIN_SITES}
+    assert not saved.complete and math.isnan(forward_transfer(saved, baseline)) and math.isnan(forgetting(saved))
+    assert not math.isnan(forward_transfer(every.matrix, baseline)) and not math.isnan(forgetting(every.matrix))
     with pytest.raises(ValueError, match="every_visit"):
         tiny_runner(sites, tmp_path / "bad").run("cyclic_weight_transfer", evaluate="first_cycle")
 

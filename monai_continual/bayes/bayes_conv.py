@@ -62,20 +62,6 @@ class _BayesConvBase(BayesianModule):
         layer._setup(module, **bayes_kwargs)
         return layer
 
-    def _mean_and_var(
-        self, x: torch.Tensor, weight_mean: torch.Tensor, weight_var: torch.Tensor, bias_mean: torch.Tensor | None,
-        bias_var: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.device.type != "cpu" or x.shape[0] != 1:
-            return super()._mean_and_var(x, weight_mean, weight_var, bias_mean, bias_var)
-        # both as one convolution of [x, x^2] with [mu, sigma^2] in twice the groups: on the CPU PyTorch runs a
-        # small batch-1 convolution with groups=1 in its slow native kernel (ConvParams::use_mkldnn), a grouped one
-        # in oneDNN, 2-3x faster (benchmarks/bench_bayes_conv.py); at larger batches two convolutions are faster
-        bias = None if bias_mean is None else torch.cat([bias_mean, bias_var])
-        out = self._op(torch.cat([x, x * x], 1), torch.cat([weight_mean, weight_var]), bias, 2 * self.groups)
-        channels = out.shape[1] // 2
-        return out.narrow(1, 0, channels), out.narrow(1, channels, channels)
-
     def extra_repr(self) -> str:
         args = ", ".join(f"{name}={getattr(self, name)}" for name in self._hparams[2:])
         return f"{self.in_channels}, {self.out_channels}, {args}, bias={self.bias_shape is not None}, " + (
@@ -90,6 +76,23 @@ def _bayes_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
         raise TypeError(f"unknown Bayesian layer argument(s): {sorted(unknown)}; expected some of {sorted(defaults)}.")
     defaults.update(kwargs)
     return defaults
+
+
+def _fused_mean_and_var(
+    self: _BayesConvBase, x: torch.Tensor, weight_mean: torch.Tensor, weight_var: torch.Tensor,
+    bias_mean: torch.Tensor | None, bias_var: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`BayesianModule._mean_and_var` of a convolution: on the CPU at batch 1, both as one convolution of
+    [x, x^2] with [mu, sigma^2] in twice the groups. PyTorch runs a small batch-1 convolution with groups=1 in its slow
+    native kernel (ConvParams::use_mkldnn) and a grouped one in oneDNN, 2-3x faster (benchmarks/bench_bayes_conv.py);
+    at larger batches two convolutions are faster."""
+    batched = x.dim() == weight_mean.dim()  # an unbatched (C, *spatial) input has no batch dimension to cat beside
+    if x.device.type != "cpu" or not batched or x.shape[0] != 1:
+        return BayesianModule._mean_and_var(self, x, weight_mean, weight_var, bias_mean, bias_var)
+    bias = None if bias_mean is None else torch.cat([bias_mean, bias_var])
+    out = self._op(torch.cat([x, x * x], 1), torch.cat([weight_mean, weight_var]), bias, 2 * self.groups)
+    channels = out.shape[1] // 2
+    return out.narrow(1, 0, channels), out.narrow(1, channels, channels)
 
 
 class _BayesConvNd(_BayesConvBase):
@@ -127,6 +130,8 @@ class _BayesConvNd(_BayesConvBase):
             bound_std=bound_std,
             sample_mode=sample_mode,
         )
+
+    _mean_and_var = _fused_mean_and_var
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             groups: int | None = None) -> torch.Tensor:
@@ -226,6 +231,8 @@ class _BayesConvTransposeNd(_BayesConvBase):
             bound_std=bound_std,
             sample_mode=sample_mode,
         )
+
+    _mean_and_var = _fused_mean_and_var
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             groups: int | None = None) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monai_continual.data.case_checks import check_case, check_sites
+from monai_continual.data.chain_seeded_dataset import ChainSeededDataset
 from monai_continual.data.datalist import SPLITS, DatalistError, MultiSiteDatalist, SiteData, load_multisite_datalist
 from monai_continual.data.replay_buffer import REPLAY_POLICIES, ReplayBuffer, ReplayPolicy
 from monai_continual.data.replay_dataset import ReplayDataset
@@ -20,6 +21,7 @@ from monai_continual.data.synthetic_sites import (
 )
 
 __all__ = [
+    "ChainSeededDataset",
     "check_case",
     "check_sites",
     "BRAIN_LABELS",

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from monai_continual.bayes.laplace import calibrate_posterior_std, parameter_fisher, std_summary
 from monai_continual.consolidation import EnsembleModel, Posterior
 from monai_continual.consolidation.weight_store import load_stage_weights
-from monai_continual.data import MultiSiteDatalist, ReplayBuffer, ReplayDataset
+from monai_continual.data import ChainSeededDataset, MultiSiteDatalist, ReplayBuffer, ReplayDataset
 from monai_continual.data.datalist import DatalistError
 from monai_continual.engines.epoch_sampler import EpochSampler
 from monai_continual.engines.settings import DatasetCache, MonaiSettings, OptimizerState
@@ -244,6 +244,8 @@ class MonaiStageExecutor(BaseStageExecutor):
                                          replay_fraction=self.replay.replay_fraction, seed=s.seed + stage.number)
         else:
             dataset = self._dataset(items)
+        # DataLoader workers seed the training chain itself, so that a cache does not change what they draw
+        dataset = ChainSeededDataset(dataset, s.train_chain)
         sampler = EpochSampler(len(dataset), seed=s.seed * 31 + stage.number, rank=self.rank,
                                world_size=self.world_size)
         # a volume's patches (a list from the crop) become items of the mini-batch

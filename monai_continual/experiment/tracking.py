@@ -16,7 +16,7 @@ from monai.utils import StrEnum, look_up_option
 
 from monai_continual.metrics import backward_transfer, forward_transfer
 from monai_continual.report import FinishedRun, weighted_dice
-from monai_continual.strategies import INITIAL_STAGE, Action, RunState, StageRecord
+from monai_continual.strategies import INITIAL_STAGE, RunState, StageRecord
 from monai_continual.utils.atomic import atomic_write_text
 
 __all__ = ["Tracking", "RunTracker", "tracking_of"]
@@ -140,9 +140,7 @@ class RunTracker:
         numbers: dict[str, float | None] = {"weighted_dice": weighted_dice(run.result.scores, test_sizes)}
         if run.strategy.sequential:
             numbers["bwt"] = float(backward_transfer(run.result.matrix))
-            # a site's first visit is zero-shot only when every visit before it was scored
-            every_visit = all(r.scores is not None for r in run.state.stage_records() if r.action == Action.TRAIN)
-            if single is not None and every_visit:
+            if single is not None and run.result.matrix.complete:  # FWT needs each site's first visit
                 baseline = {s: float(np.mean(single.result.scores[s])) for s in test_sizes}
                 numbers["fwt"] = float(forward_transfer(run.result.matrix, baseline))
         last = max((r.number for r in run.state.stage_records()), default=INITIAL_STAGE)

@@ -27,6 +27,10 @@ class ContinualMatrix:
 
     Args:
         sites: the evaluation sites (columns), in display order.
+        complete: every training stage of the run has a row. ``False`` when some were not scored (cyclic weight
+            transfer's earlier cycles under ``evaluate="last_cycle"``, federated averaging's local rounds): backward
+            transfer still holds (each site's last visit and the final stage are rows), forward transfer and
+            forgetting, which need each site's first visit, are NaN. Kept in the JSON form, not in the CSV.
 
     Example::
 
@@ -37,13 +41,14 @@ class ContinualMatrix:
         >>> backward_transfer(R)  # ((0.65 - 0.80) + (0.80 - 0.85)) / 2 = -0.10
     """
 
-    def __init__(self, sites: Sequence[str]) -> None:
+    def __init__(self, sites: Sequence[str], complete: bool = True) -> None:
         sites = [str(s) for s in sites]
         if not sites:
             raise ValueError("ContinualMatrix: needs at least one evaluation site.")
         if len(set(sites)) != len(sites):
             raise ValueError(f"ContinualMatrix: duplicate site names in {sites}.")
         self.sites = sites
+        self.complete = bool(complete)
         self.stages: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -144,12 +149,16 @@ class ContinualMatrix:
     # files
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sites": list(self.sites), "stages": [dict(s, scores=dict(s["scores"])) for s in self.stages]}
+        data = {"sites": list(self.sites), "stages": [dict(s, scores=dict(s["scores"])) for s in self.stages]}
+        return data if self.complete else {**data, "complete": False}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "R matrix") -> ContinualMatrix:
+        complete = data.get("complete", True) if isinstance(data, Mapping) else True
+        if not isinstance(complete, bool):
+            raise ValueError(f"{source}: 'complete' must be true or false, got {complete!r}.")
         try:
-            matrix = cls(data["sites"])
+            matrix = cls(data["sites"], complete)
             for stage in data["stages"]:
                 matrix.add_stage(stage["trained_on"], stage["scores"], stage.get("label"))
         except (KeyError, TypeError) as err:

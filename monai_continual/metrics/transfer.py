@@ -50,7 +50,8 @@ def forward_transfer(
 
     For a sequential K x K matrix this is GEM's ``1/(K-1) sum_{i>=2} (R[i-1, i] - b_i)``: how well the model does on a
     site before it ever trains there, relative to ``b_i`` (the score of an untrained or single-site model). Revisit
-    rule: only the **first** visit counts, since later visits are no longer zero-shot. NaN when no such site exists.
+    rule: only the **first** visit counts, since later visits are no longer zero-shot. NaN when no such site exists,
+    or when the matrix is not :attr:`~ContinualMatrix.complete` (the first visits may not be rows).
 
     Args:
         R: the R matrix.
@@ -61,6 +62,8 @@ def forward_transfer(
         >>> forward_transfer([[0.8, 0.3], [0.6, 0.9]], baseline=[0.1, 0.2])  # 0.3 - 0.2 = 0.1
     """
     R = _matrix(R)
+    if not R.complete:
+        return float("nan")
     if not isinstance(baseline, Mapping):
         values = list(baseline)
         if len(values) != len(R.sites):
@@ -83,7 +86,7 @@ def forgetting(R: ContinualMatrix | np.ndarray | Sequence[Sequence[float]]) -> f
     (Chaudhry et al. 2018.) The best score a site ever had from its first training on, minus its final score; the
     site(s) of the final stage are left out as in :func:`backward_transfer`. Usually >= 0; negative where the final
     stage lifted earlier sites above their best score so far (positive backward transfer, e.g. replay). NaN when no
-    earlier site exists.
+    earlier site exists, or when the matrix is not :attr:`~ContinualMatrix.complete`.
 
     Example::
 
@@ -91,7 +94,7 @@ def forgetting(R: ContinualMatrix | np.ndarray | Sequence[Sequence[float]]) -> f
     """
     R = _matrix(R)
     final, sites = _earlier_sites(R)
-    if not sites:
+    if not sites or not R.complete:
         return float("nan")
     values = []
     for site in sites:

@@ -356,7 +356,8 @@ def _sites(args: argparse.Namespace) -> int:
     options = {"cyclic_weight_transfer": {"epochs_per_visit": args.epochs},
                "federated_averaging": {"local_epochs": args.epochs}}.get(args.strategy)
     for flag, key, strategy in (("--proximal-mu", "proximal_mu", "federated_averaging"),
-                                ("--ewc-lambda", "ewc_lambda", "ewc"), ("--ewc-gamma", "gamma", "ewc")):
+                                ("--ewc-lambda", "ewc_lambda", "ewc"), ("--ewc-gamma", "gamma", "ewc"),
+                                ("--evaluate", "evaluate", "cyclic_weight_transfer")):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is None:
             continue
@@ -600,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "nnUNetTrainerEWC (default: 1; 0 is fine_tuning)")
     st.add_argument("--ewc-gamma", type=_decay, default=None, metavar="GAMMA",
                     help="ewc: the running Fisher's decay in (0, 1] (default: 1)")
+    st.add_argument("--evaluate", default=None, metavar="WHICH",
+                    help="cyclic_weight_transfer: score every_visit (default) or the last_cycle's visits only (the "
+                         "final model and BWT for a cycles-th of the scoring; no forward transfer)")
     st.add_argument("--replay-capacity", type=_positive_int, default=RECOMMENDED.capacity_per_site, metavar="K",
                     help="replay: cases kept of every earlier site")
     st.add_argument("--no-dwc-finetune", dest="dwc_finetune", action="store_false", default=None,
