@@ -24,7 +24,7 @@ __all__ = ["evaluate_sites"]
 def evaluate_sites(
     network: nn.Module,
     site_items: Mapping[str, Sequence[dict[str, Any]]],
-    transform: Callable | None,
+    transform: Callable,
     num_classes: int,
     inferer: Inferer | None = None,
     device: str | torch.device = "cpu",
@@ -38,8 +38,7 @@ def evaluate_sites(
     Args:
         network: the model; put in eval mode for the evaluation and restored after.
         site_items: site -> datalist items with ``"image"`` and ``"label"``.
-        transform: MONAI transform turning an item into ``{"image": (C, *spatial), "label": (1, *spatial)}``;
-            ``None``: the items are transformed already (e.g. a ``CacheDataset``).
+        transform: MONAI transform turning an item into ``{"image": (C, *spatial), "label": (1, *spatial)}``.
         num_classes: classes, background included.
         inferer: how to predict (e.g. ``SlidingWindowInferer``, or ``MCInferer`` for Bayesian networks);
             ``SimpleInferer`` by default. Its output's channel argmax is the prediction.
@@ -76,7 +75,7 @@ def evaluate_sites(
                 if calibration is not None:
                     calibration[site] = []
                 for item in items:
-                    data = apply_transform(transform, dict(item)) if transform is not None else item
+                    data = apply_transform(transform, dict(item))
                     # plain tensors: a MetaTensor's metadata bookkeeping on every operation costs ~10% of a pass
                     image = convert_to_tensor(data["image"], track_meta=False)[None].to(device)
                     label = convert_to_tensor(data["label"], track_meta=False)[None].to(device)
