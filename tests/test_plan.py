@@ -50,7 +50,8 @@ def test_the_experiment_takes_fedprox_as_a_row_name(tmp_path):
     assert experiment.strategies == [Strategy.FEDERATED_AVERAGING]
     # the options given for one row leave the others at the recommended ones for the run's 6 epochs
     assert experiment.plan_settings.fedprox_options() == {"rounds": 2, "local_epochs": 3, "proximal_mu": 0.1}
-    assert experiment.plan_settings.options(Strategy.CYCLIC_WEIGHT_TRANSFER) == {"epochs_per_visit": 3, "cycles": 2}
+    assert experiment.plan_settings.options(Strategy.CYCLIC_WEIGHT_TRANSFER) == {"epochs_per_visit": 3, "cycles": 2,
+                                                                                "evaluate": "last_cycle"}
     own = MultiSiteExperiment(tmp_path, network, None, None, 4,
                               strategy_options={"cyclic_weight_transfer": {"epochs_per_visit": 1, "cycles": 6}})
     assert own.plan_settings.options(Strategy.CYCLIC_WEIGHT_TRANSFER) == {"epochs_per_visit": 1, "cycles": 6}
