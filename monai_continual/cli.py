@@ -42,7 +42,12 @@ def _report(args: argparse.Namespace) -> int:
     from monai_continual.metrics import ContinualMatrix, backward_transfer, forgetting, forward_transfer
 
     path = Path(args.matrix)
-    matrix = ContinualMatrix.load_csv(path) if path.suffix.lower() == ".csv" else ContinualMatrix.load_json(path)
+    if path.suffix.lower() == ".csv":
+        matrix = ContinualMatrix.load_csv(path)
+        if path.with_suffix(".json").is_file():  # the CSV does not say whether every training stage is a row
+            matrix.complete = ContinualMatrix.load_json(path.with_suffix(".json")).complete
+    else:
+        matrix = ContinualMatrix.load_json(path)
     print(_format_table(matrix))
     summary = {"bwt": backward_transfer(matrix), "forgetting": forgetting(matrix)}
     if args.baseline:

@@ -160,3 +160,25 @@ def test_memory_and_disk_caches_give_the_same_models_and_r_matrix(sites, tmp_pat
     assert published["memory"] == published["none"] and published["disk"] == published["none"]
     assert any((tmp_path / "disk" / "replay" / "cache").iterdir())
     assert not (tmp_path / "none" / "replay" / "cache").exists()
+
+
+def test_a_worker_seeds_a_chain_that_is_not_randomizable_itself_through_its_attributes():
+    from monai.transforms import Compose, RandGaussianNoised
+
+    from monai_continual.data import ChainSeededDataset
+
+    class Chain:  # a user's callable holding its random transforms as an attribute
+        def __init__(self):
+            self.transforms = Compose([RandGaussianNoised("image", prob=1.0)])
+
+        def __call__(self, item):
+            return self.transforms(item)
+
+    chain = Chain()
+    dataset = ChainSeededDataset([{"image": torch.zeros(1, 4, 4)}] * 2, chain)
+
+    def draw(seed):
+        dataset.set_random_state(seed=seed)
+        return chain(dict(dataset[0]))["image"]
+
+    assert torch.equal(draw(5), draw(5)) and not torch.equal(draw(5), draw(6))

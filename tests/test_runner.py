@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from monai_continual import cli
 from monai_continual.consolidation import DirectoryWeightStore, Posterior, consolidate_dwc
 from monai_continual.data import DatalistError, load_multisite_datalist
 from monai_continual.engines import STRATEGIES
@@ -62,7 +63,8 @@ def test_cyclic_transfer_schedule_skip_and_order(sites, tmp_path):
     assert len(by_iterations.transfers) == 6
 
 
-def test_cyclic_transfer_scoring_the_last_cycle_only_trains_the_same_models_and_gives_the_same_bwt(sites, tmp_path):
+def test_cyclic_transfer_scoring_the_last_cycle_only_trains_the_same_models_and_gives_the_same_bwt(sites, tmp_path,
+                                                                                                     capsys):
     every = tiny_runner(sites, tmp_path / "every").run("cyclic_weight_transfer", cycles=3, epochs_per_visit=1)
     last = tiny_runner(sites, tmp_path / "last").run("cyclic_weight_transfer", cycles=3, epochs_per_visit=1,
                                                      evaluate="last_cycle")
@@ -79,6 +81,9 @@ def test_cyclic_transfer_scoring_the_last_cycle_only_trains_the_same_models_and_
     baseline = {s: 0.5 for s in TRAIN_SITES}
     assert not saved.complete and math.isnan(forward_transfer(saved, baseline)) and math.isnan(forgetting(saved))
     assert not math.isnan(forward_transfer(every.matrix, baseline)) and not math.isnan(forgetting(every.matrix))
+    for path in (last.directory / "R.json", last.directory / "R.csv"):  # the CSV's JSON twin says it is incomplete
+        assert cli.main(["report", str(path), "--plot", str(tmp_path / "R.png")]) == 0
+        assert "forgetting: +nan" in capsys.readouterr().out
     with pytest.raises(ValueError, match="every_visit"):
         tiny_runner(sites, tmp_path / "bad").run("cyclic_weight_transfer", evaluate="first_cycle")
 

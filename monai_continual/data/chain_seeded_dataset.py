@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from monai.data.utils import set_rnd
 from torch.utils.data import Dataset
 
 __all__ = ["ChainSeededDataset"]
@@ -45,4 +46,6 @@ class ChainSeededDataset(Dataset):
     ) -> ChainSeededDataset:
         if hasattr(self.chain, "set_random_state"):
             self.chain.set_random_state(seed=seed, state=state)
+        elif seed is not None:  # a chain that is not Randomizable itself: MONAI's walk through its attributes
+            set_rnd(self.chain, seed)
         return self

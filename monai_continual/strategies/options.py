@@ -11,6 +11,7 @@ from monai.utils import StrEnum, look_up_option
 
 from monai_continual.strategies.names import Strategy, strategy_of
 from monai_continual.strategies.order import SiteOrder
+from monai_continual.utils.choices import look_up_choice
 from monai_continual.utils.flags import as_flag
 
 __all__ = [
@@ -145,7 +146,7 @@ class CyclicWeightTransferOptions(_Ordered):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.evaluate = look_up_option(self.evaluate, CycleEvaluation).value
+        self.evaluate = look_up_choice(self.evaluate, CycleEvaluation, "option evaluate").value
         _at_least("cycles", self.cycles, 1, optional=True)
         _at_least("epochs_per_visit", self.epochs_per_visit, 1)
         _at_least("iterations_per_visit", self.iterations_per_visit, 1, optional=True)
