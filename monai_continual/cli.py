@@ -44,8 +44,9 @@ def _report(args: argparse.Namespace) -> int:
     path = Path(args.matrix)
     if path.suffix.lower() == ".csv":
         matrix = ContinualMatrix.load_csv(path)
-        if path.with_suffix(".json").is_file():  # the CSV does not say whether every training stage is a row
-            matrix.complete = ContinualMatrix.load_json(path.with_suffix(".json")).complete
+        twin = path.with_suffix(".json")
+        if twin.is_file():  # the CSV does not say whether every training stage is a row
+            matrix.complete = ContinualMatrix.load_json(twin).complete
     else:
         matrix = ContinualMatrix.load_json(path)
     print(_format_table(matrix))

@@ -13,7 +13,7 @@ import numpy as np
 
 from monai_continual.metrics.continual_matrix import ContinualMatrix
 from monai_continual.strategies.layout import STATE_FILE
-from monai_continual.strategies.stage import Action, Stage
+from monai_continual.strategies.stage import Stage
 from monai_continual.utils.atomic import atomic_write_text
 from monai_continual.utils.hashing import config_sha256
 
@@ -146,7 +146,7 @@ class RunState:
     def matrix(self, stages: Sequence[Stage], sites: Sequence[str]) -> ContinualMatrix:
         """The R matrix of the finished evaluated stages: row = stage, cell = the site's mean per-volume score."""
         # complete: every training stage scored (cyclic transfer's earlier cycles and FedAvg's local rounds may not be)
-        matrix = ContinualMatrix(list(sites), complete=all(s.evaluate for s in stages if s.action == Action.TRAIN))
+        matrix = ContinualMatrix(list(sites), complete=all(s.evaluate for s in stages if s.is_training))
         for stage in stages:
             record = self.records.get(stage.number)
             if record is None or record.scores is None or not stage.evaluate:
